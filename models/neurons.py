@@ -1,0 +1,201 @@
+"""Multi-step leaky integrate-and-fire neurons with both snnTorch's and the reference codes'
+conventions (common.md section 2).
+
+One step, x = input current I[t], lambda = decay, theta = threshold, s~ = previous spike
+(detached if ``reset_detach``)::
+
+    zero reset      u[t] = lambda * u[t-1] * (1 - s~[t-1]) + c * I[t]
+    subtract reset  u[t] = lambda * (u[t-1] - theta * s~[t-1]) + c * I[t]   (reset_decayed=True)
+                    u[t] = lambda * u[t-1] + c * I[t] - theta * s~[t-1]     (reset_decayed=False, snnTorch)
+    fire            s[t] = H(u[t] - theta)   with H(0) = 1 if fire_ge else 0
+
+with c = 1 - lambda if ``decay_input`` (spikingjelly's LIF) else 1, u[-1] = 0, s[-1] = 0.
+``u`` is the pre-reset membrane, as snnTorch returns it.
+
+Presets [reconstructed naming, common.md section 2]:
+- ``snntorch``: strict ``>``, detached reset, lambda = clamp(beta, 0, 1), subtract after decay.
+  Numerically equal to ``snntorch.Leaky`` (tested).
+- ``reference`` (MPD-AGL / DS-ATGO code): ``>=``, reset not detached, lambda = sigmoid(w).
+
+Multi-step mode (default): ``forward(x[T, B, ...]) -> spikes[T, B, ...]``.  The whole time
+loop runs inside one call and the state starts at zero every call, so nothing leaks between
+batches or processes and no reset call is ever needed (DDP-safe: no state buffers).
+Single-step mode: ``spk, mem = neuron(x[B, ...], mem)`` as with snnTorch.  In single-step
+mode the previous spike is recomputed from ``mem`` (detached, like snnTorch) unless passed
+as ``spk=``.
+Neuron state and surrogate maths run in fp32 whatever the input dtype (AMP).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..surrogates import Surrogate, create_surrogate
+
+PRESETS = {
+    "snntorch": dict(fire_ge=False, reset_detach=True, decay_param="clamp", reset_decayed=False),
+    "reference": dict(fire_ge=True, reset_detach=False, decay_param="sigmoid", reset_decayed=True),
+}
+
+
+def _logit(p: float) -> float:
+    return -math.log(1.0 / p - 1.0)
+
+
+class SpikingNeuron(nn.Module):
+    """Base of every spiking neuron of the suite: ``forward(x[T, B, ...]) -> spikes[T, B, ...]``,
+    state starting at zero in every call.  Diagnostics find neurons by this type."""
+
+
+class LIF(SpikingNeuron):
+    """Leaky integrate-and-fire neuron (see module docstring for the equations).
+
+    Args:
+        decay: lambda (snnTorch's beta), in (0, 1]; for ``decay_param="sigmoid"`` in (0, 1).
+        threshold: theta.
+        surrogate: a ``Surrogate``, or a surrogate name (a fresh instance is built).
+        surrogate_kwargs: options for a surrogate given by name.
+        preset: ``snntorch`` or ``reference``; sets the four switches below unless given.
+        fire_ge, reset_detach, decay_param (``clamp`` | ``sigmoid``), reset_decayed: see above.
+        decay_learnable: learn the decay (one scalar per layer).
+        decay_input: scale the input by (1 - lambda) (spikingjelly's ``decay_input``).
+        reset: ``zero`` | ``subtract`` | ``none``.
+        num_steps: if set, multi-step input must have this many timesteps.
+        step_mode: ``multi`` or ``single``.
+    """
+
+    def __init__(
+        self,
+        decay: float = 0.5,
+        threshold: float = 1.0,
+        surrogate: Surrogate | Callable | str = "atan",
+        surrogate_kwargs: dict | None = None,
+        preset: str = "snntorch",
+        fire_ge: bool | None = None,
+        reset_detach: bool | None = None,
+        decay_param: str | None = None,
+        reset_decayed: bool | None = None,
+        decay_learnable: bool = False,
+        decay_input: bool = False,
+        reset: str = "zero",
+        num_steps: int | None = None,
+        step_mode: str = "multi",
+    ):
+        super().__init__()
+        if preset not in PRESETS:
+            raise ValueError(f"unknown neuron preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+        defaults = PRESETS[preset]
+        self.preset = preset
+        self.fire_ge = defaults["fire_ge"] if fire_ge is None else fire_ge
+        self.reset_detach = defaults["reset_detach"] if reset_detach is None else reset_detach
+        self.decay_param = defaults["decay_param"] if decay_param is None else decay_param
+        self.reset_decayed = defaults["reset_decayed"] if reset_decayed is None else reset_decayed
+        if reset not in ("zero", "subtract", "none"):
+            raise ValueError(f"reset must be 'zero', 'subtract' or 'none', got {reset!r}")
+        if step_mode not in ("multi", "single"):
+            raise ValueError(f"step_mode must be 'multi' or 'single', got {step_mode!r}")
+        if self.decay_param == "sigmoid":
+            if not 0.0 < decay < 1.0:
+                raise ValueError(f"decay must be in (0, 1) for decay_param='sigmoid', got {decay}")
+            raw = _logit(decay)
+        elif self.decay_param == "clamp":
+            if not 0.0 < decay <= 1.0:
+                raise ValueError(f"decay must be in (0, 1], got {decay}")
+            raw = decay
+        else:
+            raise ValueError(f"decay_param must be 'clamp' or 'sigmoid', got {self.decay_param!r}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        raw = torch.tensor(float(raw))
+        if decay_learnable:
+            self.decay_raw = nn.Parameter(raw)
+        else:
+            self.register_buffer("decay_raw", raw)
+        self.threshold = float(threshold)
+        self.decay_input = decay_input
+        self.reset = reset
+        self.num_steps = num_steps
+        self.step_mode = step_mode
+        if isinstance(surrogate, str):
+            surrogate = create_surrogate(surrogate, **(surrogate_kwargs or {}))
+        self.surrogate = surrogate
+
+    @property
+    def decay(self) -> Tensor:
+        """lambda, differentiable w.r.t. the decay parameter when it is learnable."""
+        if self.decay_param == "sigmoid":
+            return torch.sigmoid(self.decay_raw)
+        return self.decay_raw.clamp(0.0, 1.0)
+
+    def fire(self, u: Tensor, step: int | None) -> Tensor:
+        """Spike of the pre-reset membrane; the surrogate gets the neuron's context."""
+        x = u - self.threshold
+        if isinstance(self.surrogate, Surrogate):
+            return self.surrogate(x, fire_ge=self.fire_ge, mem=u, step=step, neuron=self)
+        return self.surrogate(x)  # a plain snnTorch-style callable
+
+    def step(self, x: Tensor, mem: Tensor, spk: Tensor, decay: Tensor, t: int | None):
+        """One timestep: (input, previous pre-reset membrane, previous spike) -> (spike, membrane)."""
+        prev = spk.detach() if self.reset_detach else spk
+        current = (1 - decay) * x if self.decay_input else x
+        if self.reset == "zero":
+            mem = decay * mem * (1 - prev) + current
+        elif self.reset == "subtract" and self.reset_decayed:
+            mem = decay * (mem - self.threshold * prev) + current
+        elif self.reset == "subtract":
+            mem = decay * mem + current - self.threshold * prev
+        else:
+            mem = decay * mem + current
+        return self.fire(mem, t), mem
+
+    def forward(self, x: Tensor, mem: Tensor | None = None, spk: Tensor | None = None):
+        dtype = x.dtype
+        x = x.float()
+        decay = self.decay.float()
+        if self.step_mode == "single":
+            if mem is None:
+                mem = torch.zeros_like(x)
+            if spk is None:
+                spk = (mem - self.threshold >= 0 if self.fire_ge else mem - self.threshold > 0).float()
+            spk, mem = self.step(x, mem.float(), spk.float(), decay, None)
+            return spk.to(dtype), mem
+        if mem is not None or spk is not None:
+            raise TypeError("a multi-step neuron starts from zero state; pass mem/spk only with step_mode='single'")
+        if x.dim() < 2:
+            raise ValueError(f"multi-step neurons expect [T, B, ...] input, got shape {tuple(x.shape)}")
+        if self.num_steps is not None and x.shape[0] != self.num_steps:
+            raise ValueError(
+                f"this neuron was built for T={self.num_steps} timesteps but got input with "
+                f"T={x.shape[0]} (shape {tuple(x.shape)}, expected [T, B, ...]); "
+                "rebuild the model with num_steps matching the data"
+            )
+        mem = torch.zeros_like(x[0])
+        spk = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            spk, mem = self.step(x[t], mem, spk, decay, t)
+            out.append(spk)
+        return torch.stack(out).to(dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"preset={self.preset}, threshold={self.threshold}, decay={self.decay.item():.3g}, "
+            f"decay_param={self.decay_param}, learnable={isinstance(self.decay_raw, nn.Parameter)}, "
+            f"fire_ge={self.fire_ge}, reset={self.reset}, reset_detach={self.reset_detach}, "
+            f"reset_decayed={self.reset_decayed}, decay_input={self.decay_input}"
+        )
+
+
+def lif(**kwargs) -> LIF:
+    """LIF with a fixed decay (default 0.5, tau = 2) and snnTorch's conventions."""
+    return LIF(**kwargs)
+
+
+def plif(decay: float = 0.5, preset: str = "reference", **kwargs) -> LIF:
+    """Parametric LIF: learnable decay lambda = sigmoid(w), one per layer [published: Fang et al.
+    2021]; the reference codes (MPD-AGL, DS-ATGO) use this with lambda0 = 0.2."""
+    kwargs.setdefault("decay_param", "sigmoid")
+    return LIF(decay=decay, preset=preset, decay_learnable=True, **kwargs)

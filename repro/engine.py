@@ -1,0 +1,269 @@
+"""The training engine shared by every recipe: ``train(config) -> summary``.
+
+Runs on one CPU, one GPU or many processes through accelerate.  Writes to ``config.output_dir``:
+``config.json`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
+(last complete epoch, written atomically), ``best_model.pt`` (weights of the best test epoch),
+``summary.json`` and ``training_curves.png``.
+
+Determinism and resume: all random generators are re-seeded from (seed, epoch) at the start of
+every epoch, and the learning rate is a pure function of the epoch, so a run resumed from the
+checkpoint of epoch e continues exactly as the uninterrupted run would.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs, set_seed
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .config import Config
+from .datasets import create_dataset
+from .diagnostics import FiringRateMonitor
+from .losses import create_loss
+from .models import create_model
+from .plots import plot_training_curves, results_table
+
+# Fields that may change when resuming (run control, not the experiment).
+RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
+                     "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs"}
+
+
+def validate(config: Config) -> None:
+    """Config-time checks with messages that say what to change."""
+    checks = [
+        (config.num_steps >= 1, f"num_steps must be >= 1, got {config.num_steps}"),
+        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
+        (config.lr > 0, f"lr must be > 0, got {config.lr}"),
+        (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
+        (config.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}"),
+        (config.schedule in ("cosine", "constant"), f"schedule must be 'cosine' or 'constant', got {config.schedule!r}"),
+        (0 <= config.warmup_epochs < config.epochs or config.warmup_epochs == 0,
+         f"warmup_epochs must be in [0, epochs), got {config.warmup_epochs}"),
+        (config.mixed_precision in ("no", "fp16", "bf16"),
+         f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}"),
+        (config.grad_accumulation >= 1, f"grad_accumulation must be >= 1, got {config.grad_accumulation}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+
+
+def lr_factor(epoch: int, config: Config) -> float:
+    """Multiplier of the peak lr in ``epoch`` (0-based): linear warm-up from warmup_lr, then cosine to
+    min_lr over the remaining epochs (or constant)."""
+    if epoch < config.warmup_epochs:
+        start = config.warmup_lr / config.lr
+        return start + (1 - start) * epoch / config.warmup_epochs
+    if config.schedule == "constant":
+        return 1.0
+    progress = (epoch - config.warmup_epochs) / max(1, config.epochs - config.warmup_epochs)
+    floor = config.min_lr / config.lr
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        exempt = getattr(param, "no_weight_decay", False) or (config.no_decay_norm_bias and param.ndim <= 1)
+        (no_decay if exempt else decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [g for g in groups if g["params"]]
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
+    return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
+
+
+def make_loader(dataset, config: Config, train: bool, num_processes: int) -> DataLoader:
+    workers = config.num_workers
+    if workers < 0:  # automatic: in-memory datasets need no workers
+        workers = 0 if getattr(dataset, "in_memory", False) else min(8, max(1, (os.cpu_count() or 1) // num_processes))
+    return DataLoader(
+        dataset, batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, drop_last=train,
+        num_workers=workers, pin_memory=config.pin_memory and torch.cuda.is_available(),
+        persistent_workers=config.persistent_workers and workers > 0,
+    )
+
+
+def check_resume_compatible(saved: dict, config: Config) -> None:
+    current = config.to_dict()
+    saved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in saved.items()}
+    current = {k: (list(v) if isinstance(v, tuple) else v) for k, v in current.items()}
+    changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
+    if changed:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}). "
+                         "Use the original settings, or a new --output_dir to start a fresh run")
+
+
+def train(config: Config) -> dict:
+    """Train and evaluate; returns the summary (also written to summary.json)."""
+    validate(config)
+    output_dir = Path(config.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accumulation,
+        kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
+        log_with="tensorboard" if config.tensorboard else None, project_dir=str(output_dir),
+    )
+    main = accelerator.is_main_process
+    checkpoint_path, metrics_path = output_dir / "checkpoint.pt", output_dir / "metrics.jsonl"
+    if not config.resume and checkpoint_path.exists():
+        raise FileExistsError(f"{output_dir} already holds a run; pass --resume to continue it "
+                              "or choose another --output_dir")
+
+    set_seed(config.seed)
+    data_kwargs = dict(root=config.data_root, download=config.download, **config.dataset_options)
+    train_set = create_dataset(config.dataset, "train", **data_kwargs)
+    test_set = create_dataset(config.dataset, "test", **data_kwargs)
+    model = create_model(
+        config.model, num_classes=train_set.num_classes, in_channels=train_set.in_channels,
+        num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
+        neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
+    )
+    loss_fn = create_loss(config.loss, **config.loss_options)
+    optimizer = build_optimizer(model, config)
+
+    start_epoch, best_accuracy, history = 0, 0.0, []
+    if config.resume and checkpoint_path.exists():
+        state = load_checkpoint(checkpoint_path)
+        check_resume_compatible(state["config"], config)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        start_epoch, best_accuracy, history = state["epoch"], state["best_test_accuracy"], state["history"]
+        accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+
+    train_loader = make_loader(train_set, config, True, accelerator.num_processes)
+    test_loader = make_loader(test_set, config, False, accelerator.num_processes)
+    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
+    if config.resume and start_epoch and accelerator.scaler is not None and "scaler" in state:
+        accelerator.scaler.load_state_dict(state["scaler"])
+    for group in optimizer.param_groups:
+        group.setdefault("peak_lr", config.lr)
+
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_json(output_dir / "config.json", config.to_dict())
+        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+    if config.tensorboard:
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in config.to_dict().items()})
+
+    for epoch in range(start_epoch, config.epochs):
+        set_seed(config.seed + epoch)
+        for group in optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
+        started = time.time()
+        train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch)
+        test_stats = evaluate(model, test_loader, accelerator, config)
+        if not math.isfinite(train_stats["train_loss"]):
+            last = checkpoint_path if checkpoint_path.exists() else "none yet"
+            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; the last good checkpoint is "
+                                     f"{last}. Lower --lr or enable --grad_clip, then resume with --resume")
+        best_accuracy = max(best_accuracy, test_stats["test_accuracy"])
+        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
+               "best_test_accuracy": best_accuracy, "epoch_time_s": round(time.time() - started, 3)}
+        history.append(row)
+        if config.tensorboard:
+            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
+        if main:
+            with metrics_path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            weights = accelerator.unwrap_model(model).state_dict()
+            if test_stats["test_accuracy"] >= best_accuracy:
+                save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
+                                                                "config": config.to_dict()})
+            save_checkpoint(checkpoint_path, {
+                "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
+                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+                "best_test_accuracy": best_accuracy, "history": history, "config": config.to_dict(),
+            })
+        accelerator.wait_for_everyone()
+        accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
+                          f"test acc {row['test_accuracy']:.2f}% (best {best_accuracy:.2f}%), "
+                          f"firing rate {row['firing_rate']:.4f}")
+
+    last = history[-1]
+    summary = {
+        "test_accuracy": last["test_accuracy"], "best_test_accuracy": best_accuracy, "epochs": last["epoch"],
+        "firing_rate": last["firing_rate"], "firing_rate_per_layer": last["firing_rate_per_layer"],
+        "train_time_s": round(sum(r["epoch_time_s"] for r in history), 2),
+        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+        "model": config.model, "neuron": config.neuron, "surrogate": config.surrogate, "loss": config.loss,
+        "dataset": config.dataset, "num_steps": config.num_steps, "seed": config.seed,
+        "source": "this run (not a published number)",
+    }
+    if main:
+        save_json(output_dir / "summary.json", summary)
+        plot_training_curves(history, output_dir / "training_curves.png", title=f"{config.model} on {config.dataset}")
+        print(results_table(history, summary))
+    if config.tensorboard:
+        accelerator.end_training()
+    return summary
+
+
+def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Config, epoch: int) -> dict:
+    model.train()
+    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    seen = 0
+    total = min(len(loader), config.limit_train_batches or len(loader))
+    quiet = not accelerator.is_local_main_process or not sys.stderr.isatty()  # no bars in logs / CI
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", disable=quiet, leave=False)
+    for step, (inputs, targets) in enumerate(bar):
+        if step >= total:
+            break
+        with accelerator.accumulate(model):
+            logits = model(inputs)
+            loss = loss_fn(logits, targets)
+            accelerator.backward(loss)
+            if config.grad_clip and accelerator.sync_gradients:
+                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().double() * len(targets)
+        correct += (logits.detach().mean(0).argmax(-1) == targets).sum()
+        seen += len(targets)
+    totals = accelerator.reduce(torch.stack([loss_sum, correct.double(),
+                                             torch.tensor(float(seen), device=accelerator.device, dtype=torch.float64)]),
+                                reduction="sum")
+    loss_total, correct_total, count = totals.tolist()
+    return {"train_loss": loss_total / count, "train_accuracy": 100.0 * correct_total / count}
+
+
+@torch.no_grad()
+def evaluate(model, loader, accelerator, config: Config) -> dict:
+    """Test loss (CE of the mean logits, whatever the training loss), accuracy (%) and firing rates,
+    gathered over processes without duplicates."""
+    model.eval()
+    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
+    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
+    seen = 0
+    total = min(len(loader), config.limit_eval_batches or len(loader))
+    with FiringRateMonitor(accelerator.unwrap_model(model)) as monitor:
+        for step, (inputs, targets) in enumerate(loader):
+            if step >= total:
+                break
+            logits = model(inputs)
+            per_sample = nn.functional.cross_entropy(logits.float().mean(0), targets, reduction="none")
+            predictions, targets, per_sample = accelerator.gather_for_metrics(
+                (logits.mean(0).argmax(-1), targets, per_sample))
+            loss_sum += per_sample.double().sum()
+            correct += (predictions == targets).sum()
+            seen += len(targets)
+        spikes, counts = monitor.totals()
+        rates = monitor.rates(accelerator.reduce(spikes, "sum"), accelerator.reduce(counts, "sum"))
+    return {"test_loss": loss_sum.item() / max(seen, 1), "test_accuracy": 100.0 * correct.item() / max(seen, 1),
+            "firing_rate": sum(rates.values()) / max(len(rates), 1), "firing_rate_per_layer": rates}

@@ -1,0 +1,82 @@
+"""Spike function with a pluggable surrogate gradient.
+
+Forward is the Heaviside step of ``x = u - threshold``; backward multiplies the incoming
+gradient by the surrogate derivative ``h(x)``.  A surrogate is an ``nn.Module`` so that it
+works as ``spike_grad=`` of a stock ``snntorch.Leaky`` (which calls it with ``mem - thr``
+only) and as the surrogate of our own neurons (which also pass context such as the
+timestep, the membrane or the preceding BN).
+
+Rules every surrogate follows (ecosystem.md A.4):
+- per-call parameters are computed in ``forward`` from detached context and captured
+  then; ``backward`` never reads mutable module state;
+- ``h`` is evaluated in fp32 (exp-based shapes overflow in fp16/bf16) and written with
+  differentiable torch ops, so Hessian-vector products (``create_graph=True``) work.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class SpikeFunction(torch.autograd.Function):
+    """Heaviside forward, ``grad * shape(x, **params)`` backward.
+
+    ``fire_ge`` selects ``x >= 0`` (reference codes, spikingjelly) instead of snnTorch's
+    strict ``x > 0``.  ``params`` are captured at forward time and receive no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, shape: Callable[..., Tensor], params: dict, fire_ge: bool) -> Tensor:
+        ctx.save_for_backward(x)
+        ctx.shape, ctx.params = shape, params
+        spikes = x >= 0 if fire_ge else x > 0
+        return spikes.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        (x,) = ctx.saved_tensors
+        h = ctx.shape(x.float(), **ctx.params)
+        return (grad_output * h).to(grad_output.dtype), None, None, None
+
+
+class Surrogate(nn.Module):
+    """Base class: subclasses define ``shape(x, **params)`` and, if the parameters depend on
+    the call, ``call_params(x, **context)``.
+
+    ``forward(x, fire_ge=False, **context)`` returns spikes; ``derivative(x, **context)``
+    returns ``h(x)`` in closed form (fp32).  Unknown context keys are ignored, so any of our
+    neurons can pass what it has and a stock snnTorch neuron can pass nothing.
+    """
+
+    def call_params(self, x: Tensor, **context: Any) -> dict:
+        """Per-call surrogate parameters (floats or detached tensors broadcasting to x)."""
+        return {}
+
+    @staticmethod
+    def shape(x: Tensor, **params: Any) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def derivative(self, x: Tensor, **context: Any) -> Tensor:
+        return self.shape(x.float(), **self.call_params(x, **context))
+
+    def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
+        return SpikeFunction.apply(x, self.shape, self.call_params(x, **context), fire_ge)
+
+
+class FixedSurrogate(Surrogate):
+    """A surrogate whose parameters are fixed constants given at construction."""
+
+    def __init__(self, **params: float):
+        super().__init__()
+        for name, value in params.items():
+            if not value > 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be > 0, got {value!r}")
+        self.params = params
+
+    def call_params(self, x: Tensor, **context: Any) -> dict:
+        return self.params
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.params.items())

@@ -1,0 +1,101 @@
+"""Training engine: learning on digits, outputs, exact resume, config parsing and errors."""
+import dataclasses
+import json
+
+import pytest
+import torch
+
+import repro.engine as engine
+from repro.checkpoint import load_checkpoint
+from repro.config import Config, parse_args
+from repro.engine import lr_factor, train
+
+TINY = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits", batch_size=32,
+              eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4, seed=7)
+
+
+@pytest.mark.slow
+def test_short_training_run_learns(tmp_path):
+    summary = train(dataclasses.replace(TINY, output_dir=str(tmp_path), epochs=4))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["train_loss"] < 0.6 * rows[0]["train_loss"]
+    assert summary["best_test_accuracy"] > 60.0  # chance is 10%
+    assert summary["test_accuracy"] == rows[-1]["test_accuracy"] and summary["epochs"] == 4
+    assert 0.0 < summary["firing_rate"] < 1.0 and len(summary["firing_rate_per_layer"]) == 20
+    for name in ("config.json", "summary.json", "checkpoint.pt", "best_model.pt", "training_curves.png"):
+        assert (tmp_path / name).is_file(), name
+    assert json.loads((tmp_path / "config.json").read_text())["model_options"] == {"width": 0.25}
+
+
+def test_resume_continues_exactly(tmp_path, monkeypatch):
+    config = dataclasses.replace(TINY, epochs=2, limit_train_batches=6, limit_eval_batches=1)
+    reference = train(dataclasses.replace(config, output_dir=str(tmp_path / "straight")))
+
+    real_evaluate, calls = engine.evaluate, []
+
+    def evaluate_then_die(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("simulated kill during epoch 2")
+        return real_evaluate(*args, **kwargs)
+
+    interrupted = dataclasses.replace(config, output_dir=str(tmp_path / "interrupted"))
+    monkeypatch.setattr(engine, "evaluate", evaluate_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted)
+    assert load_checkpoint(tmp_path / "interrupted" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(interrupted)
+    with pytest.raises(ValueError, match="cannot resume.*lr"):
+        train(dataclasses.replace(interrupted, resume=True, lr=0.01))
+    resumed = train(dataclasses.replace(interrupted, resume=True))
+
+    for key in ("test_accuracy", "best_test_accuracy", "firing_rate", "epochs"):
+        assert resumed[key] == reference[key], key
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)["model"]
+    again = torch.load(tmp_path / "interrupted" / "checkpoint.pt", weights_only=False)["model"]
+    for name in straight:
+        assert torch.equal(straight[name], again[name]), name
+    lines = (tmp_path / "interrupted" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_corrupted_checkpoint_is_a_clear_error(tmp_path):
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="corrupted"):
+        load_checkpoint(tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="without --resume"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_lr_schedule_warmup_then_cosine():
+    config = Config(epochs=10, warmup_epochs=2, warmup_lr=0.0, lr=0.1, min_lr=0.0)
+    assert [lr_factor(e, config) for e in (0, 1, 2)] == [0.0, 0.5, 1.0]
+    assert lr_factor(6, config) == pytest.approx(0.5)  # half-way through the cosine
+    assert lr_factor(9, config) == pytest.approx(0.5 * (1 + torch.cos(torch.tensor(7 / 8 * torch.pi)).item()))
+
+
+def test_cli_overrides_every_kind_of_field():
+    config = parse_args(TINY, ["--lr", "0.2", "--neuron", "plif", "--surrogate.width", "0.5", "--download",
+                               "--dataset.augment", "false", "--model.block=spiking", "--betas", "(0.8, 0.9)",
+                               "--loss.label_smoothing", "0.1", "--resume", "false"])
+    assert config.lr == 0.2 and config.neuron == "plif" and config.download is True and config.resume is False
+    assert config.surrogate_options == {"width": 0.5} and config.dataset_options == {"augment": False}
+    assert config.model_options == {"width": 0.25, "block": "spiking"} and config.betas == (0.8, 0.9)
+    assert config.loss_options == {"label_smoothing": 0.1}
+    assert TINY.model_options == {"width": 0.25}  # the recipe's defaults are not mutated
+    with pytest.raises(SystemExit):
+        parse_args(TINY, ["--no_such_field", "1"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"optimizer": "lbfgs"}, "optimizer must be"), ({"lr": -1.0}, "lr must be > 0"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"), ({"loss": "hinge"}, "unknown loss 'hinge'"),
+    ({"dataset": "mnist3d"}, "unknown dataset 'mnist3d'"), ({"surrogate": "relu"}, "unknown surrogate 'relu'"),
+])
+def test_bad_config_fails_before_training(tmp_path, override, message):
+    with pytest.raises(ValueError, match=message):
+        train(dataclasses.replace(TINY, output_dir=str(tmp_path), **override))
+    assert not (tmp_path / "checkpoint.pt").exists()
