@@ -47,7 +47,29 @@ def _logit(p: float) -> float:
 
 class SpikingNeuron(nn.Module):
     """Base of every spiking neuron of the suite: ``forward(x[T, B, ...]) -> spikes[T, B, ...]``,
-    state starting at zero in every call.  Diagnostics find neurons by this type."""
+    state starting at zero in every call.  Diagnostics and losses find neurons by this type.
+
+    - ``input_norm``: the BN that feeds this neuron (set by the model with ``set_input_norm``;
+      MPD-AGL's width reads its gamma).  Kept outside the module tree so it is not registered twice.
+    - ``record_potentials``: when True, every forward stores the pre-fire membrane of each step
+      (not detached, so losses can train through it) in ``potentials`` (a list of T tensors).
+    """
+
+    record_potentials: bool = False
+
+    @property
+    def input_norm(self) -> nn.Module | None:
+        return self.__dict__.get("_input_norm", (None,))[0]
+
+    def set_input_norm(self, module: nn.Module | None) -> None:
+        """(nn.Module.__setattr__ would register the BN as a submodule, hence a method.)"""
+        self.__dict__["_input_norm"] = (module,)
+
+    def record(self, potential: Tensor, step: int | None) -> None:
+        if self.record_potentials:
+            if step == 0 or step is None or not hasattr(self, "potentials"):
+                self.potentials = []
+            self.potentials.append(potential)
 
 
 class LIF(SpikingNeuron):
@@ -132,6 +154,7 @@ class LIF(SpikingNeuron):
 
     def fire(self, u: Tensor, step: int | None) -> Tensor:
         """Spike of the pre-reset membrane; the surrogate gets the neuron's context."""
+        self.record(u, step)
         x = u - self.threshold
         if isinstance(self.surrogate, Surrogate):
             return self.surrogate(x, fire_ge=self.fire_ge, mem=u, step=step, neuron=self)

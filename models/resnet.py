@@ -28,6 +28,12 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, 
     return SeqToANN(conv, TDBatchNorm(out_channels, scale=bn_scale))
 
 
+def fed_by(norm_layer: SeqToANN, neuron: nn.Module) -> nn.Module:
+    """Record which BN feeds ``neuron`` (its last module) and return the neuron."""
+    neuron.set_input_norm(norm_layer[-1])
+    return neuron
+
+
 class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, make_neuron: Callable[[], nn.Module],
                  block: str = "sew_add", bn_scale: float = 1.0):
@@ -36,14 +42,14 @@ class BasicBlock(nn.Module):
             raise ValueError(f"unknown block {block!r}; choose one of: {', '.join(BLOCKS)}")
         self.block = block
         self.conv1 = conv_bn(in_channels, out_channels, 3, stride, bn_scale)
-        self.neuron1 = make_neuron()
+        self.neuron1 = fed_by(self.conv1, make_neuron())
         self.conv2 = conv_bn(out_channels, out_channels, 3, 1, bn_scale)
-        self.neuron2 = make_neuron()
+        self.neuron2 = fed_by(self.conv2, make_neuron())
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = conv_bn(in_channels, out_channels, 1, stride, bn_scale)
             if block == "sew_add":
-                self.downsample_neuron = make_neuron()
+                self.downsample_neuron = fed_by(self.downsample, make_neuron())
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x
@@ -75,7 +81,7 @@ class SpikingResNet(nn.Module):
         self.num_steps = num_steps
         self.in_channels = in_channels
         self.stem = conv_bn(in_channels, stem_channels, stem_kernel, stem_stride, bn_scale)
-        self.stem_neuron = make_neuron()
+        self.stem_neuron = fed_by(self.stem, make_neuron())
         self.stem_pool = SeqToANN(nn.MaxPool2d(3, 2, 1)) if stem_pool else nn.Identity()
         layers, channels = [], stem_channels
         for out_channels, blocks, stride in stages:
@@ -86,7 +92,7 @@ class SpikingResNet(nn.Module):
         self.pool = SeqToANN(nn.AdaptiveAvgPool2d(1), nn.Flatten())
         if head_hidden:
             self.head_hidden = SeqToANN(nn.Linear(channels, head_hidden, bias=False), TDBatchNorm(head_hidden, bn_scale, dims=1))
-            self.head_neuron = make_neuron()
+            self.head_neuron = fed_by(self.head_hidden, make_neuron())
             channels = head_hidden
         else:
             self.head_hidden = None

@@ -5,6 +5,13 @@ Runs on one CPU, one GPU or many processes through accelerate.  Writes to ``conf
 (last complete epoch, written atomically), ``best_model.pt`` (weights of the best test epoch),
 ``summary.json`` and ``training_curves.png``.
 
+Method hooks (duck-typed, so methods plug in without touching the engine):
+- any module of the model, or the loss, may define ``on_epoch_start(epoch)`` (0-based; called
+  before each training epoch, also after a resume) and ``after_optimizer_step(step)`` (global
+  optimiser step count, 1-based);
+- a loss may define ``bind(model)``, called once with the unwrapped model before training;
+- a parameter may carry ``no_weight_decay = True`` and/or ``lr_mult = float``.
+
 Determinism and resume: all random generators are re-seeded from (seed, epoch) at the start of
 every epoch, and the learning rate is a pure function of the epoch, so a run resumed from the
 checkpoint of epoch e continues exactly as the uninterrupted run would.
@@ -74,14 +81,17 @@ def lr_factor(epoch: int, config: Config) -> float:
 
 
 def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
+    """Parameter groups keyed by (weight decay, lr multiplier); each group's ``peak_lr`` is scaled
+    by the schedule every epoch."""
+    groups: dict[tuple[float, float], list] = {}
+    for param in model.parameters():
         if not param.requires_grad:
             continue
         exempt = getattr(param, "no_weight_decay", False) or (config.no_decay_norm_bias and param.ndim <= 1)
-        (no_decay if exempt else decay).append(param)
-    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    groups = [g for g in groups if g["params"]]
+        key = (0.0 if exempt else config.weight_decay, float(getattr(param, "lr_mult", 1.0)))
+        groups.setdefault(key, []).append(param)
+    groups = [{"params": params, "weight_decay": wd, "peak_lr": config.lr * mult}
+              for (wd, mult), params in groups.items()]
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.nesterov)
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
@@ -150,8 +160,11 @@ def train(config: Config) -> dict:
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     if config.resume and start_epoch and accelerator.scaler is not None and "scaler" in state:
         accelerator.scaler.load_state_dict(state["scaler"])
-    for group in optimizer.param_groups:
-        group.setdefault("peak_lr", config.lr)
+    hooks = [*accelerator.unwrap_model(model).modules(), loss_fn]
+    epoch_hooks = [m.on_epoch_start for m in hooks if hasattr(m, "on_epoch_start")]
+    step_hooks = [m.after_optimizer_step for m in hooks if hasattr(m, "after_optimizer_step")]
+    if hasattr(loss_fn, "bind"):
+        loss_fn.bind(accelerator.unwrap_model(model))
 
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -164,8 +177,10 @@ def train(config: Config) -> dict:
         set_seed(config.seed + epoch)
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
+        for hook in epoch_hooks:
+            hook(epoch)
         started = time.time()
-        train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch)
+        train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch, step_hooks)
         test_stats = evaluate(model, test_loader, accelerator, config)
         if not math.isfinite(train_stats["train_loss"]):
             last = checkpoint_path if checkpoint_path.exists() else "none yet"
@@ -214,7 +229,8 @@ def train(config: Config) -> dict:
     return summary
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Config, epoch: int) -> dict:
+def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Config, epoch: int,
+                    step_hooks=()) -> dict:
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
@@ -233,6 +249,10 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Conf
                 accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+        if accelerator.sync_gradients:
+            global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
+            for hook in step_hooks:
+                hook(global_step)
         loss_sum += loss.detach().double() * len(targets)
         correct += (logits.detach().mean(0).argmax(-1) == targets).sum()
         seen += len(targets)
