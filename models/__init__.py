@@ -11,7 +11,8 @@ from ..registry import Registry
 from ..surrogates import create_surrogate
 from .layers import SeqToANN, TDBatchNorm, fold, unfold
 from .neurons import LIF, SpikingNeuron, lif, plif
-from .resnet import SpikingResNet, resnet19
+from .resnet import SpikingResNet, resnet18, resnet19
+from .vgg import SpikingVGG, vgg13, vggsnn
 
 NEURONS = Registry("neuron")
 NEURONS.register()(lif)
@@ -47,6 +48,31 @@ def _resnet19(num_classes: int = 10, num_steps: int = 4, in_channels: int = 3, b
     return resnet19(make, num_classes, num_steps, in_channels, block, width, bn_scale)
 
 
+@MODELS.register("resnet18")
+def _resnet18(num_classes: int = 1000, num_steps: int = 4, in_channels: int = 3, stem: str = "imagenet",
+              block: str = "sew_add", width: float = 1.0, bn_scale: float = 1.0, neuron: str = "lif",
+              surrogate: str = "atan", neuron_kwargs: dict | None = None,
+              surrogate_kwargs: dict | None = None) -> SpikingResNet:
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    return resnet18(make, num_classes, num_steps, in_channels, stem, block, width, bn_scale)
+
+
+@MODELS.register("vggsnn")
+def _vggsnn(num_classes: int = 10, num_steps: int = 10, in_channels: int = 2, input_size: int = 48,
+            bn_scale: float = 1.0, neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
+            surrogate_kwargs: dict | None = None) -> SpikingVGG:
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    return vggsnn(make, num_classes, num_steps, in_channels, input_size, bn_scale)
+
+
+@MODELS.register("vgg13")
+def _vgg13(num_classes: int = 200, num_steps: int = 4, in_channels: int = 3, input_size: int = 64,
+           bn_scale: float = 1.0, neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
+           surrogate_kwargs: dict | None = None) -> SpikingVGG:
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    return vgg13(make, num_classes, num_steps, in_channels, input_size, bn_scale)
+
+
 def create_model(name: str, **kwargs) -> nn.Module:
     """Build a registered model, e.g. ``create_model("resnet19", num_classes=100, num_steps=2,
     neuron="plif", surrogate="triangle", surrogate_kwargs={"width": 1.0})``."""
@@ -58,6 +84,6 @@ def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 __all__ = [
-    "LIF", "MODELS", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "TDBatchNorm", "create_model", "create_neuron",
+    "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "TDBatchNorm", "create_model", "create_neuron",
     "fold", "lif", "neuron_factory", "plif", "resnet19", "spiking_layers", "unfold",
 ]

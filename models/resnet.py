@@ -70,13 +70,15 @@ class SpikingResNet(nn.Module):
         stages: (channels, blocks, first stride) per stage.
         stem_channels, stem_kernel, stem_stride, stem_pool: the stem (ImageNet: 64, 7, 2, True).
         head_hidden: width of the hidden FC + BN1d + SN of the head (ResNet-19: 256); 0 for none.
+        classifier_bias: bias of the last Linear (ResNet-19: none; ResNet-18: torchvision's, with bias).
         num_steps: T; static [B, C, H, W] input is repeated T times (direct encoding).
         make_neuron: zero-argument callable returning a fresh multi-step neuron.
     """
 
     def __init__(self, stages, make_neuron: Callable[[], nn.Module], num_classes: int = 10, in_channels: int = 3,
                  stem_channels: int = 128, stem_kernel: int = 3, stem_stride: int = 1, stem_pool: bool = False,
-                 head_hidden: int = 256, num_steps: int = 4, block: str = "sew_add", bn_scale: float = 1.0):
+                 head_hidden: int = 256, num_steps: int = 4, block: str = "sew_add", bn_scale: float = 1.0,
+                 classifier_bias: bool = False):
         super().__init__()
         self.num_steps = num_steps
         self.in_channels = in_channels
@@ -96,7 +98,7 @@ class SpikingResNet(nn.Module):
             channels = head_hidden
         else:
             self.head_hidden = None
-        self.classifier = SeqToANN(nn.Linear(channels, num_classes, bias=False))
+        self.classifier = SeqToANN(nn.Linear(channels, num_classes, bias=classifier_bias))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -131,3 +133,19 @@ def resnet19(make_neuron: Callable[[], nn.Module], num_classes: int = 10, num_st
     c = [max(1, round(ch * width)) for ch in (128, 256, 512, 256)]
     return SpikingResNet([(c[0], 3, 1), (c[1], 3, 2), (c[2], 2, 2)], make_neuron, num_classes, in_channels,
                          stem_channels=c[0], head_hidden=c[3], num_steps=num_steps, block=block, bn_scale=bn_scale)
+
+
+def resnet18(make_neuron: Callable[[], nn.Module], num_classes: int = 1000, num_steps: int = 4, in_channels: int = 3,
+             stem: str = "imagenet", block: str = "sew_add", width: float = 1.0, bn_scale: float = 1.0) -> SpikingResNet:
+    """Spiking ResNet-18 [reconstructed, common.md section 7; ecosystem.md C.2]: stages 64/128/256/512 x 2
+    BasicBlocks, strides 1/2/2/2, head GAP -> Linear(512 -> K).  ``stem="imagenet"``: conv7x7/2 + BN + SN +
+    max-pool 3x3/2 (224x224 input); ``stem="cifar"``: conv3x3/1, no pool (the TET/ASGL CIFAR variant).
+    ``block="sew_add"`` (default, as ResNet-19) or ``"spiking"`` (SN after the add, plain spiking ResNet)."""
+    if stem not in ("imagenet", "cifar"):
+        raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+    c = [max(1, round(ch * width)) for ch in (64, 128, 256, 512)]
+    imagenet = stem == "imagenet"
+    return SpikingResNet([(c[0], 2, 1), (c[1], 2, 2), (c[2], 2, 2), (c[3], 2, 2)], make_neuron, num_classes,
+                         in_channels, stem_channels=c[0], stem_kernel=7 if imagenet else 3,
+                         stem_stride=2 if imagenet else 1, stem_pool=imagenet, head_hidden=0, num_steps=num_steps,
+                         block=block, bn_scale=bn_scale, classifier_bias=True)

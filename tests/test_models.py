@@ -50,3 +50,42 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="unknown block"):
         create_model("resnet19", block="dense")
     assert "resnet19" in MODELS.names()
+
+
+def test_resnet18_imagenet_has_torchvision_parameter_count():
+    import torchvision
+
+    ours = create_model("resnet18", num_classes=1000)
+    reference = torchvision.models.resnet18(weights=None)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in reference.parameters())
+    assert isinstance(ours.stem_pool[0], torch.nn.MaxPool2d) and ours.stem[0].kernel_size == (7, 7)
+    assert len(spiking_layers(ours)) == 20
+
+
+@pytest.mark.parametrize("name,kwargs,shape,out", [
+    ("resnet18", {"stem": "cifar", "width": 0.125, "num_classes": 100}, (2, 3, 32, 32), (2, 2, 100)),
+    ("resnet18", {"width": 0.125, "block": "spiking"}, (2, 3, 64, 64), (2, 2, 1000)),
+    ("vggsnn", {}, (2, 2, 2, 48, 48), (2, 2, 10)),
+    ("vgg13", {"input_size": 32}, (2, 3, 32, 32), (2, 2, 200)),
+])
+@pytest.mark.parametrize("neuron,surrogate", [("lif", "atan"), ("plif", "rectangular")])
+def test_zoo_forward_backward(name, kwargs, shape, out, neuron, surrogate):
+    model = create_model(name, num_steps=2, neuron=neuron, surrogate=surrogate, **kwargs)
+    logits = model(torch.randn(*shape))
+    assert logits.shape == out
+    logits.mean(0).sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_vgg_layer_lists_match_common_md():
+    vggsnn = create_model("vggsnn")
+    assert len(spiking_layers(vggsnn)) == 8
+    convs = [m.out_channels for m in vggsnn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs == [64, 128, 256, 256, 512, 512, 512, 512]
+    linear = [m for m in vggsnn.modules() if isinstance(m, torch.nn.Linear)][0]
+    assert (linear.in_features, linear.out_features) == (4608, 10) and linear.bias is not None
+    vgg13 = create_model("vgg13")
+    linear = [m for m in vgg13.modules() if isinstance(m, torch.nn.Linear)][0]
+    assert (linear.in_features, linear.out_features) == (2048, 200) and len(spiking_layers(vgg13)) == 10
+    with pytest.raises(ValueError, match=r"C=2"):
+        vggsnn(torch.randn(10, 2, 3, 48, 48))
