@@ -61,6 +61,8 @@ def validate(config: Config) -> None:
         (config.mixed_precision in ("no", "fp16", "bf16"),
          f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}"),
         (config.grad_accumulation >= 1, f"grad_accumulation must be >= 1, got {config.grad_accumulation}"),
+        (config.nonfinite in ("stop", "skip"), f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}"),
+        (config.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {config.grad_clip}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -180,12 +182,14 @@ def train(config: Config) -> dict:
         for hook in epoch_hooks:
             hook(epoch)
         started = time.time()
-        train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch, step_hooks)
+        try:
+            train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch,
+                                          step_hooks)
+        except FloatingPointError as error:
+            last = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
+            raise FloatingPointError(f"{error}; the last good checkpoint is {last}. Lower --lr, set --grad_clip, "
+                                     "or pass --nonfinite skip; then continue with --resume") from None
         test_stats = evaluate(model, test_loader, accelerator, config)
-        if not math.isfinite(train_stats["train_loss"]):
-            last = checkpoint_path if checkpoint_path.exists() else "none yet"
-            raise FloatingPointError(f"non-finite training loss in epoch {epoch + 1}; the last good checkpoint is "
-                                     f"{last}. Lower --lr or enable --grad_clip, then resume with --resume")
         best_accuracy = max(best_accuracy, test_stats["test_accuracy"])
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
                "best_test_accuracy": best_accuracy, "epoch_time_s": round(time.time() - started, 3)}
@@ -231,26 +235,34 @@ def train(config: Config) -> dict:
 
 def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Config, epoch: int,
                     step_hooks=()) -> dict:
+    """One epoch.  Before each optimiser step the loss and the gradient norm are checked for NaN/inf
+    (one host sync per step, agreed across processes): ``nonfinite="stop"`` raises
+    FloatingPointError, ``"skip"`` drops the step and counts it."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
-    seen = 0
+    seen, skipped = 0, 0
     total = min(len(loader), config.limit_train_batches or len(loader))
     quiet = not accelerator.is_local_main_process or not sys.stderr.isatty()  # no bars in logs / CI
     bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", disable=quiet, leave=False)
     for step, (inputs, targets) in enumerate(bar):
         if step >= total:
             break
+        global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
         with accelerator.accumulate(model):
             logits = model(inputs)
             loss = loss_fn(logits, targets)
             accelerator.backward(loss)
-            if config.grad_clip and accelerator.sync_gradients:
-                accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if accelerator.sync_gradients and not step_is_finite(model, loss, accelerator, config):
+                if config.nonfinite == "stop":
+                    raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
+                                             f"(global step {global_step})")
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+                continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
-            global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
             for hook in step_hooks:
                 hook(global_step)
         loss_sum += loss.detach().double() * len(targets)
@@ -260,7 +272,24 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Conf
                                              torch.tensor(float(seen), device=accelerator.device, dtype=torch.float64)]),
                                 reduction="sum")
     loss_total, correct_total, count = totals.tolist()
-    return {"train_loss": loss_total / count, "train_accuracy": 100.0 * correct_total / count}
+    return {"train_loss": loss_total / max(count, 1), "train_accuracy": 100.0 * correct_total / max(count, 1),
+            "nonfinite_skipped": skipped}
+
+
+def step_is_finite(model, loss, accelerator, config: Config) -> bool:
+    """Clip (if asked) and check loss and gradient norm; fp16 gradients are left to the grad scaler."""
+    if config.grad_clip:
+        norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
+    elif config.mixed_precision == "fp16":
+        norm = torch.zeros((), device=loss.device)
+    else:
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
+            else torch.zeros((), device=loss.device)
+    bad = (~torch.isfinite(loss.detach().float() + norm.float())).float()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, reduction="sum")
+    return bad.item() == 0
 
 
 @torch.no_grad()

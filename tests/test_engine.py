@@ -99,3 +99,48 @@ def test_bad_config_fails_before_training(tmp_path, override, message):
     with pytest.raises(ValueError, match=message):
         train(dataclasses.replace(TINY, output_dir=str(tmp_path), **override))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+class NaNOnCall(torch.nn.Module):
+    """CE loss that returns NaN on one given call (a forced numerical fault)."""
+
+    def __init__(self, bad_call: int):
+        super().__init__()
+        self.calls, self.bad_call = 0, bad_call
+
+    def forward(self, logits, target):
+        self.calls += 1
+        loss = torch.nn.functional.cross_entropy(logits.float().mean(0), target)
+        return loss * float("nan") if self.calls == self.bad_call else loss
+
+
+@pytest.mark.parametrize("mode", ["stop", "skip"])
+def test_nonfinite_loss_stops_or_skips_and_never_saves_nan(tmp_path, monkeypatch, mode):
+    monkeypatch.setattr(engine, "create_loss", lambda name, **kw: NaNOnCall(bad_call=5))
+    config = dataclasses.replace(TINY, epochs=2, limit_train_batches=3, limit_eval_batches=1, nonfinite=mode,
+                                 output_dir=str(tmp_path), model_options={"width": 0.125})
+    if mode == "stop":
+        with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*checkpoint\.pt \(epoch 1\)"):
+            train(config)
+        state = load_checkpoint(tmp_path / "checkpoint.pt")
+        assert state["epoch"] == 1
+    else:
+        summary = train(config)
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert [r["nonfinite_skipped"] for r in rows] == [0, 1]
+        assert summary["epochs"] == 2
+        state = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_same_seed_same_metrics_twice(tmp_path):
+    config = dataclasses.replace(TINY, epochs=1, limit_train_batches=4, limit_eval_batches=1,
+                                 model_options={"width": 0.125})
+    first = train(dataclasses.replace(config, output_dir=str(tmp_path / "a")))
+    second = train(dataclasses.replace(config, output_dir=str(tmp_path / "b")))
+    for key in ("test_accuracy", "firing_rate", "firing_rate_per_layer"):
+        assert first[key] == second[key]
+    a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[0]
+    b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()[0]
+    drop_time = lambda row: {k: v for k, v in json.loads(row).items() if k != "epoch_time_s"}  # noqa: E731
+    assert drop_time(a) == drop_time(b)
