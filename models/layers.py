@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 
@@ -29,6 +30,10 @@ class TDBatchNorm(nn.Module):
     ``scale`` = alpha * V_th stays a separate constant (MPD-AGL's width reads mean(gamma),
     so it must not be folded into gamma).  scale = 1 is plain BN with gamma initialised to 1.
     Works on [N, C, H, W] (``dims=2``) and [N, C] (``dims=1``).
+
+    ``sync = True``: in training under torch.distributed, the batch statistics are all-reduced over
+    processes (sum, sum of squares, count; differentiable), so N processes with batch B/N match one
+    process with batch B.  Works with gloo on CPU, unlike torch's SyncBatchNorm.
     """
 
     def __init__(self, num_features: int, scale: float = 1.0, dims: int = 2, eps: float = 1e-5, momentum: float = 0.1):
@@ -38,10 +43,30 @@ class TDBatchNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         self.scale = float(scale)
+        self.sync = False
 
     def forward(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        return self.norm(x) * (self.scale * self.weight).view(shape) + self.bias.view(shape)
+        synced = self.sync and self.training and dist.is_available() and dist.is_initialized() \
+            and dist.get_world_size() > 1
+        x_hat = self._synced_normalise(x, shape) if synced else self.norm(x)
+        return x_hat * (self.scale * self.weight).view(shape) + self.bias.view(shape)
+
+    def _synced_normalise(self, x: Tensor, shape: tuple) -> Tensor:
+        from torch.distributed.nn.functional import all_reduce
+
+        channels, dims, xf = x.shape[1], [0, *range(2, x.dim())], x.float()
+        count = torch.full((1,), xf.numel() / channels, device=x.device)
+        stats = all_reduce(torch.cat([xf.sum(dims), (xf * xf).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:channels] / n
+        var = (stats[channels:2 * channels] / n - mean * mean).clamp_min(0)
+        with torch.no_grad():
+            momentum = self.norm.momentum
+            self.norm.running_mean.mul_(1 - momentum).add_(momentum * mean)
+            self.norm.running_var.mul_(1 - momentum).add_(momentum * var * n / (n - 1))
+            self.norm.num_batches_tracked += 1
+        return ((xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.norm.eps)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, scale={self.scale}"

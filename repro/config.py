@@ -56,6 +56,7 @@ class Config:
     grad_accumulation: int = field(default=1, metadata={"help": "gradient accumulation steps"})
     grad_clip: float = field(default=0.0, metadata={"help": "clip the gradient norm (0 = off)"})
     nonfinite: str = field(default="stop", metadata={"help": "on a non-finite loss or gradient: stop | skip (the step)"})
+    sync_bn: bool = field(default=False, metadata={"help": "all-reduce BN batch statistics across processes"})
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (neuron maths stays fp32)"})
     # run
     seed: int = field(default=2025, metadata={"help": "random seed"})

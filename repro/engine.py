@@ -38,7 +38,7 @@ from .config import Config
 from .datasets import create_dataset
 from .diagnostics import FiringRateMonitor
 from .losses import create_loss
-from .models import create_model
+from .models import TDBatchNorm, create_model
 from .plots import plot_training_curves, results_table
 
 # Fields that may change when resuming (run control, not the experiment).
@@ -99,14 +99,17 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
 
 
-def make_loader(dataset, config: Config, train: bool, num_processes: int) -> DataLoader:
+def make_loader(dataset, config: Config, train: bool, num_processes: int,
+                generator: torch.Generator | None = None) -> DataLoader:
+    """``generator`` drives the shuffling; the engine re-seeds it every epoch, so the sample order is
+    the same for 1 or N processes (accelerate shards each global batch) and after a resume."""
     workers = config.num_workers
     if workers < 0:  # automatic: in-memory datasets need no workers
         workers = 0 if getattr(dataset, "in_memory", False) else min(8, max(1, (os.cpu_count() or 1) // num_processes))
     return DataLoader(
         dataset, batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, drop_last=train,
         num_workers=workers, pin_memory=config.pin_memory and torch.cuda.is_available(),
-        persistent_workers=config.persistent_workers and workers > 0,
+        persistent_workers=config.persistent_workers and workers > 0, generator=generator,
     )
 
 
@@ -145,6 +148,9 @@ def train(config: Config) -> dict:
         num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
         neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
     )
+    for module in model.modules():
+        if isinstance(module, TDBatchNorm):
+            module.sync = config.sync_bn
     loss_fn = create_loss(config.loss, **config.loss_options)
     optimizer = build_optimizer(model, config)
 
@@ -157,7 +163,8 @@ def train(config: Config) -> dict:
         start_epoch, best_accuracy, history = state["epoch"], state["best_test_accuracy"], state["history"]
         accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
 
-    train_loader = make_loader(train_set, config, True, accelerator.num_processes)
+    shuffle_generator = torch.Generator()
+    train_loader = make_loader(train_set, config, True, accelerator.num_processes, shuffle_generator)
     test_loader = make_loader(test_set, config, False, accelerator.num_processes)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     if config.resume and start_epoch and accelerator.scaler is not None and "scaler" in state:
@@ -177,6 +184,7 @@ def train(config: Config) -> dict:
 
     for epoch in range(start_epoch, config.epochs):
         set_seed(config.seed + epoch)
+        shuffle_generator.manual_seed(config.seed + epoch)
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
         for hook in epoch_hooks:

@@ -1,0 +1,39 @@
+"""Two-process CPU data-parallel training (gloo, torchrun) matches one process on the same global
+batch; neuron state is never broadcast between ranks."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro.checkpoint import load_checkpoint
+
+QUICKSTART = str(Path(__file__).parents[1] / "recipes" / "quickstart.py")
+COMMON = ["--epochs", "1", "--limit_train_batches", "3", "--limit_eval_batches", "1", "--dataset.augment", "false",
+          "--model.width", "0.125", "--sync_bn", "true"]
+
+
+def launch(output_dir, processes: int, batch_size: int):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+              "--master_port", "29517"] if processes > 1 else [sys.executable]
+    result = subprocess.run([*prefix, QUICKSTART, *COMMON, "--batch_size", str(batch_size),
+                             "--eval_batch_size", str(120 // processes), "--output_dir", str(output_dir)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    return json.loads((Path(output_dir) / "summary.json").read_text()), load_checkpoint(Path(output_dir) / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    one_summary, one = launch(tmp_path / "one", 1, 16)
+    two_summary, two = launch(tmp_path / "two", 2, 8)
+    assert two_summary["num_processes"] == 2 and one_summary["num_processes"] == 1
+    for name, value in one["model"].items():
+        torch.testing.assert_close(two["model"][name].float(), value.float(), rtol=1e-4, atol=1e-5, msg=name)
+    assert two_summary["test_accuracy"] == one_summary["test_accuracy"]
+    assert two_summary["firing_rate"] == pytest.approx(one_summary["firing_rate"], rel=1e-4)
+    assert two["history"][0]["train_loss"] == pytest.approx(one["history"][0]["train_loss"], rel=1e-5)
