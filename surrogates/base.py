@@ -48,7 +48,14 @@ class Surrogate(nn.Module):
     ``forward(x, fire_ge=False, **context)`` returns spikes; ``derivative(x, **context)``
     returns ``h(x)`` in closed form (fp32).  Unknown context keys are ignored, so any of our
     neurons can pass what it has and a stock snnTorch neuron can pass nothing.
+
+    ``observers``: callables ``observer(surrogate, x, params, context)`` run on every call with the
+    parameters actually used (diagnostics such as gradient-window occupancy attach here).
     """
+
+    def __init__(self):
+        super().__init__()
+        self.observers: list = []
 
     def call_params(self, x: Tensor, **context: Any) -> dict:
         """Per-call surrogate parameters (floats or detached tensors broadcasting to x)."""
@@ -62,7 +69,10 @@ class Surrogate(nn.Module):
         return self.shape(x.float(), **self.call_params(x, **context))
 
     def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
-        return SpikeFunction.apply(x, self.shape, self.call_params(x, **context), fire_ge)
+        params = self.call_params(x, **context)
+        for observer in self.observers:
+            observer(self, x, params, context)
+        return SpikeFunction.apply(x, self.shape, params, fire_ge)
 
 
 class FixedSurrogate(Surrogate):
