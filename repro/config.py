@@ -66,6 +66,7 @@ class Config:
     limit_train_batches: int = field(default=0, metadata={"help": "batches per training epoch (0 = all)"})
     limit_eval_batches: int = field(default=0, metadata={"help": "batches per evaluation (0 = all)"})
     smoke: bool = field(default=False, metadata={"help": "tiny end-to-end run on the embedded dataset"})
+    vanilla: bool = field(default=False, metadata={"help": "the recipe's vanilla baseline: its method switched off"})
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -148,9 +149,10 @@ def parse_args(defaults: Config, argv: list[str] | None = None, description: str
     return Config.from_dict(values)
 
 
-def apply_smoke(config: Config, embedded_dataset: str) -> Config:
-    """The same run shrunk to seconds on an embedded dataset (for tests and first-time users)."""
+def apply_smoke(config: Config, embedded_dataset: str, **overrides) -> Config:
+    """The same run shrunk to seconds on an embedded dataset (for tests and first-time users);
+    ``overrides`` (a recipe's smoke settings, e.g. a narrower model) are applied last."""
     return dataclasses.replace(
-        config, dataset=embedded_dataset, dataset_options={}, epochs=1, batch_size=16, eval_batch_size=32,
-        limit_train_batches=2, limit_eval_batches=2, warmup_epochs=0,
+        config, dataset=embedded_dataset, dataset_options={}, epochs=1, batch_size=8, eval_batch_size=16,
+        limit_train_batches=2, limit_eval_batches=1, warmup_epochs=0, **overrides,
     )

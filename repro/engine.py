@@ -40,6 +40,7 @@ from .diagnostics import FiringRateMonitor
 from .losses import create_loss
 from .models import TDBatchNorm, create_model
 from .plots import plot_training_curves, results_table
+from .tasks import task_for
 
 # Fields that may change when resuming (run control, not the experiment).
 RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
@@ -153,14 +154,15 @@ def train(config: Config) -> dict:
             module.sync = config.sync_bn
     loss_fn = create_loss(config.loss, **config.loss_options)
     optimizer = build_optimizer(model, config)
+    task = task_for(train_set)
 
-    start_epoch, best_accuracy, history = 0, 0.0, []
+    start_epoch, best, history = 0, {}, []
     if config.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         check_resume_compatible(state["config"], config)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        start_epoch, best_accuracy, history = state["epoch"], state["best_test_accuracy"], state["history"]
+        start_epoch, best, history = state["epoch"], state["best"], state["history"]
         accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
 
     shuffle_generator = torch.Generator()
@@ -191,16 +193,17 @@ def train(config: Config) -> dict:
             hook(epoch)
         started = time.time()
         try:
-            train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, accelerator, config, epoch,
+            train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, task, accelerator, config, epoch,
                                           step_hooks)
         except FloatingPointError as error:
             last = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
             raise FloatingPointError(f"{error}; the last good checkpoint is {last}. Lower --lr, set --grad_clip, "
                                      "or pass --nonfinite skip; then continue with --resume") from None
-        test_stats = evaluate(model, test_loader, accelerator, config)
-        best_accuracy = max(best_accuracy, test_stats["test_accuracy"])
+        test_stats = evaluate(model, test_loader, task, accelerator, config)
+        improved = test_stats[task.primary] >= best.get(task.primary, -math.inf)
+        best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
-               "best_test_accuracy": best_accuracy, "epoch_time_s": round(time.time() - started, 3)}
+               **{f"best_{k}": v for k, v in best.items()}, "epoch_time_s": round(time.time() - started, 3)}
         history.append(row)
         if config.tensorboard:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
@@ -208,22 +211,24 @@ def train(config: Config) -> dict:
             with metrics_path.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             weights = accelerator.unwrap_model(model).state_dict()
-            if test_stats["test_accuracy"] >= best_accuracy:
+            if improved:
                 save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
                                                                 "config": config.to_dict()})
             save_checkpoint(checkpoint_path, {
                 "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "best_test_accuracy": best_accuracy, "history": history, "config": config.to_dict(),
+                "best": best, "history": history, "config": config.to_dict(),
             })
         accelerator.wait_for_everyone()
+        miou = f", mIoU {row['test_miou']:.2f}%" if "test_miou" in row else ""
         accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
-                          f"test acc {row['test_accuracy']:.2f}% (best {best_accuracy:.2f}%), "
+                          f"test acc {row['test_accuracy']:.2f}% (best {best['test_accuracy']:.2f}%){miou}, "
                           f"firing rate {row['firing_rate']:.4f}")
 
     last = history[-1]
     summary = {
-        "test_accuracy": last["test_accuracy"], "best_test_accuracy": best_accuracy, "epochs": last["epoch"],
+        **{k: last[k] for k in ("test_accuracy", "test_miou") if k in last}, **{f"best_{k}": v for k, v in best.items()},
+        "epochs": last["epoch"],
         "firing_rate": last["firing_rate"], "firing_rate_per_layer": last["firing_rate_per_layer"],
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 2),
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
@@ -241,15 +246,14 @@ def train(config: Config) -> dict:
     return summary
 
 
-def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Config, epoch: int,
+def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config: Config, epoch: int,
                     step_hooks=()) -> dict:
     """One epoch.  Before each optimiser step the loss and the gradient norm are checked for NaN/inf
     (one host sync per step, agreed across processes): ``nonfinite="stop"`` raises
     FloatingPointError, ``"skip"`` drops the step and counts it."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
-    seen, skipped = 0, 0
+    stats, seen, skipped = 0, 0, 0
     total = min(len(loader), config.limit_train_batches or len(loader))
     quiet = not accelerator.is_local_main_process or not sys.stderr.isatty()  # no bars in logs / CI
     bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", disable=quiet, leave=False)
@@ -258,8 +262,8 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Conf
             break
         global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
         with accelerator.accumulate(model):
-            logits = model(inputs)
-            loss = loss_fn(logits, targets)
+            outputs = model(inputs)
+            loss = loss_fn(outputs, targets)
             accelerator.backward(loss)
             if accelerator.sync_gradients and not step_is_finite(model, loss, accelerator, config):
                 if config.nonfinite == "stop":
@@ -274,14 +278,15 @@ def train_one_epoch(model, loader, optimizer, loss_fn, accelerator, config: Conf
             for hook in step_hooks:
                 hook(global_step)
         loss_sum += loss.detach().double() * len(targets)
-        correct += (logits.detach().mean(0).argmax(-1) == targets).sum()
+        stats = stats + task.sample_stats(outputs, targets).sum(0)
         seen += len(targets)
-    totals = accelerator.reduce(torch.stack([loss_sum, correct.double(),
-                                             torch.tensor(float(seen), device=accelerator.device, dtype=torch.float64)]),
-                                reduction="sum")
-    loss_total, correct_total, count = totals.tolist()
-    return {"train_loss": loss_total / max(count, 1), "train_accuracy": 100.0 * correct_total / max(count, 1),
-            "nonfinite_skipped": skipped}
+    if seen == 0:
+        raise RuntimeError(f"epoch {epoch + 1} trained on no batch: every step was non-finite or the data is empty")
+    totals = accelerator.reduce(torch.cat([torch.tensor([float(seen)], device=loss_sum.device, dtype=torch.float64),
+                                           loss_sum.view(1), stats]), reduction="sum")
+    count = int(totals[0].item())
+    metrics = task.finalize(totals[2:], count)
+    return {"train_loss": totals[1].item() / count, "train_accuracy": metrics["accuracy"], "nonfinite_skipped": skipped}
 
 
 def step_is_finite(model, loss, accelerator, config: Config) -> bool:
@@ -301,26 +306,20 @@ def step_is_finite(model, loss, accelerator, config: Config) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, loader, accelerator, config: Config) -> dict:
-    """Test loss (CE of the mean logits, whatever the training loss), accuracy (%) and firing rates,
-    gathered over processes without duplicates."""
+def evaluate(model, loader, task, accelerator, config: Config) -> dict:
+    """The task's test metrics (loss is plain CE whatever the training loss) and firing rates, from
+    per-sample statistics gathered over processes without duplicates."""
     model.eval()
-    loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
-    correct = torch.zeros((), device=accelerator.device, dtype=torch.long)
-    seen = 0
+    sums, seen = 0, 0
     total = min(len(loader), config.limit_eval_batches or len(loader))
     with FiringRateMonitor(accelerator.unwrap_model(model)) as monitor:
         for step, (inputs, targets) in enumerate(loader):
             if step >= total:
                 break
-            logits = model(inputs)
-            per_sample = nn.functional.cross_entropy(logits.float().mean(0), targets, reduction="none")
-            predictions, targets, per_sample = accelerator.gather_for_metrics(
-                (logits.mean(0).argmax(-1), targets, per_sample))
-            loss_sum += per_sample.double().sum()
-            correct += (predictions == targets).sum()
-            seen += len(targets)
+            per_sample = accelerator.gather_for_metrics(task.sample_stats(model(inputs), targets))
+            sums = sums + per_sample.sum(0)
+            seen += len(per_sample)
         spikes, counts = monitor.totals()
         rates = monitor.rates(accelerator.reduce(spikes, "sum"), accelerator.reduce(counts, "sum"))
-    return {"test_loss": loss_sum.item() / max(seen, 1), "test_accuracy": 100.0 * correct.item() / max(seen, 1),
-            "firing_rate": sum(rates.values()) / max(len(rates), 1), "firing_rate_per_layer": rates}
+    metrics = {f"test_{k}": v for k, v in task.finalize(sums, seen).items()}
+    return {**metrics, "firing_rate": sum(rates.values()) / max(len(rates), 1), "firing_rate_per_layer": rates}
