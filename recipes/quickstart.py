@@ -33,4 +33,4 @@ config = Config(
 )
 
 if __name__ == "__main__":
-    main(config, embedded_dataset="digits", description=__doc__)
+    main(config, description=__doc__)

@@ -50,3 +50,22 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise RuntimeError(f"checkpoint {path} is not a snn-repro checkpoint (missing 'model' or 'epoch')")
     return state
+
+
+def load_pretrained(model, path: str | Path) -> tuple[list[str], list[str]]:
+    """Initialise ``model`` from a checkpoint of this suite (``checkpoint.pt`` or ``best_model.pt``) before
+    training.  A model with its own ``load_pretrained`` (segmentation: the encoder from a classification
+    backbone) uses it; any other model copies the entries whose names match.  Shape mismatches are errors
+    (e.g. per-timestep buffers of a checkpoint trained with another T).  Returns (missing, unexpected) keys."""
+    state = load_checkpoint(path)["model"]
+    if hasattr(model, "load_pretrained"):
+        report = model.load_pretrained(state)
+        return list(report[0]), list(report[1])
+    own = model.state_dict()
+    wrong = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+             for k, v in state.items() if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"--pretrained {path} does not fit this model ({'; '.join(wrong[:5])}); build the model "
+                         "with the checkpoint's settings (model, width, num_classes, num_steps)")
+    result = model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return list(result.missing_keys), sorted(set(state) - set(own))

@@ -61,6 +61,7 @@ class Config:
     # run
     seed: int = field(default=2025, metadata={"help": "random seed"})
     output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
+    pretrained: str = field(default="", metadata={"help": "checkpoint to start from (segmentation: the encoder)"})
     resume: bool = field(default=False, metadata={"help": "resume from OUTPUT_DIR/checkpoint.pt"})
     tensorboard: bool = field(default=False, metadata={"help": "log to tensorboard through accelerate"})
     limit_train_batches: int = field(default=0, metadata={"help": "batches per training epoch (0 = all)"})

@@ -33,18 +33,18 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, save_checkpoint, save_json
+from .checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_json
 from .config import Config
-from .datasets import create_dataset
+from .datasets import create_dataset, modality_of, to_model_input
 from .diagnostics import FiringRateMonitor
 from .losses import create_loss
 from .models import TDBatchNorm, create_model
-from .plots import plot_training_curves, results_table
+from .plots import plot_training_curves, results_table, save_segmentation_examples
 from .tasks import task_for
 
 # Fields that may change when resuming (run control, not the experiment).
 RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
-                     "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs"}
+                     "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs", "pretrained"}
 
 
 def validate(config: Config) -> None:
@@ -114,6 +114,29 @@ def make_loader(dataset, config: Config, train: bool, num_processes: int,
     )
 
 
+@torch.no_grad()
+def check_model_fits_data(model: nn.Module, dataset, modality: str, config: Config) -> None:
+    """One eval-mode forward on one test sample (no state changes), so a model/data mismatch fails before
+    training with a sentence that says what to change."""
+    sample = dataset[0][0].unsqueeze(0)
+    model.eval()
+    try:
+        output = model(to_model_input(sample, modality))
+    except (ValueError, RuntimeError) as error:
+        raise ValueError(f"model {config.model!r} does not fit dataset {config.dataset!r} ({modality} samples of shape "
+                         f"{tuple(sample.shape[1:])}): {error}. Choose a model made for this data (e.g. vggsnn for "
+                         "2x48x48 event frames, resnet19 for 3x32x32 images) or change --model.* / --num_steps")
+    finally:
+        model.train()
+    expected = "[B, classes, H, W]" if modality == "segmentation" else "[T, B, classes]"
+    fits = output.dim() == 4 and output.shape[1] == dataset.num_classes if modality == "segmentation" else \
+        output.dim() == 3 and output.shape[-1] == dataset.num_classes
+    if not fits:
+        raise ValueError(f"model {config.model!r} returns {tuple(output.shape)} but dataset {config.dataset!r} "
+                         f"({modality}, {dataset.num_classes} classes) needs {expected}; use a "
+                         f"{'segmentation' if modality == 'segmentation' else 'classification'} model")
+
+
 def check_resume_compatible(saved: dict, config: Config) -> None:
     current = config.to_dict()
     saved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in saved.items()}
@@ -141,7 +164,10 @@ def train(config: Config) -> dict:
                               "or choose another --output_dir")
 
     set_seed(config.seed)
+    modality = modality_of(config.dataset)
     data_kwargs = dict(root=config.data_root, download=config.download, **config.dataset_options)
+    if modality == "event":
+        data_kwargs.setdefault("num_frames", config.num_steps)  # one frame per timestep
     train_set = create_dataset(config.dataset, "train", **data_kwargs)
     test_set = create_dataset(config.dataset, "test", **data_kwargs)
     model = create_model(
@@ -149,6 +175,7 @@ def train(config: Config) -> dict:
         num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
         neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
     )
+    check_model_fits_data(model, test_set, modality, config)
     for module in model.modules():
         if isinstance(module, TDBatchNorm):
             module.sync = config.sync_bn
@@ -157,6 +184,10 @@ def train(config: Config) -> dict:
     task = task_for(train_set)
 
     start_epoch, best, history = 0, {}, []
+    if config.pretrained and not (config.resume and checkpoint_path.exists()):
+        missing, unexpected = load_pretrained(model, config.pretrained)
+        accelerator.print(f"initialised from {config.pretrained}: {len(missing)} entries not in it (kept as "
+                          f"initialised), {len(unexpected)} checkpoint entries unused")
     if config.resume and checkpoint_path.exists():
         state = load_checkpoint(checkpoint_path)
         check_resume_compatible(state["config"], config)
@@ -194,12 +225,12 @@ def train(config: Config) -> dict:
         started = time.time()
         try:
             train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, task, accelerator, config, epoch,
-                                          step_hooks)
+                                          step_hooks, modality)
         except FloatingPointError as error:
             last = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
             raise FloatingPointError(f"{error}; the last good checkpoint is {last}. Lower --lr, set --grad_clip, "
                                      "or pass --nonfinite skip; then continue with --resume") from None
-        test_stats = evaluate(model, test_loader, task, accelerator, config)
+        test_stats = evaluate(model, test_loader, task, accelerator, config, modality)
         improved = test_stats[task.primary] >= best.get(task.primary, -math.inf)
         best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
@@ -240,6 +271,8 @@ def train(config: Config) -> dict:
     if main:
         save_json(output_dir / "summary.json", summary)
         plot_training_curves(history, output_dir / "training_curves.png", title=f"{config.model} on {config.dataset}")
+        if task.primary == "test_miou":
+            save_segmentation_examples(accelerator.unwrap_model(model), test_set, output_dir / "examples.png")
         print(results_table(history, summary))
     if config.tensorboard:
         accelerator.end_training()
@@ -247,7 +280,7 @@ def train(config: Config) -> dict:
 
 
 def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config: Config, epoch: int,
-                    step_hooks=()) -> dict:
+                    step_hooks=(), modality: str = "static") -> dict:
     """One epoch.  Before each optimiser step the loss and the gradient norm are checked for NaN/inf
     (one host sync per step, agreed across processes): ``nonfinite="stop"`` raises
     FloatingPointError, ``"skip"`` drops the step and counts it."""
@@ -262,7 +295,7 @@ def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config
             break
         global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
         with accelerator.accumulate(model):
-            outputs = model(inputs)
+            outputs = model(to_model_input(inputs, modality))
             loss = loss_fn(outputs, targets)
             accelerator.backward(loss)
             if accelerator.sync_gradients and not step_is_finite(model, loss, accelerator, config):
@@ -306,7 +339,7 @@ def step_is_finite(model, loss, accelerator, config: Config) -> bool:
 
 
 @torch.no_grad()
-def evaluate(model, loader, task, accelerator, config: Config) -> dict:
+def evaluate(model, loader, task, accelerator, config: Config, modality: str = "static") -> dict:
     """The task's test metrics (loss is plain CE whatever the training loss) and firing rates, from
     per-sample statistics gathered over processes without duplicates."""
     model.eval()
@@ -316,7 +349,8 @@ def evaluate(model, loader, task, accelerator, config: Config) -> dict:
         for step, (inputs, targets) in enumerate(loader):
             if step >= total:
                 break
-            per_sample = accelerator.gather_for_metrics(task.sample_stats(model(inputs), targets))
+            outputs = model(to_model_input(inputs, modality))
+            per_sample = accelerator.gather_for_metrics(task.sample_stats(outputs, targets))
             sums = sums + per_sample.sum(0)
             seen += len(per_sample)
         spikes, counts = monitor.totals()
