@@ -94,7 +94,7 @@ def test_cli_overrides_every_kind_of_field():
     ({"optimizer": "lbfgs"}, "optimizer must be"), ({"lr": -1.0}, "lr must be > 0"),
     ({"mixed_precision": "fp8"}, "mixed_precision"), ({"loss": "hinge"}, "unknown loss 'hinge'"),
     ({"dataset": "mnist3d"}, "unknown dataset 'mnist3d'"), ({"surrogate": "relu"}, "unknown surrogate 'relu'"),
-    ({"model": "vggsnn", "model_options": {}}, "model 'vggsnn' does not fit dataset 'digits'.*C=2"),
+    ({"model": "vggsnn", "model_options": {}}, "model 'vggsnn' does not fit dataset 'digits'.*Choose a model"),
     ({"nonfinite": "ignore"}, "nonfinite must be"), ({"model_options": {"width": 0.25, "depth": 3}},
                                                      r"unknown option\(s\) \['depth'\]"),
 ])
