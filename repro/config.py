@@ -64,6 +64,9 @@ class Config:
     pretrained: str = field(default="", metadata={"help": "checkpoint to start from (segmentation: the encoder)"})
     resume: bool = field(default=False, metadata={"help": "resume from OUTPUT_DIR/checkpoint.pt"})
     tensorboard: bool = field(default=False, metadata={"help": "log to tensorboard through accelerate"})
+    diagnostics_every: int = field(default=0, metadata={"help": "every N epochs write diagnostics/epoch_N.json "
+                                                                 "(window occupancy, histograms, energy); 0 = off"})
+    diagnostics_batches: int = field(default=4, metadata={"help": "test batches used by the diagnostics"})
     limit_train_batches: int = field(default=0, metadata={"help": "batches per training epoch (0 = all)"})
     limit_eval_batches: int = field(default=0, metadata={"help": "batches per evaluation (0 = all)"})
     smoke: bool = field(default=False, metadata={"help": "tiny end-to-end run on the embedded dataset"})

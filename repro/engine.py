@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_json
 from .config import Config
 from .datasets import create_dataset, modality_of, to_model_input
-from .diagnostics import FiringRateMonitor
+from .diagnostics import FiringRateMonitor, collect_diagnostics
 from .losses import create_loss
 from .models import TDBatchNorm, create_model
 from .plots import plot_training_curves, results_table, save_segmentation_examples
@@ -44,6 +44,7 @@ from .tasks import task_for
 
 # Fields that may change when resuming (run control, not the experiment).
 RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
+                     "diagnostics_every", "diagnostics_batches",
                      "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs", "pretrained"}
 
 
@@ -236,6 +237,9 @@ def train(config: Config) -> dict:
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
                **{f"best_{k}": v for k, v in best.items()}, "epoch_time_s": round(time.time() - started, 3)}
         history.append(row)
+        if main and config.diagnostics_every and (epoch + 1) % config.diagnostics_every == 0:
+            save_json(output_dir / "diagnostics" / f"epoch_{epoch + 1:04d}.json",
+                      run_diagnostics(accelerator.unwrap_model(model), test_set, modality, config))
         if config.tensorboard:
             accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
         if main:
@@ -320,6 +324,14 @@ def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config
     count = int(totals[0].item())
     metrics = task.finalize(totals[2:], count)
     return {"train_loss": totals[1].item() / count, "train_accuracy": metrics["accuracy"], "nonfinite_skipped": skipped}
+
+
+def run_diagnostics(model: nn.Module, dataset, modality: str, config: Config) -> dict:
+    """repro.diagnostics.collect_diagnostics on the first test batches, in eval mode, on this process
+    only (a plain loader: no collective calls), every buffer restored afterwards."""
+    loader = DataLoader(dataset, batch_size=config.eval_batch_size)
+    batches = ((to_model_input(inputs, modality), targets) for inputs, targets in loader)
+    return collect_diagnostics(model, batches, max_batches=config.diagnostics_batches)
 
 
 def step_is_finite(model, loss, accelerator, config: Config) -> bool:

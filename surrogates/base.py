@@ -69,7 +69,11 @@ class Surrogate(nn.Module):
         return self.shape(x.float(), **self.call_params(x, **context))
 
     def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
-        params = self.call_params(x, **context)
+        return self.spike(x, self.call_params(x, **context), fire_ge, context)
+
+    def spike(self, x: Tensor, params: dict, fire_ge: bool, context: dict) -> Tensor:
+        """Run the observers, then the spike function with these parameters (subclasses that override
+        ``forward`` to do more per call end with this)."""
         for observer in self.observers:
             observer(self, x, params, context)
         return SpikeFunction.apply(x, self.shape, params, fire_ge)
