@@ -23,10 +23,10 @@ VGG13_LAYERS = (64, 64, "A", 128, 128, "A", 256, 256, "A", 512, 512, "A", 512, 5
 
 class SpikingVGG(nn.Module):
     """Conv-BN-SN stack given as a list of channel counts and "A" (average pool 2), then a Linear
-    classifier on the flattened features of every step."""
+    classifier on the flattened features of every step.  ``width`` scales every channel count."""
 
     def __init__(self, layers: Sequence, make_neuron: Callable[[], nn.Module], num_classes: int, in_channels: int,
-                 input_size: int, num_steps: int, bn_scale: float = 1.0):
+                 input_size: int, num_steps: int, bn_scale: float = 1.0, width: float = 1.0):
         super().__init__()
         self.num_steps, self.in_channels = num_steps, in_channels
         blocks, channels, size = [], in_channels, input_size
@@ -35,9 +35,10 @@ class SpikingVGG(nn.Module):
                 blocks.append(SeqToANN(nn.AvgPool2d(2)))
                 size //= 2
             else:
-                conv = conv_bn(channels, item, 3, 1, bn_scale)
+                out_channels = max(1, round(item * width))
+                conv = conv_bn(channels, out_channels, 3, 1, bn_scale)
                 blocks += [conv, fed_by(conv, make_neuron())]
-                channels = item
+                channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.classifier = SeqToANN(nn.Flatten(), nn.Linear(channels * size * size, num_classes))
         for m in self.modules():
@@ -49,10 +50,10 @@ class SpikingVGG(nn.Module):
 
 
 def vggsnn(make_neuron: Callable[[], nn.Module], num_classes: int = 10, num_steps: int = 10, in_channels: int = 2,
-           input_size: int = 48, bn_scale: float = 1.0) -> SpikingVGG:
-    return SpikingVGG(VGGSNN_LAYERS, make_neuron, num_classes, in_channels, input_size, num_steps, bn_scale)
+           input_size: int = 48, bn_scale: float = 1.0, width: float = 1.0) -> SpikingVGG:
+    return SpikingVGG(VGGSNN_LAYERS, make_neuron, num_classes, in_channels, input_size, num_steps, bn_scale, width)
 
 
 def vgg13(make_neuron: Callable[[], nn.Module], num_classes: int = 200, num_steps: int = 4, in_channels: int = 3,
-          input_size: int = 64, bn_scale: float = 1.0) -> SpikingVGG:
-    return SpikingVGG(VGG13_LAYERS, make_neuron, num_classes, in_channels, input_size, num_steps, bn_scale)
+          input_size: int = 64, bn_scale: float = 1.0, width: float = 1.0) -> SpikingVGG:
+    return SpikingVGG(VGG13_LAYERS, make_neuron, num_classes, in_channels, input_size, num_steps, bn_scale, width)
