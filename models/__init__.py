@@ -9,14 +9,19 @@ from torch import nn
 
 from ..registry import Registry
 from ..surrogates import create_surrogate
+from .adaptive_threshold import AdaptiveThresholdLIF, freeze_running_thresholds
+from .circulate_firing import CFNeuron, circulate_firing
 from .layers import SeqToANN, TDBatchNorm, fold, unfold
 from .neurons import LIF, SpikingNeuron, lif, plif
 from .resnet import SpikingResNet, resnet18, resnet19
+from .spikformer import SPIKINGJELLY_LIF, Spikformer, spikformer
 from .vgg import SpikingVGG, vgg13, vggsnn
 
 NEURONS = Registry("neuron")
 NEURONS.register()(lif)
 NEURONS.register()(plif)
+NEURONS.register()(circulate_firing)
+NEURONS.register("adaptive_threshold")(AdaptiveThresholdLIF)
 
 MODELS = Registry("model")
 
@@ -59,18 +64,72 @@ def _resnet18(num_classes: int = 1000, num_steps: int = 4, in_channels: int = 3,
 
 @MODELS.register("vggsnn")
 def _vggsnn(num_classes: int = 10, num_steps: int = 10, in_channels: int = 2, input_size: int = 48,
-            bn_scale: float = 1.0, neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
-            surrogate_kwargs: dict | None = None) -> SpikingVGG:
+            bn_scale: float = 1.0, width: float = 1.0, neuron: str = "lif", surrogate: str = "atan",
+            neuron_kwargs: dict | None = None, surrogate_kwargs: dict | None = None) -> SpikingVGG:
     make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
-    return vggsnn(make, num_classes, num_steps, in_channels, input_size, bn_scale)
+    return vggsnn(make, num_classes, num_steps, in_channels, input_size, bn_scale, width)
 
 
 @MODELS.register("vgg13")
 def _vgg13(num_classes: int = 200, num_steps: int = 4, in_channels: int = 3, input_size: int = 64,
-           bn_scale: float = 1.0, neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
-           surrogate_kwargs: dict | None = None) -> SpikingVGG:
+           bn_scale: float = 1.0, width: float = 1.0, neuron: str = "lif", surrogate: str = "atan",
+           neuron_kwargs: dict | None = None, surrogate_kwargs: dict | None = None) -> SpikingVGG:
     make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
-    return vgg13(make, num_classes, num_steps, in_channels, input_size, bn_scale)
+    return vgg13(make, num_classes, num_steps, in_channels, input_size, bn_scale, width)
+
+
+@MODELS.register("spikformer")
+def _spikformer(num_classes: int = 10, num_steps: int = 4, in_channels: int = 3, preset: str = "cifar",
+                depth: int | None = None, dim: int | None = None, heads: int | None = None,
+                mlp_ratio: float | None = None, pool_stages: tuple | None = None, qkv_bias: bool | None = None,
+                attn_scale: float | None = None, attn_threshold: float = 0.5, attn_threshold_option: str = "threshold",
+                bn_scale: float = 1.0, neuron: str = "lif", surrogate: str = "sigmoid",
+                neuron_kwargs: dict | None = None, surrogate_kwargs: dict | None = None) -> Spikformer:
+    """Spikformer (models/spikformer.py; presets ``cifar`` 4-384 and ``dvs`` 2-256, None = preset value).
+    With ``neuron="lif"`` the LIF options not given default to spikingjelly's LIF (``SPIKINGJELLY_LIF``);
+    the surrogate defaults to sigmoid (alpha = 4).  The neuron after Q K^T V gets its threshold option
+    ``attn_threshold_option`` (``theta`` for circulate_firing) set to ``attn_threshold``."""
+    if neuron == "lif":
+        neuron_kwargs = {**SPIKINGJELLY_LIF, **(neuron_kwargs or {})}
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    try:
+        make_attn = neuron_factory(neuron, surrogate, {**(neuron_kwargs or {}), attn_threshold_option: attn_threshold},
+                                   surrogate_kwargs, num_steps)
+    except ValueError as error:
+        raise ValueError(f"{error}; the attention neuron's threshold goes to the neuron option named by the model "
+                         f"option attn_threshold_option (now {attn_threshold_option!r})") from error
+    return spikformer(make, make_attn, num_classes, in_channels, num_steps, preset, bn_scale, depth=depth, dim=dim,
+                      heads=heads, mlp_ratio=mlp_ratio, pool_stages=pool_stages, qkv_bias=qkv_bias,
+                      attn_scale=attn_scale)
+
+
+@MODELS.register("spiking_unet")
+def _spiking_unet(num_classes: int = 21, num_steps: int = 4, in_channels: int = 3, block: str = "sew_add",
+                  width: float = 1.0, bn_scale: float = 1.0, decoder_channels: tuple = (256, 128, 64, 32, 16),
+                  neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
+                  surrogate_kwargs: dict | None = None) -> nn.Module:
+    """smp Unet on a spiking ResNet-18 encoder, spiking decoder (models/segmentation.py; imports smp)."""
+    from .segmentation import spiking_unet
+
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    encoder = dict(block=block, width=width, bn_scale=bn_scale, neuron=neuron, surrogate=surrogate,
+                   neuron_kwargs=neuron_kwargs, surrogate_kwargs=surrogate_kwargs)
+    return spiking_unet(num_classes, num_steps, in_channels, encoder, make, decoder_channels)
+
+
+@MODELS.register("spiking_fpn")
+def _spiking_fpn(num_classes: int = 21, num_steps: int = 4, in_channels: int = 3, block: str = "sew_add",
+                 width: float = 1.0, bn_scale: float = 1.0, pyramid_channels: int = 256,
+                 segmentation_channels: int = 128, dropout: float = 0.2, neuron: str = "lif", surrogate: str = "atan",
+                 neuron_kwargs: dict | None = None, surrogate_kwargs: dict | None = None) -> nn.Module:
+    """smp FPN on a spiking ResNet-18 encoder, spiking decoder (models/segmentation.py; imports smp)."""
+    from .segmentation import spiking_fpn
+
+    make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
+    encoder = dict(block=block, width=width, bn_scale=bn_scale, neuron=neuron, surrogate=surrogate,
+                   neuron_kwargs=neuron_kwargs, surrogate_kwargs=surrogate_kwargs)
+    return spiking_fpn(num_classes, num_steps, in_channels, encoder, make, pyramid_channels, segmentation_channels,
+                       dropout)
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
@@ -84,6 +143,6 @@ def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 __all__ = [
-    "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "TDBatchNorm", "create_model", "create_neuron",
-    "fold", "lif", "neuron_factory", "plif", "resnet19", "spiking_layers", "unfold",
+    "CFNeuron", "circulate_firing", "AdaptiveThresholdLIF", "freeze_running_thresholds", "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "Spikformer", "TDBatchNorm", "create_model", "create_neuron",
+    "fold", "lif", "neuron_factory", "plif", "resnet19", "spiking_layers", "spikformer", "unfold",
 ]

@@ -24,6 +24,9 @@ Single-step mode: ``spk, mem = neuron(x[B, ...], mem)`` as with snnTorch.  In si
 mode the previous spike is recomputed from ``mem`` (detached, like snnTorch) unless passed
 as ``spk=``.
 Neuron state and surrogate maths run in fp32 whatever the input dtype (AMP).
+Multi-step forwards take the fused path of ``models/fused.py`` (one autograd Function for the
+whole time loop, bitwise-equal spikes, far fewer saved tensors) when ``fused`` is on and the
+configuration allows it, else this reference loop (the oracle), logging the reason once.
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..surrogates import Surrogate, create_surrogate
+from .fused import fused_lif, report_fallback, unfused_reason
 
 PRESETS = {
     "snntorch": dict(fire_ge=False, reset_detach=True, decay_param="clamp", reset_decayed=False),
@@ -43,6 +47,20 @@ PRESETS = {
 
 def _logit(p: float) -> float:
     return -math.log(1.0 / p - 1.0)
+
+
+def charge(x: Tensor, mem: Tensor, spk: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool,
+           reset_detach: bool, decay_input: bool) -> Tensor:
+    """u[t] from I[t] = ``x``, u[t-1] = ``mem`` and s[t-1] = ``spk`` (module docstring); differentiable."""
+    prev = spk.detach() if reset_detach else spk
+    current = (1 - decay) * x if decay_input else x
+    if reset == "zero":
+        return decay * mem * (1 - prev) + current
+    if reset == "subtract" and reset_decayed:
+        return decay * (mem - threshold * prev) + current
+    if reset == "subtract":
+        return decay * mem + current - threshold * prev
+    return decay * mem + current
 
 
 class SpikingNeuron(nn.Module):
@@ -87,6 +105,8 @@ class LIF(SpikingNeuron):
         reset: ``zero`` | ``subtract`` | ``none``.
         num_steps: if set, multi-step input must have this many timesteps.
         step_mode: ``multi`` or ``single``.
+        fused: run multi-step forwards through the fused path where supported (``models/fused.py``);
+            False always runs the reference loop.
     """
 
     def __init__(
@@ -105,6 +125,7 @@ class LIF(SpikingNeuron):
         reset: str = "zero",
         num_steps: int | None = None,
         step_mode: str = "multi",
+        fused: bool = True,
     ):
         super().__init__()
         if preset not in PRESETS:
@@ -141,6 +162,7 @@ class LIF(SpikingNeuron):
         self.reset = reset
         self.num_steps = num_steps
         self.step_mode = step_mode
+        self.fused = bool(fused)
         if isinstance(surrogate, str):
             surrogate = create_surrogate(surrogate, **(surrogate_kwargs or {}))
         self.surrogate = surrogate
@@ -152,26 +174,25 @@ class LIF(SpikingNeuron):
             return torch.sigmoid(self.decay_raw)
         return self.decay_raw.clamp(0.0, 1.0)
 
+    def fire_context(self, u: Tensor, step: int | None) -> tuple[float | Tensor, dict]:
+        """(theta_t, surrogate context) of this step: the fixed threshold here.  A subclass with a
+        per-step threshold overrides this (not ``fire``) and keeps the fused path; theta_t must be
+        detached (it receives no gradient)."""
+        return self.threshold, dict(mem=u, step=step, neuron=self)
+
     def fire(self, u: Tensor, step: int | None) -> Tensor:
         """Spike of the pre-reset membrane; the surrogate gets the neuron's context."""
         self.record(u, step)
-        x = u - self.threshold
+        threshold, context = self.fire_context(u, step)
+        x = u - threshold
         if isinstance(self.surrogate, Surrogate):
-            return self.surrogate(x, fire_ge=self.fire_ge, mem=u, step=step, neuron=self)
+            return self.surrogate(x, fire_ge=self.fire_ge, **context)
         return self.surrogate(x)  # a plain snnTorch-style callable
 
     def step(self, x: Tensor, mem: Tensor, spk: Tensor, decay: Tensor, t: int | None):
         """One timestep: (input, previous pre-reset membrane, previous spike) -> (spike, membrane)."""
-        prev = spk.detach() if self.reset_detach else spk
-        current = (1 - decay) * x if self.decay_input else x
-        if self.reset == "zero":
-            mem = decay * mem * (1 - prev) + current
-        elif self.reset == "subtract" and self.reset_decayed:
-            mem = decay * (mem - self.threshold * prev) + current
-        elif self.reset == "subtract":
-            mem = decay * mem + current - self.threshold * prev
-        else:
-            mem = decay * mem + current
+        mem = charge(x, mem, spk, decay, self.threshold, self.reset, self.reset_decayed, self.reset_detach,
+                     self.decay_input)
         return self.fire(mem, t), mem
 
     def forward(self, x: Tensor, mem: Tensor | None = None, spk: Tensor | None = None):
@@ -195,6 +216,12 @@ class LIF(SpikingNeuron):
                 f"T={x.shape[0]} (shape {tuple(x.shape)}, expected [T, B, ...]); "
                 "rebuild the model with num_steps matching the data"
             )
+        if self.fused:
+            reason = unfused_reason(self, x)
+            if reason is None:
+                return fused_lif(self, x, decay).to(dtype)
+            if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path
+                report_fallback(reason)
         mem = torch.zeros_like(x[0])
         spk = torch.zeros_like(x[0])
         out = []
@@ -208,7 +235,7 @@ class LIF(SpikingNeuron):
             f"preset={self.preset}, threshold={self.threshold}, decay={self.decay.item():.3g}, "
             f"decay_param={self.decay_param}, learnable={isinstance(self.decay_raw, nn.Parameter)}, "
             f"fire_ge={self.fire_ge}, reset={self.reset}, reset_detach={self.reset_detach}, "
-            f"reset_decayed={self.reset_decayed}, decay_input={self.decay_input}"
+            f"reset_decayed={self.reset_decayed}, decay_input={self.decay_input}, fused={self.fused}"
         )
 
 

@@ -1,0 +1,136 @@
+"""Circulate-firing (CF) neurons (circulate_firing.md section 1).  [published]: the CF neuron uses the
+membrane potential more fully than a conventional neuron, and the sign of the potential matters.
+Every equation below is [reconstructed].
+
+For t = 1..T, input current I_t, U_0 = 0, beta = 1 - 1/tau::
+
+    charge  H_t = beta U_{t-1} + I_t
+    fire    S_t = (number of up-crossings) - (number of down-crossings)          (see modes)
+    reset   U_t = H_t - r (up_t - down_t)                 soft reset: the residual is kept
+
+``mode``:
+- ``signed`` (default): up-crossings H >= j theta, down-crossings -H >= j theta, j = 1..D, r = theta, so
+  S_t = sign(H_t) min(floor(|H_t| / theta), D) in {-D..D} ("fire, subtract theta, re-check" up to D
+  times).  While |H| < (D+1) theta, |U| < theta; beyond that the surplus carries over (saturation).
+- ``unsigned``: up-crossings only, S_t = min(floor(max(H_t, 0) / theta), D); no lower clamp on U.
+- ``wrap_signed`` / ``wrap_binary``: the potential lives on the ring [-theta, theta): up-crossings
+  H >= (2j-1) theta, down-crossings H < -(2j-1) theta, r = 2 theta; j = 1 only (``wrap_mode=single``)
+  or j = 1..D (``wrap_mode=modulo``: wraps until U is back on the ring, at most D times).  The output
+  is up - down (``wrap_signed``) or up (``wrap_binary``: downward wraps emit 0; with ``modulo`` the
+  count of upward wraps).
+
+Special cases: D = 1 unsigned = LIF with soft reset; D = 1 signed = ternary neuron.
+
+Spikes come from the surrogate, one Heaviside per level crossing x (e.g. x = H - j theta), so the
+forward is the exact integer staircase and the backward puts one bump at every crossing:
+dS/dH = sum_j h(H - j theta) + h(-H - j theta) for ``signed``.  With the TLSG surrogate
+(``learnable``, the default) the sum is S_exact + phi_k(H) - stopgrad(phi_k(H)) with
+phi_k(H) = sum_j [sigmoid(k(H - j theta)) - sigmoid(k(-H - j theta))], so k[l, t] learns; any other
+``Surrogate`` (sigmoid, atan, mpd_agl, ...) also works.  The neuron tells the surrogate T and beta
+(``bind_neuron``) when it has that method.
+
+Options: ``D``, ``theta``, ``tau``, ``reset_detach`` (stop the gradient through the reset term;
+False for CNNs, True inside Spikformer), ``wrap_mode``, ``output_scale`` (``S``: the next layer gets
+S_t; ``theta_S``: theta S_t).  Multi-step only: ``forward(x[T, B, ...]) -> S[T, B, ...]``, state from
+zero at every call, maths in fp32.  ``record`` stores H_t (``recorded_potential="pre_fire"``) or U_t
+(``"post_reset"``) when ``record_potentials`` is set (the balanced loss sets both).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..surrogates import Surrogate, create_surrogate
+from .neurons import SpikingNeuron
+
+MODES = ("signed", "unsigned", "wrap_signed", "wrap_binary")
+WRAP_MODES = ("single", "modulo")
+OUTPUT_SCALES = ("S", "theta_S")
+
+
+class CFNeuron(SpikingNeuron):
+    """Multi-level circulate-firing neuron (see module docstring)."""
+
+    RECORDABLE_POTENTIALS = ("pre_fire", "post_reset")
+
+    def __init__(self, mode: str = "signed", D: int = 4, theta: float = 1.0, tau: float = 2.0,
+                 reset_detach: bool = False, wrap_mode: str = "single", output_scale: str = "S",
+                 surrogate: Surrogate | str = "learnable", surrogate_kwargs: dict | None = None,
+                 num_steps: int | None = None):
+        super().__init__()
+        for name, value, choices in (("mode", mode, MODES), ("wrap_mode", wrap_mode, WRAP_MODES),
+                                     ("output_scale", output_scale, OUTPUT_SCALES)):
+            if value not in choices:
+                raise ValueError(f"circulate_firing: {name} must be one of {choices}, got {value!r}")
+        if int(D) != D or D < 1:
+            raise ValueError(f"circulate_firing: D (max spikes per step) must be an integer >= 1, got {D}")
+        if not theta > 0:
+            raise ValueError(f"circulate_firing: theta must be > 0, got {theta}")
+        if not tau >= 1:
+            raise ValueError(f"circulate_firing: tau must be >= 1 (beta = 1 - 1/tau in [0, 1)), got {tau}")
+        if isinstance(surrogate, str):
+            surrogate = create_surrogate(surrogate, **(surrogate_kwargs or {}))
+        if not isinstance(surrogate, Surrogate):
+            raise ValueError("circulate_firing needs a repro Surrogate (it passes fire_ge and the timestep), got "
+                             f"{type(surrogate).__name__}; give a surrogate name such as 'learnable' or 'sigmoid'")
+        self.mode, self.D, self.threshold, self.tau = mode, int(D), float(theta), float(tau)
+        self.reset_detach, self.wrap_mode, self.output_scale = bool(reset_detach), wrap_mode, output_scale
+        self.num_steps = num_steps
+        self.recorded_potential = "pre_fire"
+        self.register_buffer("decay", torch.tensor(1.0 - 1.0 / self.tau), persistent=False)
+        wraps = mode.startswith("wrap")
+        counts = torch.arange(1, (self.D if not wraps or wrap_mode == "modulo" else 1) + 1, dtype=torch.float32)
+        self.register_buffer("levels", (2 * counts - 1 if wraps else counts) * self.threshold, persistent=False)
+        self.reset_unit = (2.0 if wraps else 1.0) * self.threshold
+        if hasattr(surrogate, "bind_neuron"):
+            surrogate.bind_neuron(num_steps=num_steps, decay=float(self.decay))
+        self.surrogate = surrogate
+
+    def crossings(self, potential: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
+        """(number of up-crossings, number of down-crossings or None for ``unsigned``), each a sum of
+        surrogate spikes over the levels."""
+        levels = self.levels.view(-1, *([1] * potential.dim()))
+        context = dict(mem=potential, step=step, neuron=self)
+        up = self.surrogate(potential - levels, fire_ge=True, **context).sum(0)
+        if self.mode == "unsigned":
+            return up, None
+        # signed: -H >= j theta fires; ring: H < -(2j - 1) theta wraps (strict, the ring is [-theta, theta))
+        down = self.surrogate(-potential - levels, fire_ge=self.mode == "signed", **context).sum(0)
+        return up, down
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            raise ValueError(f"circulate_firing expects [T, B, ...] input, got shape {tuple(x.shape)}")
+        if self.num_steps is not None and x.shape[0] != self.num_steps:
+            raise ValueError(f"this neuron was built for T={self.num_steps} timesteps but got T={x.shape[0]} "
+                             f"(shape {tuple(x.shape)}, expected [T, B, ...]); rebuild with matching num_steps")
+        dtype, x = x.dtype, x.float()
+        scale = self.threshold if self.output_scale == "theta_S" else 1.0
+        potential = torch.zeros_like(x[0])
+        out = []
+        for t in range(x.shape[0]):
+            charged = self.decay * potential + x[t]
+            if self.recorded_potential == "pre_fire":
+                self.record(charged, t)
+            up, down = self.crossings(charged, t)
+            net = up if down is None else up - down
+            reset = net.detach() if self.reset_detach else net
+            potential = charged - self.reset_unit * reset
+            if self.recorded_potential == "post_reset":
+                self.record(potential, t)
+            out.append((up if self.mode == "wrap_binary" else net) * scale)
+        return torch.stack(out).to(dtype)
+
+    def extra_repr(self) -> str:
+        wrap = f", wrap_mode={self.wrap_mode}" if self.mode.startswith("wrap") else ""
+        return (f"mode={self.mode}, D={self.D}, theta={self.threshold}, tau={self.tau}{wrap}, "
+                f"reset_detach={self.reset_detach}, output_scale={self.output_scale}")
+
+
+def circulate_firing(num_steps: int | None = None, surrogate: Surrogate | str = "learnable",
+                     surrogate_kwargs: dict | None = None, mode: str = "signed", D: int = 4, theta: float = 1.0,
+                     tau: float = 2.0, reset_detach: bool = False, wrap_mode: str = "single",
+                     output_scale: str = "S") -> CFNeuron:
+    """Circulate-firing neuron with circulate_firing.md's defaults (signed, D = 4, theta = 1, tau = 2)."""
+    return CFNeuron(mode, D, theta, tau, reset_detach, wrap_mode, output_scale, surrogate, surrogate_kwargs,
+                    num_steps)

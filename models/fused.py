@@ -1,0 +1,243 @@
+"""Fused multi-step path of ``LIF``: the whole time loop in one ``torch.autograd.Function``.
+
+The reference loop of ``LIF.forward`` builds a per-step autograd graph (two to four saved fp32
+tensors per step and a dozen graph nodes).  The fused path computes the same forward without a
+graph and runs the reverse-time recurrence itself in ``backward`` [reconstructed; the BPTT
+equations below follow from the forward of ``models/neurons.py``].
+
+Forward (``neurons.charge`` + ``LIF.fire``), lambda = decay, c = 1 - lambda if ``decay_input`` else 1,
+theta = the neuron's fixed threshold (used by the reset), theta_t = the firing threshold of step t
+(``neuron.fire_context``: theta for ``LIF``, a detached per-step tensor for adaptive subclasses)::
+
+    u[t] = lambda * R[t-1] + c * I[t] (- theta * s[t-1] for subtract with reset_decayed=False)
+    R[t] = u[t] * (1 - s[t]) (zero) | u[t] - theta * s[t] (subtract, decayed) | u[t] (otherwise)
+    s[t] = H(u[t] - theta_t)
+
+Saved for backward: the input I[T, ...] (fp32; one tensor, the same size as the membrane) and, per
+step, theta_t and the surrogate parameters ``surrogate.call_params(u[t] - theta_t, **context)``
+captured at forward time (small).  ``backward`` first replays the forward from I with the saved
+thresholds (same operations, so u and s are bitwise the forward's; no surrogate or ``fire_context``
+call, so no side effect runs twice), then, g[t] = dL/ds[t], h[t] = shape(u[t] - theta_t, **params[t]),
+e[t] = dL/du[t], e[T] = 0::
+
+    dL/ds[t] = g[t] + B[t] * e[t+1]      B = -lambda u[t] (zero), -lambda theta (subtract, decayed),
+                                          -theta (subtract), 0 (none or ``reset_detach``)
+    e[t]     = dL/ds[t] * h[t] + A[t] * e[t+1]      A = lambda (1 - s[t]) (zero), lambda (otherwise)
+    dL/dI[t] = c e[t]
+    dL/dlambda = sum_t e[t+1] * R'[t] - [decay_input] sum_t e[t] * I[t],
+                 R'[t] = R[t] (zero, subtract decayed), u[t] (subtract not decayed, none)
+
+Double backward (``create_graph=True``: Hessian-vector products, sharpness): ``backward`` rebuilds the
+step graph from the saved I with ``neurons.charge`` and the core ``SpikeFunction`` (saved thresholds
+and parameters) and differentiates it, so second derivatives equal the reference loop's.
+
+The fused forward is bitwise equal to the reference loop (same floating-point operations in the
+same order: products with a 0/1 spike are exact, so ``addcmul`` and ``sub(alpha=theta)`` round as
+the reference's separate operations, and ``u >= theta`` equals ``u - theta >= 0`` in IEEE
+arithmetic), so spikes are identical; gradients agree to float rounding (tests/test_fused.py).
+
+Not fused (``unfused_reason`` says why; ``LIF.forward`` then runs the reference loop and logs the
+reason once): ``record_potentials`` on (per-step tensors with graph are requested), a subclass that
+overrides ``step`` or ``fire`` (override ``fire_context`` instead to stay fused), a plain callable
+surrogate, a surrogate that overrides ``Surrogate.forward`` (A2SG's statistics hooks, the learnable
+TLSG), a surrogate with ``observers`` or with parameters that require gradients, and tracing by
+``torch.compile`` (the reference loop is traceable and inductor fuses its elementwise steps; this is
+the intended path under compile, not logged).  Device-agnostic torch code: on CUDA it runs the same
+per-step kernels (no custom kernel; tested only where a GPU is present).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
+
+logger = logging.getLogger(__name__)
+_reported: set[str] = set()
+
+
+class StepConfig(NamedTuple):
+    """The switches of one LIF, captured at forward time (backward reads no module state)."""
+
+    threshold: float
+    reset: str
+    reset_decayed: bool
+    reset_detach: bool
+    decay_input: bool
+    fire_ge: bool
+
+
+def unfused_reason(neuron, x: Tensor) -> str | None:
+    """Why this forward of ``neuron`` (an ``LIF``) on ``x`` cannot take the fused path (None: it can)."""
+    from .neurons import LIF
+
+    cls = type(neuron)
+    for method in ("step", "fire"):
+        if getattr(cls, method) is not getattr(LIF, method):
+            return f"{cls.__name__} overrides {method}() (override fire_context() to keep the fused path)"
+    if neuron.record_potentials:
+        return "record_potentials is on (the recorded potentials carry the per-step graph)"
+    surrogate = neuron.surrogate
+    if not isinstance(surrogate, Surrogate):
+        return f"the surrogate {type(surrogate).__name__} is a plain callable, not a repro Surrogate"
+    if type(surrogate).forward is not Surrogate.forward:
+        return f"the surrogate {type(surrogate).__name__} overrides forward()"
+    if surrogate.observers:
+        return "the surrogate has observers attached"
+    if any(p.requires_grad for p in surrogate.parameters()):
+        return f"the surrogate {type(surrogate).__name__} has learnable parameters"
+    if torch.compiler.is_compiling():
+        return "torch.compile is tracing the neuron (the reference loop is traceable)"
+    return None
+
+
+def report_fallback(reason: str) -> None:
+    """Log each fallback reason once per process."""
+    if reason not in _reported:
+        _reported.add(reason)
+        logger.info("LIF fused path not used, running the reference loop: %s", reason)
+
+
+def fused_lif(neuron, x: Tensor, decay: Tensor) -> Tensor:
+    """Spikes [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedLIFFunction``."""
+    return FusedLIFFunction.apply(x, decay, neuron)
+
+
+class FusedLIFFunction(torch.autograd.Function):
+    """(I[T, ...], lambda) -> s[T, ...] for one ``LIF`` with every switch; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, decay: Tensor, neuron) -> Tensor:
+        config = StepConfig(float(neuron.threshold), neuron.reset, neuron.reset_decayed, neuron.reset_detach,
+                            neuron.decay_input, neuron.fire_ge)
+        surrogate = neuron.surrogate
+        fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
+        thresholds, params = [], []
+
+        def threshold_at(u: Tensor, step: int):
+            threshold, context = neuron.fire_context(u, step)
+            params.append(surrogate.params if fixed_params else surrogate.call_params(u - threshold, **context))
+            thresholds.append(threshold)
+            return threshold
+
+        spikes, _ = integrate(x, decay, config, threshold_at, keep=False)
+        if any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(x, decay)
+            ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
+        return spikes
+
+    @staticmethod
+    def backward(ctx, grad_spikes: Tensor):
+        x, decay = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
+            return double_differentiable_grads(ctx, x, decay, grad_spikes)
+        config, want_decay = ctx.config, ctx.needs_input_grad[1]
+        _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True)
+        lam = float(decay)
+        theta = config.threshold
+        compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
+        grad_spikes = grad_spikes.float()
+        grad_mem = membrane  # e[t] overwrites u[t] once step t has used it
+        mask = torch.empty_like(x[0])  # 1 - s[t] (zero reset) or s[t], from u[t] - theta_t as the forward fired
+        grad_decay = torch.zeros((), dtype=torch.float64, device=x.device)
+        last = x.shape[0] - 1
+        for t in range(last, -1, -1):
+            u = membrane[t]
+            shifted = u - ctx.thresholds[t]
+            h = ctx.shape(shifted, **ctx.params[t])
+            if t == last:
+                torch.mul(grad_spikes[t], h, out=grad_mem[t])
+                continue
+            carry = grad_mem[t + 1]
+            grad_s = grad_spikes[t]
+            if not config.reset_detach and config.reset == "zero":
+                grad_s = torch.addcmul(grad_s, u, carry, value=-lam)
+            elif not config.reset_detach and config.reset == "subtract":
+                grad_s = grad_s.add(carry, alpha=-(lam * theta if config.reset_decayed else theta))
+            leak = None
+            if config.reset == "zero":
+                complement(shifted, 0, out=mask)
+                leak = carry * mask if want_decay else None  # e[t+1] (1 - s[t])
+            if want_decay:
+                grad_decay += torch.dot((carry if leak is None else leak).flatten(), u.flatten())
+                if config.reset == "subtract" and config.reset_decayed:
+                    compare(shifted, 0, out=mask)
+                    grad_decay -= theta * torch.dot(carry.flatten(), mask.flatten())
+            torch.mul(grad_s, h, out=grad_mem[t])  # u[t] is not read after this
+            if leak is not None:
+                grad_mem[t].add_(leak, alpha=lam)
+            elif config.reset == "zero":
+                grad_mem[t].addcmul_(carry, mask, value=lam)
+            else:
+                grad_mem[t].add_(carry, alpha=lam)
+        if want_decay and config.decay_input:
+            grad_decay -= torch.dot(grad_mem.flatten(), x.flatten())
+        grad_input = grad_mem.mul_(1 - decay.detach().float()) if config.decay_input else grad_mem
+        return grad_input, (grad_decay.to(decay.dtype) if want_decay else None), None
+
+
+def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor):
+    """Input and decay gradients as differentiable functions of (I, lambda, upstream gradient): the
+    step graph rebuilt with ``neurons.charge`` and ``SpikeFunction`` (saved thresholds and parameters)."""
+    from .neurons import charge
+
+    config = ctx.config
+    mem, spk, out = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        mem = charge(x[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
+                     config.reset_detach, config.decay_input)
+        spk = SpikeFunction.apply(mem - ctx.thresholds[t], ctx.shape, ctx.params[t], config.fire_ge)
+        out.append(spk)
+    wanted = [tensor for tensor, needed in zip((x, decay), ctx.needs_input_grad[:2]) if needed]
+    grads = iter(torch.autograd.grad(torch.stack(out), wanted, grad_spikes, create_graph=True, allow_unused=True))
+    return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]), None)
+
+
+@torch.no_grad()
+def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callable[[Tensor, int], object],
+              keep: bool) -> tuple[Tensor | None, Tensor | None]:
+    """The forward time loop without a graph, bitwise equal to ``neurons.charge`` + ``LIF.fire``.
+
+    ``threshold_at(u, t)`` gives theta_t (the forward calls ``fire_context`` and the surrogate there; the
+    backward's replay looks up the saved thresholds).  ``keep=False`` (the forward) returns (spikes fp32
+    [T, ...], None) and updates one membrane buffer in place; ``keep=True`` (the replay) returns (None,
+    u [T, ...]).  The reset mask (1 - s for the zero reset, s for subtract) lives in a one-step buffer.
+    """
+    lam = decay.detach()
+    lam_value = float(lam)
+    scale = 1 - lam if config.decay_input else None
+    zero, subtract = config.reset == "zero", config.reset == "subtract"
+    compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
+    membrane = torch.empty_like(x) if keep else torch.empty_like(x[0])
+    spikes = None if keep else torch.empty_like(x)
+    mask = torch.empty_like(x[0]) if zero or (subtract and keep) else None
+    for t in range(x.shape[0]):
+        u = membrane[t] if keep else membrane
+        current = x[t] if scale is None else scale * x[t]
+        if t == 0:
+            u.copy_(current)
+        else:
+            prev = membrane[t - 1] if keep else membrane
+            fired = mask if keep or zero else spikes[t - 1]  # s[t-1] for subtract
+            if zero:  # lambda * u * (1 - s) + c I
+                torch.addcmul(current, prev, mask, value=lam_value, out=u)
+            elif subtract and config.reset_decayed:  # lambda * (u - theta s) + c I
+                torch.sub(prev, fired, alpha=config.threshold, out=u)
+                u.mul_(lam).add_(current)
+            elif subtract:  # lambda * u + c I - theta s
+                torch.mul(prev, lam, out=u)
+                u.add_(current).sub_(fired, alpha=config.threshold)
+            else:
+                torch.mul(prev, lam, out=u)
+                u.add_(current)
+        threshold = threshold_at(u, t)
+        if not keep:
+            compare(u, threshold, out=spikes[t])
+        if zero:
+            complement(u, threshold, out=mask)
+        elif subtract and keep:
+            compare(u, threshold, out=mask)
+    return spikes, (membrane if keep else None)

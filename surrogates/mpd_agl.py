@@ -1,0 +1,116 @@
+"""MPD-AGL: a rectangular surrogate whose width is the predicted spread of the membrane
+potential, computed from parameters (mpd_agl.md sections 2, 3 and 9).
+
+    h(x)    = (1/kappa_t) * 1[|x| < kappa_t/2],   x = U - V_th     (area 1, centred on V_th)
+    kappa_1 = 2 * alpha * gbar * V_th                               first step         [reference code]
+    kappa_t = 2 * sqrt(1 + k^2) * alpha * gbar * V_th               every later step   [reference code]
+
+- gbar = mean_c(gamma_c), the weight of the tdBN feeding the neuron (``neuron.input_norm.weight``),
+  detached and read at forward time, so it follows training (weight decay shrinks it);
+- k = the neuron's decay, detached; V_th = the neuron's fixed threshold (``neuron.threshold``);
+- alpha = the tdBN's alpha (1 in the code; the model's BN scale is alpha * V_th).
+
+Reading: after tdBN the input current is ~ N(beta, (alpha gamma V_th)^2), so sigma_1 = alpha gbar V_th
+and, ignoring the reset, sigma_t = sqrt(1 + k^2) sigma_1; the window 2 sigma_t gives gradient to
+|U - V_th| < sigma_t [reconstructed derivation].  kappa receives no gradient: gamma and the decay
+learn only through the forward pass.
+
+Options (the ablation arms of section 9):
+- ``width``: ``mpd`` (the rule above), ``gamma_only`` (2 alpha gbar V_th at every t),
+  ``lsg`` (2 V_th sqrt(1 + k^2) at every t, no gamma [published: Lian et al. 2023]), ``fixed``
+  (``fixed_width``);
+- ``exact_var`` (mpd only): sqrt(sum_{j<=t} k^{2j}) instead of sqrt(1 + k^2) for step t (0-based)
+  [reconstructed];
+- ``granularity``: ``layer`` (gbar, the code) or ``channel`` (gamma_c, width shaped [C, 1, ...])
+  [reconstructed];
+- ``gamma_guard``: ``abs_eps`` (default) uses max(|gbar|, guard_eps), ``none`` is the code (gbar <= 0
+  empties the window) [reconstructed].  ``guard_count`` (a buffer) counts, in training, the
+  (call, channel) pairs where the guard changed gamma.
+
+Fallback: with no neuron context (a stock ``snntorch.Leaky`` passes only ``mem - thr``), a
+single-step call (no timestep), or no feeding BN with a weight, kappa = ``fixed_width`` (1.0),
+the standard width-1 rectangle that MPD-AGL equals at initialisation.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .classic import Rectangular
+
+WIDTH_RULES = ("mpd", "gamma_only", "lsg", "fixed")
+GRANULARITIES = ("layer", "channel")
+GAMMA_GUARDS = ("abs_eps", "none")
+
+
+class MembranePotentialWidth(Rectangular):
+    """Rectangular surrogate with MPD-AGL's parameter-derived width (see module docstring)."""
+
+    def __init__(self, width: str = "mpd", alpha: float = 1.0, exact_var: bool = False, granularity: str = "layer",
+                 gamma_guard: str = "abs_eps", guard_eps: float = 1e-3, fixed_width: float = 1.0):
+        super().__init__(width=fixed_width)
+        for name, value, choices in (("width", width, WIDTH_RULES), ("granularity", granularity, GRANULARITIES),
+                                     ("gamma_guard", gamma_guard, GAMMA_GUARDS)):
+            if value not in choices:
+                raise ValueError(f"mpd_agl {name} must be one of {choices}, got {value!r}")
+        if exact_var and width != "mpd":
+            raise ValueError(f"exact_var applies to width='mpd' only, got width={width!r}")
+        if not alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {alpha}")
+        if not guard_eps > 0:
+            raise ValueError(f"guard_eps must be > 0, got {guard_eps}")
+        self.rule, self.alpha, self.exact_var = width, float(alpha), bool(exact_var)
+        self.granularity, self.gamma_guard, self.guard_eps = granularity, gamma_guard, float(guard_eps)
+        self.register_buffer("guard_count", torch.zeros((), dtype=torch.long))
+
+    def call_params(self, x: Tensor, step: int | None = None, neuron: nn.Module | None = None,
+                    **context: Any) -> dict:
+        if self.rule == "fixed" or neuron is None or step is None:
+            return self.params
+        if not (hasattr(neuron, "decay") and hasattr(neuron, "threshold")):
+            raise ValueError(f"mpd_agl needs a neuron with `decay` and `threshold` (e.g. plif); got {type(neuron).__name__}")
+        with torch.no_grad():
+            v_th = float(neuron.threshold)
+            decay = neuron.decay.detach().float().to(x.device)
+            if self.rule == "lsg":
+                return {"width": 2 * v_th * torch.sqrt(1 + decay ** 2)}
+            gamma = self.feeding_gamma(getattr(neuron, "input_norm", None), x)
+            if gamma is None:
+                return self.params
+            return {"width": 2 * self.alpha * gamma * v_th * self.spread_factor(decay, step)}
+
+    def feeding_gamma(self, norm: nn.Module | None, x: Tensor) -> Tensor | None:
+        """gbar (layer) or gamma_c shaped [C, 1, ...] (channel) of the feeding BN, detached and guarded."""
+        weight = getattr(norm, "weight", None)
+        if weight is None:
+            return None
+        weight = weight.detach().float().to(x.device)
+        gamma = weight.mean() if self.granularity == "layer" else weight.view((-1,) + (1,) * (x.dim() - 2))
+        if self.gamma_guard == "none":
+            return gamma
+        guarded = gamma.abs().clamp_min(self.guard_eps)
+        if self.training:
+            self.guard_count += (guarded != gamma).sum()
+        return guarded
+
+    def spread_factor(self, decay: Tensor, step: int) -> Tensor:
+        """sigma_t / sigma_1: 1 at step 0 (and always for gamma_only); sqrt(1 + k^2) later, or the
+        unrolled sqrt(sum_{j<=step} k^{2j}) with ``exact_var``."""
+        if self.rule == "gamma_only" or step == 0:
+            return torch.ones_like(decay)
+        if self.exact_var:
+            return torch.sqrt(sum(decay ** (2 * j) for j in range(step + 1)))
+        return torch.sqrt(1 + decay ** 2)
+
+    def extra_repr(self) -> str:
+        return (f"width={self.rule}, alpha={self.alpha}, exact_var={self.exact_var}, granularity={self.granularity}, "
+                f"gamma_guard={self.gamma_guard}, fixed_width={self.params['width']}")
+
+
+def mpd_agl(width: str = "mpd", alpha: float = 1.0, exact_var: bool = False, granularity: str = "layer",
+            gamma_guard: str = "abs_eps", guard_eps: float = 1e-3, fixed_width: float = 1.0) -> MembranePotentialWidth:
+    """MPD-AGL's surrogate; use with ``plif`` (decay 0.2, threshold 0.5) behind tdBN with scale 0.5."""
+    return MembranePotentialWidth(width=width, alpha=alpha, exact_var=exact_var, granularity=granularity,
+                                  gamma_guard=gamma_guard, guard_eps=guard_eps, fixed_width=fixed_width)

@@ -1,0 +1,287 @@
+"""The fused LIF path (models/fused.py) against the reference loop of LIF.forward (the oracle, itself
+tested against closed forms and snnTorch in test_neurons.py): spikes and membrane bitwise, input and
+decay gradients to float tolerance, for every switch combination and several surrogates; the
+fallback where the fused path does not apply."""
+import itertools
+import logging
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import repro.models.fused as fused_module
+from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm, create_model
+from repro.models.fused import StepConfig, integrate, unfused_reason
+from repro.surrogates import Surrogate, create_surrogate
+
+RESETS = [("zero", True), ("subtract", True), ("subtract", False), ("none", True)]
+SURROGATES = ["atan", "rectangular", "triangle", "sigmoid", "fast_sigmoid", "tgo", "mpd_agl"]
+SWITCHES = list(itertools.product([False, True], [False, True], [False, True], ["clamp", "sigmoid"], [False, True]))
+
+
+def make_pair(**kwargs):
+    """Two identical neurons, fused and reference, each with its own surrogate instance."""
+    surrogate = kwargs.pop("surrogate")
+    norm = TDBatchNorm(kwargs.pop("channels"), dims=1)
+    with torch.no_grad():
+        norm.weight.uniform_(0.3, 1.5)  # mpd_agl reads the feeding BN's gamma: per-step widths
+    pair = []
+    for fused in (True, False):
+        neuron = LIF(surrogate=create_surrogate(surrogate), fused=fused, **kwargs)
+        neuron.set_input_norm(norm)
+        pair.append(neuron)
+    return pair
+
+
+def forward_backward(neuron, inputs, upstream):
+    x = inputs.clone().requires_grad_()
+    out = neuron(x)
+    (out * upstream).sum().backward()
+    decay_grad = None if neuron.decay_raw.grad is None else neuron.decay_raw.grad.clone()
+    return out, x.grad, decay_grad
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES)
+@pytest.mark.parametrize("reset,reset_decayed", RESETS)
+def test_fused_equals_reference_loop_for_every_switch(reset, reset_decayed, surrogate):
+    rng = random.Random(f"{reset}{reset_decayed}{surrogate}")
+    for fire_ge, reset_detach, decay_input, decay_param, learnable in SWITCHES:
+        steps, batch, channels = rng.randint(1, 10), rng.randint(1, 3), rng.randint(2, 5)
+        shape = (steps, batch, channels) + ((rng.randint(1, 3),) if rng.random() < 0.5 else ())
+        torch.manual_seed(rng.randrange(1 << 30))
+        inputs = torch.randn(shape) * 0.9 + 0.6
+        upstream = torch.randn(shape)
+        fused, reference = make_pair(
+            surrogate=surrogate, channels=channels, decay=rng.choice([0.2, 0.5, 0.9]), threshold=rng.choice([0.5, 1.0]),
+            reset=reset, reset_decayed=reset_decayed, fire_ge=fire_ge, reset_detach=reset_detach,
+            decay_input=decay_input, decay_param=decay_param, decay_learnable=learnable)
+        assert unfused_reason(fused, inputs) is None
+        out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
+        assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
+        ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
+        case = f"T={steps} fire_ge={fire_ge} detach={reset_detach} decay_input={decay_input} {decay_param} {learnable}"
+        assert torch.equal(out, ref_out), case
+        torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6, msg=case)
+        if learnable:
+            torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5, msg=case)
+        else:
+            assert grad_decay is None and ref_grad_decay is None
+
+
+def replayed_membrane(neuron, inputs):
+    """u[T, ...] from the fused path's replay (what its backward differentiates)."""
+    config = StepConfig(neuron.threshold, neuron.reset, neuron.reset_decayed, neuron.reset_detach, neuron.decay_input,
+                        neuron.fire_ge)
+    _, membrane = integrate(inputs, neuron.decay.float(), config, lambda u, t: neuron.threshold, keep=True)
+    return membrane
+
+
+@pytest.mark.parametrize("reset,reset_decayed", RESETS)
+def test_membrane_bitwise_equal_to_recorded_reference_potentials(reset, reset_decayed):
+    torch.manual_seed(3)
+    inputs = torch.randn(7, 4, 6) + 0.5
+    neuron = LIF(decay=0.3, threshold=0.8, reset=reset, reset_decayed=reset_decayed, decay_input=True,
+                 preset="reference", fused=False)
+    neuron.record_potentials = True
+    spikes = neuron(inputs)
+    assert 0 < spikes.mean() < 1
+    assert torch.equal(replayed_membrane(neuron, inputs), torch.stack(neuron.potentials))
+    neuron.record_potentials, neuron.fused = False, True
+    assert torch.equal(neuron(inputs), spikes)
+
+
+def test_decay_gradient_against_finite_differences():
+    """Independent check of the hand-written decay gradient.  Without spikes (|I| < theta, and
+    decay_input makes u a weighted mean of the inputs) and with the reset detached (an attached reset
+    passes surrogate gradient even when nothing fires) the surrogate gradient of sum_t G[t] s[t] w.r.t.
+    w (lambda = sigmoid(w)) equals d/dw sum_t G[t] psi(u[t](w) - theta), psi = sigmoid(alpha x) the
+    primitive of the sigmoid surrogate, with u[t] = lambda u[t-1] + (1 - lambda) I[t] in float64."""
+    torch.manual_seed(5)
+    alpha, theta = 2.0, 2.0
+    inputs = (torch.randn(6, 3, 8) * 0.5 + 0.3).clamp(-1.5, 1.5)
+    upstream = torch.randn(6, 3, 8)
+    neuron = LIF(decay=0.4, threshold=theta, surrogate=create_surrogate("sigmoid", alpha=alpha), preset="reference",
+                 decay_learnable=True, decay_param="sigmoid", decay_input=True, reset_detach=True)
+    out = neuron(inputs.clone().requires_grad_())
+    assert out.sum() == 0 and type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
+    out.backward(upstream)
+
+    def smooth_loss(w: float) -> float:
+        lam = 1 / (1 + torch.exp(torch.tensor(-w, dtype=torch.float64)))
+        u, total = torch.zeros(3, 8, dtype=torch.float64), 0.0
+        for current, weight in zip(inputs.double(), upstream.double()):
+            u = lam * u + (1 - lam) * current
+            total += float((weight * torch.sigmoid(alpha * (u - theta))).sum())
+        return total
+
+    w, eps = float(neuron.decay_raw.detach()), 1e-4
+    numeric = (smooth_loss(w + eps) - smooth_loss(w - eps)) / (2 * eps)
+    assert abs(numeric) > 1e-3
+    assert float(neuron.decay_raw.grad) == pytest.approx(numeric, rel=1e-4)
+
+
+def test_no_grad_inference_and_bf16_input_match_reference():
+    torch.manual_seed(7)
+    inputs = torch.randn(5, 2, 3, 4, 4) + 0.6
+    fused, reference = make_pair(surrogate="atan", channels=3, reset="subtract", preset="reference")
+    with torch.no_grad():
+        assert torch.equal(fused(inputs), reference(inputs))
+    fused.eval(), reference.eval()
+    with torch.no_grad():
+        assert torch.equal(fused(inputs), reference(inputs))
+    half = inputs.bfloat16()
+    out = fused(half)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, reference(half))
+
+
+class StepThresholdLIF(LIF):
+    """A per-step, per-channel threshold through ``fire_context`` (the fused path's extension point)."""
+
+    def fire_context(self, u, step):
+        threshold = self.threshold * (1 + 0.1 * step) * torch.linspace(0.8, 1.2, u.shape[1]).view(1, -1, 1)
+        return threshold, dict(mem=u, step=step, neuron=self, threshold=threshold)
+
+
+def test_fire_context_override_stays_fused_and_matches_reference():
+    torch.manual_seed(11)
+    inputs, upstream = torch.randn(6, 3, 4, 5) + 0.7, torch.randn(6, 3, 4, 5)
+    for reset in ("zero", "subtract"):
+        kwargs = dict(surrogate="tgo", preset="reference", decay_learnable=True, reset=reset)
+        fused, reference = StepThresholdLIF(fused=True, **kwargs), StepThresholdLIF(fused=False, **kwargs)
+        fused.surrogate.tgo_stat = reference.surrogate.tgo_stat = "thr"  # width from the per-step threshold
+        assert unfused_reason(fused, inputs) is None
+        out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
+        ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
+        assert torch.equal(out, ref_out) and 0 < out.mean() < 1
+        torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_threshold_neuron_equals_reference_whichever_path():
+    """Fused once AdaptiveThresholdLIF moves its per-step threshold into fire_context; until then it
+    falls back (the reason names the overridden method).  Either way the results are the oracle's."""
+    torch.manual_seed(13)
+    inputs, upstream = torch.randn(4, 8, 6) + 0.3, torch.randn(4, 8, 6)
+    fused = AdaptiveThresholdLIF(num_steps=4, surrogate=create_surrogate("tgo"))
+    reference = AdaptiveThresholdLIF(num_steps=4, surrogate=create_surrogate("tgo"))
+    reference.fused = False
+    reason = unfused_reason(fused, inputs)
+    assert reason is None or "overrides fire()" in reason
+    out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
+    ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused.running_thr, reference.running_thr)
+    assert torch.equal(torch.stack(fused.thresholds), torch.stack(reference.thresholds))
+
+
+class LearnableScaleATan(Surrogate):
+    """A surrogate with a parameter (not overriding forward): falls back while it requires grad."""
+
+    def __init__(self):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.tensor(2.0))
+
+    def call_params(self, x, **context):
+        return {"alpha": self.alpha.detach()}
+
+    @staticmethod
+    def shape(x, alpha):
+        return (alpha / 2) / (1 + (torch.pi / 2 * alpha * x) ** 2)
+
+
+class OverridingFire(LIF):
+    def fire(self, u, step):
+        return super().fire(u, step)
+
+
+def test_fallback_reasons():
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    assert unfused_reason(LIF(), x) is None
+    recording = LIF()
+    recording.record_potentials = True
+    assert "record_potentials" in unfused_reason(recording, x)
+    assert "overrides fire()" in unfused_reason(OverridingFire(), x)
+    assert "plain callable" in unfused_reason(LIF(surrogate=lambda v: (v > 0).float()), x)
+    assert "overrides forward" in unfused_reason(LIF(surrogate="a2sg"), x)
+    learnable = create_surrogate("learnable", num_steps=3)
+    assert "overrides forward" in unfused_reason(LIF(surrogate=learnable), x)
+    observed = LIF()
+    observed.surrogate.observers.append(lambda *args: None)
+    assert "observers" in unfused_reason(observed, x)
+    scaled = LIF(surrogate=LearnableScaleATan())
+    assert "learnable parameters" in unfused_reason(scaled, x)
+    scaled.surrogate.alpha.requires_grad_(False)
+    assert unfused_reason(scaled, x) is None
+    assert unfused_reason(LIF().eval(), x) is None
+
+
+def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
+    monkeypatch.setattr(fused_module, "_reported", set())
+    neuron = LIF(surrogate="a2sg")
+    x = torch.randn(3, 2, 4) + 1.0
+    with caplog.at_level(logging.INFO, logger=fused_module.__name__):
+        for _ in range(2):
+            out = neuron(x.requires_grad_())
+            assert type(out.grad_fn).__name__ != "FusedLIFFunctionBackward"
+    messages = [r.getMessage() for r in caplog.records if "fused path not used" in r.getMessage()]
+    assert len(messages) == 1 and "A2SG overrides forward" in messages[0]
+    unfused = LIF(fused=False)
+    assert type(unfused(x).grad_fn).__name__ != "FusedLIFFunctionBackward"
+
+
+def test_double_backward_equals_reference_hessian_vector_product():
+    """create_graph=True through the fused path (train mode, as Hessian diagnostics may run) gives the
+    reference loop's Hessian-vector product, for the input and for a learnable decay."""
+    torch.manual_seed(23)
+    inputs = torch.randn(5, 3, 6) * 0.8 + 0.7
+    vector = torch.randn(5, 3, 6)
+    results = []
+    for fused in (True, False):
+        neuron = LIF(surrogate="sigmoid", preset="reference", decay_learnable=True, fused=fused)
+        x = inputs.clone().requires_grad_()
+        out = neuron(x)
+        loss = (out * torch.linspace(-1, 1, 6)).sum() ** 2 / 10  # a loss with curvature in the spikes
+        grad_x, grad_w = torch.autograd.grad(loss, (x, neuron.decay_raw), create_graph=True)
+        hvp_x, hvp_w = torch.autograd.grad((grad_x * vector).sum() + grad_w, (x, neuron.decay_raw))
+        results.append((out, grad_x, grad_w, hvp_x, hvp_w))
+        if fused:
+            assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
+    (out, *fused_grads), (ref_out, *ref_grads) = results
+    assert torch.equal(out, ref_out)
+    assert fused_grads[2].abs().sum() > 0 and fused_grads[3].abs() > 0
+    for fused_grad, ref_grad in zip(fused_grads, ref_grads):
+        torch.testing.assert_close(fused_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_resnet19_fused_equals_reference_training_step():
+    torch.manual_seed(17)
+    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
+    grads, logits = [], []
+    for fused in (True, False):
+        torch.manual_seed(0)
+        model = create_model("resnet19", num_steps=2, width=0.0625, neuron="plif",
+                             neuron_kwargs={"fused": fused})
+        out = model(images)
+        nn.functional.cross_entropy(out.mean(0), targets).backward()
+        logits.append(out)
+        grads.append([p.grad for p in model.parameters()])
+    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-6)
+    for fused_grad, reference_grad in zip(*grads):
+        torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fused_equals_reference_on_cuda():
+    torch.manual_seed(19)
+    inputs, upstream = (torch.randn(6, 4, 8, 5, 5) + 0.6).cuda(), torch.randn(6, 4, 8, 5, 5).cuda()
+    for preset in ("snntorch", "reference"):
+        fused = LIF(preset=preset, decay_learnable=True, fused=True).cuda()
+        reference = LIF(preset=preset, decay_learnable=True, fused=False).cuda()
+        out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
+        ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
+        assert torch.equal(out, ref_out)
+        torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
