@@ -20,6 +20,7 @@ import itertools
 import json
 import runpy
 import statistics
+import sys
 from pathlib import Path
 
 from repro.config import Config, apply_smoke
@@ -146,6 +147,7 @@ def main(argv=None) -> str:
     parser.add_argument("--smoke", action="store_true", help="two arms, one seed, a few batches")
     args = parser.parse_args(argv)
 
+    sys.path.insert(0, str(Path(args.base).resolve().parent))  # recipes import their sibling recipes
     base: Config = runpy.run_path(args.base)["config"]
     if args.smoke:
         base = apply_smoke(base, base.dataset)

@@ -6,6 +6,8 @@ Runs on one CPU, one GPU or many processes through accelerate.  Writes to ``conf
 ``summary.json`` and ``training_curves.png``.
 
 Method hooks (duck-typed, so methods plug in without touching the engine):
+- any module of the model may define ``on_model_built(model)`` (called once before the optimiser is
+  built, e.g. to tie parameters across layers);
 - any module of the model, or the loss, may define ``on_epoch_start(epoch)`` (0-based; called
   before each training epoch, also after a resume) and ``after_optimizer_step(step)`` (global
   optimiser step count, 1-based);
@@ -176,6 +178,9 @@ def train(config: Config) -> dict:
         num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
         neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
     )
+    for module in list(model.modules()):
+        if hasattr(module, "on_model_built"):
+            module.on_model_built(model)
     check_model_fits_data(model, test_set, modality, config)
     for module in model.modules():
         if isinstance(module, TDBatchNorm):

@@ -1,0 +1,11 @@
+"""A2SG on CIFAR-10: the CIFAR-100 recipe on CIFAR-10 data [reconstructed].  ``--vanilla``: baseline."""
+import dataclasses
+
+from a2sg_cifar100 import SMOKE, VANILLA, config as cifar100
+
+from repro.cli import main
+
+config = dataclasses.replace(cifar100, dataset="cifar10", output_dir="runs/a2sg_cifar10")
+
+if __name__ == "__main__":
+    main(config, vanilla=VANILLA, smoke=SMOKE, description=__doc__)
