@@ -136,7 +136,7 @@ class FusedLIFFunction(torch.autograd.Function):
             return double_differentiable_grads(ctx, x, decay, grad_spikes)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
         _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True)
-        lam = float(decay)
+        lam = float(decay.detach())
         theta = config.threshold
         compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
         grad_spikes = grad_spikes.float()

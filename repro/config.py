@@ -60,6 +60,7 @@ class Config:
     mixed_precision: str = field(default="no", metadata={"help": "no | fp16 | bf16 (neuron maths stays fp32)"})
     # run
     seed: int = field(default=2025, metadata={"help": "random seed"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model in place (inductor)"})
     output_dir: str = field(default="runs/default", metadata={"help": "run directory"})
     pretrained: str = field(default="", metadata={"help": "checkpoint to start from (segmentation: the encoder)"})
     resume: bool = field(default=False, metadata={"help": "resume from OUTPUT_DIR/checkpoint.pt"})

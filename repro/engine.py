@@ -46,7 +46,7 @@ from .tasks import task_for
 
 # Fields that may change when resuming (run control, not the experiment).
 RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
-                     "diagnostics_every", "diagnostics_batches",
+                     "diagnostics_every", "diagnostics_batches", "compile",
                      "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs", "pretrained"}
 
 
@@ -185,6 +185,8 @@ def train(config: Config) -> dict:
     for module in model.modules():
         if isinstance(module, TDBatchNorm):
             module.sync = config.sync_bn
+    if config.compile:
+        model.compile()  # in place: state_dict keys unchanged
     loss_fn = create_loss(config.loss, **config.loss_options)
     optimizer = build_optimizer(model, config)
     task = task_for(train_set)

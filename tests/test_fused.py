@@ -285,3 +285,24 @@ def test_fused_equals_reference_on_cuda():
         assert torch.equal(out, ref_out)
         torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
+    """Under torch.compile the neuron traces its reference loop (inductor fuses it): same spikes and
+    gradients as the eager fused path, no graph break (the fallback log is skipped while tracing)."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    torch.manual_seed(29)
+    inputs, upstream = torch.randn(4, 2, 8, 3, 3) + 0.5, torch.randn(4, 2, 8, 3, 3)
+    eager = LIF(surrogate="atan", preset="reference", decay_learnable=True)
+    compiled = LIF(surrogate="atan", preset="reference", decay_learnable=True)
+    compiled.compile()
+    out, grad_x, grad_decay = forward_backward(compiled, inputs, upstream)
+    ref_out, ref_grad_x, ref_grad_decay = forward_backward(eager, inputs, upstream)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)

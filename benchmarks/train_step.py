@@ -1,0 +1,160 @@
+"""Benchmark one ResNet-19 training step (forward, backward, SGD step) (issue 8; docs/performance.md).
+
+Variants, all built by the same ResNet-19 builder (``repro.models.resnet19``, common.md section 4) and
+measured interleaved in one run for every (T, B):
+
+- ``ours_fused`` / ``ours_loop``: ``create_model("resnet19", neuron=NEURON)`` (``--neuron``: ``lif``, the
+  snnTorch preset, or ``plif``, the reference preset), the fused path vs the reference loop;
+- ``snntorch``: stock ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` stepped over T in every layer;
+- ``spikingjelly``: spikingjelly 2.0 multi-step ``LIFNode`` (its automatic CPU choice), if installed;
+- ``ann_relu``: the same layers with ReLU in place of the neurons, i.e. the ANN run on T*B images
+  (direct encoding repeats each image T times), the floor;
+- with ``--compile``: ``ours_compiled`` and ``ann_compiled``, the same models after ``model.compile()``
+  (inductor; our neurons then trace their reference loop, whose elementwise steps inductor fuses).
+  Compilation happens in the warm-up runs (minutes on a small CPU) and is not timed.
+
+Throughput = B / step time (images per second; every variant processes each image T times).
+Memory: bytes of the distinct storages the forward graph saves for backward (the stored activations);
+on CUDA also the peak allocated memory of a step.  Loss: CE of the T-averaged logits.
+
+    OMP_NUM_THREADS=1 python benchmarks/train_step.py                  # T = 2, 4, 8 at B = 4; B = 2, 8 at T = 4
+    python benchmarks/train_step.py --steps 4 --batches 32 --repeats 5
+    python benchmarks/train_step.py --device cuda --batch 128 --batches 64 256
+
+Writes a JSON file (``--output``, default benchmarks/results/train_step.json).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neuron import (ReLUFloor, SnnTorchLoop, SpikingJellyLIF, interleaved_timing, machine_info, print_table,
+                    saved_tensor_bytes, spikingjelly_available, synchronize)
+from repro.models import create_model, resnet19
+
+VARIANTS = ("ann_relu", "ours_fused", "ours_loop", "snntorch", "spikingjelly")
+COMPILED = ("ann_compiled", "ours_compiled")
+
+
+def build(variant: str, steps: int, args) -> nn.Module:
+    """ResNet-19 (CIFAR-10 head) with the variant's neurons."""
+    if variant.startswith("ours"):
+        model = create_model("resnet19", num_classes=10, num_steps=steps, width=args.width, neuron=args.neuron,
+                             surrogate="atan", neuron_kwargs={"fused": variant == "ours_fused"})
+    else:
+        make = {"ann": ReLUFloor, "snntorch": SnnTorchLoop, "spikingjelly": SpikingJellyLIF}[variant.split("_")[0]]
+        model = resnet19(make, num_classes=10, num_steps=steps, width=args.width)
+    if variant in COMPILED:
+        model.compile()  # in place: parameters and state_dict keys unchanged
+    return model
+
+
+def benchmark_config(steps: int, batch: int, variants: list[str], args, device: torch.device) -> list[dict]:
+    generator = torch.Generator().manual_seed(args.seed)
+    images = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
+    targets = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    models, optimizers = {}, {}
+    for variant in variants:
+        torch.manual_seed(args.seed)
+        models[variant] = build(variant, steps, args).to(device).train()
+        optimizers[variant] = torch.optim.SGD(models[variant].parameters(), lr=0.01, momentum=0.9)
+
+    def train_step(variant: str):
+        model, optimizer = models[variant], optimizers[variant]
+
+        def run() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(images).mean(0), targets)
+            loss.backward()
+            optimizer.step()
+        return run
+
+    rows = []
+    for variant in variants:
+        row = {"variant": variant, "steps": steps, "batch": batch, "saved_MB": None}
+        if variant not in COMPILED:  # saved-tensor hooks do not see inside compiled graphs
+            logits, saved = saved_tensor_bytes(lambda: models[variant](images))
+            row["saved_MB"] = saved / 2 ** 20
+            del logits
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+            base = torch.cuda.memory_allocated(device)
+            train_step(variant)()
+            synchronize(device)
+            row["peak_MB"] = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 20
+        rows.append(row)
+    times = interleaved_timing({v: train_step(v) for v in variants}, args.repeats, args.warmup, device, args.seed)
+    floor = statistics.median(times["ann_relu"])
+    fused = statistics.median(times["ours_fused"]) if "ours_fused" in times else None
+    floor_saved = rows[variants.index("ann_relu")]["saved_MB"]
+    for row in rows:
+        median = statistics.median(times[row["variant"]])
+        row.update(median_s=median, min_s=min(times[row["variant"]]), images_per_s=batch / median,
+                   x_ann=median / floor, x_fused=median / fused if fused else None,
+                   saved_x_ann=None if row["saved_MB"] is None else row["saved_MB"] / floor_saved)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8], help="T values (at --batch)")
+    parser.add_argument("--batch", type=int, default=4, help="B for the T sweep")
+    parser.add_argument("--batches", type=int, nargs="*", default=[2, 8], help="further B values (at T = --base_steps)")
+    parser.add_argument("--base_steps", type=int, default=4, help="T for the batch sweep")
+    parser.add_argument("--width", type=float, default=1.0, help="ResNet-19 channel multiplier (1.0 = 128/256/512)")
+    parser.add_argument("--neuron", default="lif", choices=["lif", "plif"], help="our neuron for ours_*")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of " + ", ".join(VARIANTS))
+    parser.add_argument("--compile", action="store_true", help="add the compiled variants " + ", ".join(COMPILED))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "train_step.json"))
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {VARIANTS}")
+    variants = [v for v in VARIANTS if v in args.variants or v == "ann_relu"]
+    variants += list(COMPILED) if args.compile else []
+    if "spikingjelly" in variants and not spikingjelly_available():
+        print("spikingjelly is not installed: skipping it (pip install -e '.[benchmarks]')")
+        variants.remove("spikingjelly")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda given but CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    info = machine_info(device)
+    configs = [(t, args.batch) for t in args.steps]
+    configs += [(args.base_steps, b) for b in args.batches if (args.base_steps, b) not in configs]
+    results = {"machine": info, "args": vars(args), "rows": []}
+    columns = [("variant", "variant", "s"), ("median_s", "median s", ".3f"), ("min_s", "min s", ".3f"),
+               ("images_per_s", "img/s", ".2f"), ("x_ann", "x ANN", ".3f"), ("x_fused", "x ours_fused", ".2f"),
+               ("saved_MB", "saved MB", ".0f"), ("saved_x_ann", "saved x ANN", ".2f")]
+    if device.type == "cuda":
+        columns.append(("peak_MB", "peak MB", ".0f"))
+    for steps, batch in configs:
+        rows = benchmark_config(steps, batch, variants, args, device)
+        results["rows"].extend(rows)
+        print_table(f"ResNet-19 (width {args.width}, neuron {args.neuron}) training step, T={steps}, B={batch}, "
+                    f"{device}, {args.repeats} interleaved runs ({info['torch_threads']} threads)", rows, columns)
+    if hasattr(os, "getloadavg"):
+        info["load_average_end"] = os.getloadavg()
+    print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(results, indent=2))
+    print(f"wrote {output}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
