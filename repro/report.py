@@ -292,6 +292,39 @@ def plot_surrogate_parameters(values: dict[str, dict[str, dict[str, list]]], pat
     return _save(fig, path)
 
 
+def state_trajectories(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """{state name: (epochs, mean over layers and steps)} from the ``diagnostics/epoch_*.json`` snapshots that
+    ``--diagnostics_every`` writes; the name is the last part of the entry (``w_t``, ``running_thr``, ``k``,
+    ``sgv_ema``, ``decay``, ...).  States that never change are left out."""
+    series: dict[str, dict[int, list[float]]] = {}
+    for path in sorted((run_dir / "diagnostics").glob("epoch_*.json")):
+        epoch = int(path.stem.split("_")[1])
+        for name, value in json.loads(path.read_text()).get("method_state", {}).items():
+            values = np.asarray(value, dtype=float).ravel() if value is not None else np.empty(0)
+            if values.size:
+                series.setdefault(name.rsplit(".", 1)[-1], {}).setdefault(epoch, []).append(float(values.mean()))
+    return {kind: (sorted(by_epoch), [float(np.mean(by_epoch[e])) for e in sorted(by_epoch)])
+            for kind, by_epoch in series.items()
+            if len(by_epoch) > 1 and np.ptp([np.mean(v) for v in by_epoch.values()]) > 0}
+
+
+def plot_state_trajectories(trajectories: dict[str, dict], path: Path) -> Path | None:
+    """One panel per state (mean over layers and timesteps) against the epoch, one line per run."""
+    kinds = sorted({kind for per_run in trajectories.values() for kind in per_run})
+    if not kinds:
+        return None
+    fig, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 3.4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for (label, per_run), color in zip(trajectories.items(), _colors(len(trajectories))):
+            if kind in per_run:
+                ax.plot(*per_run[kind], "o-", color=color, label=label)
+        ax.set(title=kind, xlabel="epoch", ylabel=f"{kind} (mean over layers, steps)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Method state over training (diagnostics snapshots)")
+    return _save(fig, path)
+
+
 def plot_landscape(landscapes: dict[str, dict], path: Path) -> Path | None:
     """1-D: loss vs step size, one line per run; 2-D: one contour plot per run."""
     landscapes = {k: v for k, v in landscapes.items() if v}
@@ -431,6 +464,14 @@ def write_report(runs: list[Run], results: dict[str, dict], out_dir: Path, args:
         lines += _table(["name", "value"], [[f"`{k}`", _compact(v)] for k, v in state.items()])
         lines += ["</details>", ""]
 
+    trajectories = {run.label: state_trajectories(run.path) for run in runs}
+    if any(trajectories.values()):
+        lines += ["## Method state over training", "",
+                  "Adaptive windows, thresholds, learnable sharpness, decays and controller statistics from the "
+                  "`diagnostics/epoch_*.json` snapshots written with `--diagnostics_every N` (states that never "
+                  "change are omitted).", "",
+                  _image(plot_state_trajectories(trajectories, out_dir / "method_state.png"), out_dir,
+                         "method state over training"), ""]
     lines += _energy_section(runs, results)
     if any("sharpness" in results[r.label] for r in runs):
         lines += ["## Sharpness", "", "Top Hessian eigenvalue of the training loss by power iteration on "

@@ -16,21 +16,27 @@ COMMON = ["--epochs", "1", "--limit_train_batches", "3", "--limit_eval_batches",
           "--model.width", "0.125", "--sync_bn", "true"]
 
 
-def launch(output_dir, processes: int, batch_size: int):
+def launch(output_dir, processes: int, batch_size: int, *extra: str):
     env = dict(os.environ, HF_HUB_OFFLINE="1", ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
     prefix = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
               "--master_port", "29517"] if processes > 1 else [sys.executable]
-    result = subprocess.run([*prefix, QUICKSTART, *COMMON, "--batch_size", str(batch_size),
+    result = subprocess.run([*prefix, QUICKSTART, *COMMON, *extra, "--batch_size", str(batch_size),
                              "--eval_batch_size", str(120 // processes), "--output_dir", str(output_dir)],
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return json.loads((Path(output_dir) / "summary.json").read_text()), load_checkpoint(Path(output_dir) / "checkpoint.pt")
 
 
+DS_ATGO = ("--neuron", "adaptive_threshold", "--surrogate", "tgo", "--neuron.sync_stats", "true")
+
+
 @pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    one_summary, one = launch(tmp_path / "one", 1, 16)
-    two_summary, two = launch(tmp_path / "two", 2, 8)
+@pytest.mark.parametrize("method", [(), DS_ATGO], ids=["lif", "ds_atgo_sync_stats"])
+def test_two_processes_match_one(tmp_path, method):
+    """With --sync_bn (and DS-ATGO's sync_stats) the statistics span the global batch, so 2 x 8 == 1 x 16,
+    running thresholds included.  Without them each process normalises with its own half batch."""
+    one_summary, one = launch(tmp_path / "one", 1, 16, *method)
+    two_summary, two = launch(tmp_path / "two", 2, 8, *method)
     assert two_summary["num_processes"] == 2 and one_summary["num_processes"] == 1
     for name, value in one["model"].items():
         torch.testing.assert_close(two["model"][name].float(), value.float(), rtol=1e-4, atol=1e-5, msg=name)

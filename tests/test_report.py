@@ -56,3 +56,26 @@ def test_report_arguments_are_checked(tmp_path):
         parse_args([str(tmp_path), "--labels", "a", "b"])
     with pytest.raises(FileNotFoundError, match="config.json"):
         main([str(tmp_path)])
+
+
+def test_method_state_trajectories_from_diagnostics_snapshots(tmp_path):
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from repro.report import plot_state_trajectories, state_trajectories
+
+    snapshots = {1: {"stem_neuron.surrogate.w_t": [0.5, 0.5], "head_neuron.surrogate.w_t": [0.7, 0.9],
+                     "stem_neuron.decay": 0.5, "stem_neuron.running_thr": [1.0, 1.0]},
+                 3: {"stem_neuron.surrogate.w_t": [0.6, 0.4], "head_neuron.surrogate.w_t": [1.0, 1.2],
+                     "stem_neuron.decay": 0.5, "stem_neuron.running_thr": [0.8, 1.2]}}
+    (tmp_path / "diagnostics").mkdir()
+    for epoch, state in snapshots.items():
+        (tmp_path / "diagnostics" / f"epoch_{epoch:04d}.json").write_text(json.dumps({"method_state": state}))
+    trajectories = state_trajectories(tmp_path)
+    assert set(trajectories) == {"w_t"}  # decay and the running-threshold mean never change
+    epochs, means = trajectories["w_t"]
+    assert epochs == [1, 3] and np.allclose(means, [(0.5 + 0.8) / 2, (0.5 + 1.1) / 2])
+    path = plot_state_trajectories({"run": trajectories}, tmp_path / "state.png")
+    assert np.asarray(Image.open(path).convert("L"), dtype=float).var() > 0
