@@ -14,10 +14,8 @@ from repro.models import LIF, SpikingNeuron, TDBatchNorm, create_model, create_n
 from repro.sharpness import (filter_normalized_direction, hessian_trace, model_landscape, model_sharpness,
                              top_hessian_eigenvalue)
 from repro.surrogates import SURROGATES, create_surrogate
+from reference import normal_cdf
 
-
-def normal_cdf(z: float) -> float:
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
 class Replay(SpikingNeuron):

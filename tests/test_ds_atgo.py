@@ -14,30 +14,14 @@ from repro.config import Config
 from repro.engine import train
 from repro.models import AdaptiveThresholdLIF, create_model, create_neuron, freeze_running_thresholds
 from repro.surrogates import create_surrogate
+from reference import normal_cdf, RectSpike
 
-
-def normal_cdf(z: float) -> float:
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
 
 
 def tgo_width_piecewise(s: float, k0: float = 1.0, V0: float = 1.0) -> float:
     """Eq. 7 as written, branch by branch."""
     return k0 * (1 - math.tanh(V0 - s)) if s < V0 else k0 * (1 + math.tanh(s - V0))
 
-
-class RectSpike(torch.autograd.Function):
-    """Forward x >= 0; backward (1/k) 1[|x| < k/2] (the reference code's spike function)."""
-
-    @staticmethod
-    def forward(ctx, x, width):
-        ctx.save_for_backward(x)
-        ctx.width = width
-        return (x >= 0).float()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() < ctx.width / 2).float() / ctx.width, None
 
 
 def ds_atgo_loop(inputs, w, at, tgo, tgo_stat="std", V0=1.0, k0=1.0, f_c=1.0, k_min=0.05):

@@ -13,27 +13,11 @@ from repro.config import Config
 from repro.engine import train
 from repro.models import TDBatchNorm, create_model, plif, spiking_layers
 from repro.surrogates import create_surrogate
+from reference import normal_cdf, RectSpike
 
 MPD_NEURON = {"decay": 0.2, "threshold": 0.5}  # plif, preset reference; the model's BN scale alpha * V_th = 0.5
 
 
-def normal_cdf(z: float) -> float:
-    return 0.5 * (1 + math.erf(z / math.sqrt(2)))
-
-
-class RectSpike(torch.autograd.Function):
-    """Forward x >= 0; backward (1/k) 1[|x| < k/2], k a plain number."""
-
-    @staticmethod
-    def forward(ctx, x, width):
-        ctx.save_for_backward(x)
-        ctx.width = width
-        return (x >= 0).float()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() < ctx.width / 2).float() / ctx.width, None
 
 
 def neuron_behind_bn(channels: int, surrogate_options: dict | None = None, decay: float = 0.2, dims: int = 2):

@@ -8,20 +8,7 @@ import torch
 
 from repro.models import LIF, NEURONS, create_neuron, plif
 from repro.surrogates import create_surrogate
-
-
-class RefSpike(torch.autograd.Function):
-    """Rectangular surrogate, width 1, firing on >= (the MPD-AGL / DS-ATGO code)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        ctx.save_for_backward(x)
-        return (x >= 0).float()
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        return grad * (x.abs() < 0.5).float()
+from reference import RectSpike
 
 
 def reference_code_loop(inputs, w, threshold):
@@ -31,7 +18,7 @@ def reference_code_loop(inputs, w, threshold):
     spikes, mems = [], []
     for t in range(inputs.shape[0]):
         u = decay * u_post + inputs[t]
-        s = RefSpike.apply(u - threshold)
+        s = RectSpike.apply(u - threshold, 1.0)
         u_post = u * (1 - s)
         spikes.append(s)
         mems.append(u)
