@@ -3,7 +3,8 @@
 Plain fields: ``--lr 0.05``, ``--epochs 10``, ``--neuron plif``.  Option dictionaries take dotted
 keys: ``--surrogate.width 0.5``, ``--neuron.decay 0.2``, ``--model.width 0.25``,
 ``--loss.label_smoothing 0.1``, ``--dataset.augment false``; values are parsed as Python or
-JSON literals, else kept as strings.  ``--smoke`` swaps in the embedded dataset of the same
+JSON literals, else kept as strings.  Choosing another model, neuron, surrogate, loss or dataset
+than the recipe's drops the recipe's options for it (they were meant for its own choice).  ``--smoke`` swaps in the embedded dataset of the same
 modality with a tiny budget (same code path, well under a minute).
 """
 from __future__ import annotations
@@ -136,7 +137,10 @@ def parse_args(defaults: Config, argv: list[str] | None = None, description: str
     args, rest = parser.parse_known_args(argv)
     values = vars(args)
     for group in OPTION_GROUPS:
-        values[f"{group}_options"] = dict(values[f"{group}_options"])
+        options = dict(values[f"{group}_options"])
+        if values[group] != getattr(defaults, group) and options == getattr(defaults, f"{group}_options"):
+            options = {}  # the recipe's options belong to the recipe's choice: a new --surrogate starts afresh
+        values[f"{group}_options"] = options
     i = 0
     while i < len(rest):
         token = rest[i]

@@ -88,6 +88,10 @@ def test_cli_overrides_every_kind_of_field():
     assert TINY.model_options == {"width": 0.25}  # the recipe's defaults are not mutated
     with pytest.raises(SystemExit):
         parse_args(TINY, ["--no_such_field", "1"])
+    recipe = dataclasses.replace(TINY, surrogate="atan", surrogate_options={"alpha": 2.0})
+    assert parse_args(recipe, ["--surrogate", "tgo"]).surrogate_options == {}  # atan's options dropped
+    assert parse_args(recipe, ["--surrogate", "tgo", "--surrogate.k0", "2"]).surrogate_options == {"k0": 2}
+    assert parse_args(recipe, ["--surrogate.alpha", "3"]).surrogate_options == {"alpha": 3}
 
 
 @pytest.mark.parametrize("override,message", [
