@@ -21,9 +21,9 @@ membrane U[t] of the whole layer:
   ([T, C] for ``stat_scope="channel"``, sized at the first forward) [reconstructed: the code keeps
   it as a plain attribute, lost from checkpoints].  Input with another T than the model was built
   for is an error.  ``freeze_running()`` stops the update (diagnostics in train mode).
-- ``sync_stats`` [reconstructed]: when torch.distributed is initialised, the sum, sum of squares
-  and count are all-reduced (training forwards, and eval with ``eval_threshold="batch"``), so the
-  statistics are those of the global batch.
+- ``sync_stats`` [reconstructed]: when torch.distributed is initialised, each process's mean,
+  variance and count are combined across processes (``layers.global_mean_var``; training forwards,
+  and eval with ``eval_threshold="batch"``), so the statistics are those of the global batch.
 - ``at=False``: theta_t = V0 (the vanilla and "w/ TGO" arms).
 
 ``fire_context`` (used by ``LIF.fire`` and by the fused path of ``models/fused.py``) gives theta_t and
@@ -38,10 +38,10 @@ from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from ..surrogates import Surrogate
+from .layers import global_mean_var
 from .neurons import LIF
 
 AT_VARIANTS = ("true", "estimated")
@@ -57,7 +57,7 @@ class AdaptiveThresholdLIF(LIF):
         threshold: V0, the base threshold: theta with ``at=False`` and the initial running threshold.
         surrogate: a ``Surrogate`` (DS-ATGO: ``tgo``) or a surrogate name with ``surrogate_kwargs``.
         at, at_variant, f_c, momentum, stat_scope, eval_threshold, sync_stats, thr_min: see module docstring.
-        preset, fire_ge, reset_detach, decay_param: as ``LIF`` (default preset ``reference``).
+        preset, fire_ge, reset_detach, decay_param, fused: as ``LIF`` (default preset ``reference``).
         num_steps: T, required (one running threshold per step).
     """
 
@@ -66,7 +66,8 @@ class AdaptiveThresholdLIF(LIF):
                  decay_learnable: bool = True, at: bool = True, at_variant: str = "true", f_c: float = 1.0,
                  momentum: float = 0.1, stat_scope: str = "layer", eval_threshold: str = "running",
                  sync_stats: bool = False, thr_min: float | None = None, preset: str = "reference",
-                 fire_ge: bool | None = None, reset_detach: bool | None = None, decay_param: str | None = None):
+                 fire_ge: bool | None = None, reset_detach: bool | None = None, decay_param: str | None = None,
+                 fused: bool = True):
         if num_steps is None or num_steps < 1:
             raise ValueError(f"adaptive_threshold needs num_steps = T >= 1 (one running threshold per step), "
                              f"got {num_steps}")
@@ -80,7 +81,7 @@ class AdaptiveThresholdLIF(LIF):
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
         super().__init__(decay=decay, threshold=threshold, surrogate=surrogate, surrogate_kwargs=surrogate_kwargs,
                          preset=preset, fire_ge=fire_ge, reset_detach=reset_detach, decay_param=decay_param,
-                         decay_learnable=decay_learnable, reset="zero", num_steps=num_steps)
+                         decay_learnable=decay_learnable, reset="zero", num_steps=num_steps, fused=fused)
         self.at, self.at_variant, self.f_c, self.momentum = bool(at), at_variant, float(f_c), float(momentum)
         self.stat_scope, self.eval_threshold, self.sync_stats = stat_scope, eval_threshold, bool(sync_stats)
         self.thr_min = None if thr_min is None else float(thr_min)
@@ -105,21 +106,13 @@ class AdaptiveThresholdLIF(LIF):
             dims, shape = tuple(range(v.dim())), ()
         else:
             dims, shape = (0, *range(2, v.dim())), (1, -1) + (1,) * (v.dim() - 2)
-        if not self._synced():
+        if not (self.sync_stats and (self.training or self.eval_threshold == "batch")):
             std, mean = torch.std_mean(v, dim=dims, correction=1)
             return mean.reshape(shape), std.reshape(shape)
-        total = v.sum(dim=dims, dtype=torch.float64)
-        count = torch.full_like(total, v.numel() / total.numel())
-        sums = torch.stack([total, (v * v).sum(dim=dims, dtype=torch.float64), count])
-        dist.all_reduce(sums)
-        total, squares, count = sums.unbind(0)
-        mean = total / count
-        var = ((squares - count * mean * mean) / (count - 1)).clamp_min(0)
-        return mean.float().reshape(shape), var.sqrt().float().reshape(shape)
-
-    def _synced(self) -> bool:
-        needed = self.training or self.eval_threshold == "batch"
-        return self.sync_stats and needed and dist.is_available() and dist.is_initialized()
+        # float64 moments, also in one process: 1 and N processes then agree to fp32 rounding
+        mean, var, count = global_mean_var(v, dims, dtype=torch.float64)
+        std = (var * count / (count - 1)).sqrt()
+        return mean.float().reshape(shape), std.float().reshape(shape)
 
     @torch.no_grad()
     def step_threshold(self, step: int, mean: Tensor, std: Tensor) -> Tensor:
