@@ -36,11 +36,16 @@ same order: products with a 0/1 spike are exact, so ``addcmul`` and ``sub(alpha=
 the reference's separate operations, and ``u >= theta`` equals ``u - theta >= 0`` in IEEE
 arithmetic), so spikes are identical; gradients agree to float rounding (tests/test_fused.py).
 
+Per-call side effects run as in the reference loop: the forward calls ``surrogate.observe`` (observers,
+A2SG's statistics) with x = u[t] - theta_t, and a surrogate that wants dL/du[t] (A2SG's gradient
+statistics, a tensor hook in the reference loop) registers a callback through the context key
+``register_membrane_grad``; the backward calls it with e[t] as soon as e[t] is known.
+
 Not fused (``unfused_reason`` says why; ``LIF.forward`` then runs the reference loop and logs the
 reason once): ``record_potentials`` on (per-step tensors with graph are requested), a subclass that
 overrides ``step`` or ``fire`` (override ``fire_context`` instead to stay fused), a plain callable
-surrogate, a surrogate that overrides ``Surrogate.forward`` (A2SG's statistics hooks, the learnable
-TLSG), a surrogate with ``observers`` or with parameters that require gradients, and tracing by
+surrogate, a surrogate that overrides ``Surrogate.forward`` (the learnable TLSG) or has parameters
+that require gradients, and tracing by
 ``torch.compile`` (the reference loop is traceable and inductor fuses its elementwise steps; this is
 the intended path under compile, not logged).  Device-agnostic torch code: on CUDA it runs the same
 per-step kernels (no custom kernel; tested only where a GPU is present).
@@ -85,8 +90,6 @@ def unfused_reason(neuron, x: Tensor) -> str | None:
         return f"the surrogate {type(surrogate).__name__} is a plain callable, not a repro Surrogate"
     if type(surrogate).forward is not Surrogate.forward:
         return f"the surrogate {type(surrogate).__name__} overrides forward()"
-    if surrogate.observers:
-        return "the surrogate has observers attached"
     if any(p.requires_grad for p in surrogate.parameters()):
         return f"the surrogate {type(surrogate).__name__} has learnable parameters"
     if torch.compiler.is_compiling():
@@ -115,11 +118,17 @@ class FusedLIFFunction(torch.autograd.Function):
                             neuron.decay_input, neuron.fire_ge)
         surrogate = neuron.surrogate
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
-        thresholds, params = [], []
+        observed = type(surrogate).observe is not Surrogate.observe or bool(surrogate.observers)
+        thresholds, params, callbacks = [], [], {}
 
         def threshold_at(u: Tensor, step: int):
             threshold, context = neuron.fire_context(u, step)
-            params.append(surrogate.params if fixed_params else surrogate.call_params(u - threshold, **context))
+            shifted = u - threshold if observed or not fixed_params else None
+            params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
+            if observed:
+                if any(ctx.needs_input_grad[:2]):
+                    context["register_membrane_grad"] = callbacks.setdefault(step, []).append
+                surrogate.observe(shifted, params[-1], context)
             thresholds.append(threshold)
             return threshold
 
@@ -127,6 +136,7 @@ class FusedLIFFunction(torch.autograd.Function):
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, decay)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
+            ctx.callbacks = callbacks
         return spikes
 
     @staticmethod
@@ -150,6 +160,7 @@ class FusedLIFFunction(torch.autograd.Function):
             h = ctx.shape(shifted, **ctx.params[t])
             if t == last:
                 torch.mul(grad_spikes[t], h, out=grad_mem[t])
+                report_membrane_grad(ctx, t, grad_mem[t])
                 continue
             carry = grad_mem[t + 1]
             grad_s = grad_spikes[t]
@@ -173,10 +184,17 @@ class FusedLIFFunction(torch.autograd.Function):
                 grad_mem[t].addcmul_(carry, mask, value=lam)
             else:
                 grad_mem[t].add_(carry, alpha=lam)
+            report_membrane_grad(ctx, t, grad_mem[t])
         if want_decay and config.decay_input:
             grad_decay -= torch.dot(grad_mem.flatten(), x.flatten())
         grad_input = grad_mem.mul_(1 - decay.detach().float()) if config.decay_input else grad_mem
         return grad_input, (grad_decay.to(decay.dtype) if want_decay else None), None
+
+
+def report_membrane_grad(ctx, step: int, grad: Tensor) -> None:
+    """Give e[t] = dL/du[t] to the callbacks the surrogate registered at step t (A2SG's statistics)."""
+    for callback in ctx.callbacks.get(step, ()):
+        callback(grad)
 
 
 def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor):
@@ -189,6 +207,8 @@ def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tens
     for t in range(x.shape[0]):
         mem = charge(x[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
                      config.reset_detach, config.decay_input)
+        for callback in ctx.callbacks.get(t, ()):
+            mem.register_hook(callback)
         spk = SpikeFunction.apply(mem - ctx.thresholds[t], ctx.shape, ctx.params[t], config.fire_ge)
         out.append(spk)
     wanted = [tensor for tensor, needed in zip((x, decay), ctx.needs_input_grad[:2]) if needed]

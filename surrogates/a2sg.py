@@ -160,12 +160,18 @@ class GradientObservation:
         self.hooked: set[int] = set()
         self.gram: Tensor | None = None
 
-    def add_step(self, step: int, h: Tensor | None, mem: Tensor | None) -> None:
+    def add_step(self, step: int, h: Tensor | None, mem: Tensor | None,
+                 register: Callable[[Callable[[Tensor], None]], None] | None = None) -> None:
+        """``register``: the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``)."""
         if h is not None:
             self.sgv_terms[step] = _coefficient_of_variation(self.per_unit(h))
-        if mem is not None and mem.requires_grad:
+        callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
+        if register is not None:
             self.hooked.add(step)
-            mem.register_hook(lambda grad, step=step: self._on_grad(step, grad))
+            register(callback)
+        elif mem is not None and mem.requires_grad:
+            self.hooked.add(step)
+            mem.register_hook(callback)
 
     @torch.no_grad()
     def _on_grad(self, step: int, grad: Tensor) -> None:
@@ -304,13 +310,13 @@ class A2SG(Surrogate):
             w = w.reshape(-1, *[1] * (x.dim() - self.channel_dim % x.dim() - 1))
         return {"w": w.detach() * theta, "a": self.asym}  # a new tensor: later buffer updates do not reach it
 
-    def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
-        params = self.call_params(x, **context)
+    def observe(self, x: Tensor, params: dict, context: dict) -> None:
+        super().observe(x, params, context)
         step = context.get("step")
-        if step is not None and self.training and torch.is_grad_enabled() and not self._frozen:
+        backward_follows = torch.is_grad_enabled() or "register_membrane_grad" in context
+        if step is not None and self.training and backward_follows and not self._frozen:
             with torch.no_grad():
-                self._observe(x, context.get("mem"), step, params, _threshold(context.get("neuron")))
-        return self.spike(x, params, fire_ge, context)
+                self._observe(x, context, step, params, _threshold(context.get("neuron")))
 
     def _per_unit(self, values: Tensor) -> Tensor:
         """[U, N]: one row per channel (per-channel granularities) or a single row."""
@@ -322,7 +328,8 @@ class A2SG(Surrogate):
         """[..., U] -> [..., C] or [...] (the buffers' unit shape)."""
         return values if self.per_channel else values.squeeze(-1)
 
-    def _observe(self, x: Tensor, mem: Tensor | None, step: int, params: dict, theta: float) -> None:
+    def _observe(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
+        mem = context.get("mem")
         if self.adapt == "memstat" and mem is not None:
             std = _world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
             self.std_ema[step] = (1 - self.ema_momentum) * self.std_ema[step] + self.ema_momentum * std
@@ -331,7 +338,7 @@ class A2SG(Surrogate):
             if step == 0 or self._observation is None:
                 self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad")
             h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
-            self._observation.add_step(step, h, mem)
+            self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
 
     def _set_windows(self, windows: Tensor) -> None:
         """windows[T', U...] (already clamped) -> w_t[:T']; ``layer``/``layer_channel``: mean over t."""

@@ -49,8 +49,8 @@ class Surrogate(nn.Module):
     returns ``h(x)`` in closed form (fp32).  Unknown context keys are ignored, so any of our
     neurons can pass what it has and a stock snnTorch neuron can pass nothing.
 
-    ``observers``: callables ``observer(surrogate, x, params, context)`` run on every call with the
-    parameters actually used (diagnostics such as gradient-window occupancy attach here).
+    ``observers``: callables ``observer(surrogate, x, params, context)`` run on every call (``observe``)
+    with the parameters actually used (diagnostics such as gradient-window occupancy attach here).
     """
 
     def __init__(self):
@@ -69,14 +69,17 @@ class Surrogate(nn.Module):
         return self.shape(x.float(), **self.call_params(x, **context))
 
     def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
-        return self.spike(x, self.call_params(x, **context), fire_ge, context)
+        params = self.call_params(x, **context)
+        self.observe(x, params, context)
+        return SpikeFunction.apply(x, self.shape, params, fire_ge)
 
-    def spike(self, x: Tensor, params: dict, fire_ge: bool, context: dict) -> Tensor:
-        """Run the observers, then the spike function with these parameters (subclasses that override
-        ``forward`` to do more per call end with this)."""
+    def observe(self, x: Tensor, params: dict, context: dict) -> None:
+        """The side effects of one call, given the parameters actually used: the observers here,
+        statistics in subclasses (A2SG).  The fused neuron paths call it too, with ``x`` and ``mem``
+        without graph; there ``context["register_membrane_grad"](callback)`` (present when a backward
+        will run) has ``callback(dL/dmem)`` called during the backward, in place of a tensor hook."""
         for observer in self.observers:
             observer(self, x, params, context)
-        return SpikeFunction.apply(x, self.shape, params, fire_ge)
 
 
 class FixedSurrogate(Surrogate):

@@ -205,12 +205,12 @@ def test_fallback_reasons():
     assert "record_potentials" in unfused_reason(recording, x)
     assert "overrides fire()" in unfused_reason(OverridingFire(), x)
     assert "plain callable" in unfused_reason(LIF(surrogate=lambda v: (v > 0).float()), x)
-    assert "overrides forward" in unfused_reason(LIF(surrogate="a2sg"), x)
+    assert unfused_reason(LIF(surrogate="a2sg"), x) is None  # statistics through Surrogate.observe
     learnable = create_surrogate("learnable", num_steps=3)
     assert "overrides forward" in unfused_reason(LIF(surrogate=learnable), x)
     observed = LIF()
     observed.surrogate.observers.append(lambda *args: None)
-    assert "observers" in unfused_reason(observed, x)
+    assert unfused_reason(observed, x) is None
     scaled = LIF(surrogate=LearnableScaleATan())
     assert "learnable parameters" in unfused_reason(scaled, x)
     scaled.surrogate.alpha.requires_grad_(False)
@@ -220,16 +220,56 @@ def test_fallback_reasons():
 
 def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
     monkeypatch.setattr(fused_module, "_reported", set())
-    neuron = LIF(surrogate="a2sg")
+    neuron = LIF(surrogate=create_surrogate("learnable", num_steps=3))
     x = torch.randn(3, 2, 4) + 1.0
     with caplog.at_level(logging.INFO, logger=fused_module.__name__):
         for _ in range(2):
             out = neuron(x.requires_grad_())
             assert type(out.grad_fn).__name__ != "FusedLIFFunctionBackward"
     messages = [r.getMessage() for r in caplog.records if "fused path not used" in r.getMessage()]
-    assert len(messages) == 1 and "A2SG overrides forward" in messages[0]
+    assert len(messages) == 1 and "TLSG overrides forward" in messages[0]
     unfused = LIF(fused=False)
     assert type(unfused(x).grad_fn).__name__ != "FusedLIFFunctionBackward"
+
+
+@pytest.mark.parametrize("adapt,granularity", [("sgv_tgc", "layer_time"), ("sgv_tgc", "layer_channel_time"),
+                                               ("memstat", "layer_time")])
+def test_a2sg_controller_fused_equals_reference(adapt, granularity):
+    """A2SG's statistics run in Surrogate.observe and get dL/du[t] from the fused backward
+    (register_membrane_grad) instead of tensor hooks: same windows, EMAs and gradients as the reference
+    loop over several controller steps, and the same window occupancy in a WindowMonitor."""
+    from repro.diagnostics import WindowMonitor
+
+    torch.manual_seed(31)
+    neurons = [LIF(surrogate=create_surrogate("a2sg", adapt=adapt, granularity=granularity, update_every=2,
+                                              calib_epochs=1), preset="reference", fused=fused) for fused in (True, False)]
+    for neuron in neurons:
+        neuron.surrogate.on_epoch_start(0)
+    for iteration in range(8):
+        if iteration == 4:
+            for neuron in neurons:
+                neuron.surrogate.on_epoch_start(1)  # calibration over: the controller moves the windows
+        inputs, upstream = torch.randn(4, 3, 5, 2) * 0.8 + 0.6, torch.randn(4, 3, 5, 2)
+        outputs = [forward_backward(neuron, inputs, upstream) for neuron in neurons]
+        assert type(outputs[0][0].grad_fn).__name__ == "FusedLIFFunctionBackward"
+        assert torch.equal(outputs[0][0], outputs[1][0]), iteration
+        torch.testing.assert_close(outputs[0][1], outputs[1][1], rtol=1e-5, atol=1e-6, msg=str(iteration))
+        for neuron in neurons:
+            neuron.surrogate.after_optimizer_step(iteration + 1)
+    fused_state, reference_state = (neuron.surrogate.state_dict() for neuron in neurons)
+    assert int(fused_state["num_controller_steps"]) == 4 if adapt == "sgv_tgc" else True
+    for name, value in reference_state.items():
+        torch.testing.assert_close(fused_state[name], value, rtol=1e-4, atol=1e-6, msg=name)
+    assert not torch.allclose(reference_state["w_t"], torch.full_like(reference_state["w_t"], 0.5))
+    occupancy = []
+    for neuron in neurons:
+        with WindowMonitor(neuron.eval()) as monitor:
+            neuron(torch.randn(4, 3, 5, 2, generator=torch.Generator().manual_seed(5)))
+        occupancy.append(monitor.inside)
+    assert occupancy[0].keys() == occupancy[1].keys() and occupancy[0]
+    for name in occupancy[0]:
+        for step, count in occupancy[0][name].items():
+            assert torch.equal(count, occupancy[1][name][step])
 
 
 def test_double_backward_equals_reference_hessian_vector_product():
