@@ -68,7 +68,9 @@ class SpikingNeuron(nn.Module):
     state starting at zero in every call.  Diagnostics and losses find neurons by this type.
 
     - ``input_norm``: the BN that feeds this neuron (set by the model with ``set_input_norm``;
-      MPD-AGL's width reads its gamma).  Kept outside the module tree so it is not registered twice.
+      MPD-AGL's width reads its gamma), and ``input_layer``: the conv / linear that feeds that BN
+      (A2SG's ``tgc_source="weight_grad"`` hooks it).  Kept outside the module tree so they are not
+      registered twice.
     - ``record_potentials``: when True, every forward stores the pre-fire membrane of each step
       (not detached, so losses can train through it) in ``potentials`` (a list of T tensors).
     """
@@ -79,9 +81,14 @@ class SpikingNeuron(nn.Module):
     def input_norm(self) -> nn.Module | None:
         return self.__dict__.get("_input_norm", (None,))[0]
 
-    def set_input_norm(self, module: nn.Module | None) -> None:
-        """(nn.Module.__setattr__ would register the BN as a submodule, hence a method.)"""
+    @property
+    def input_layer(self) -> nn.Module | None:
+        return self.__dict__.get("_input_layer", (None,))[0]
+
+    def set_input_norm(self, module: nn.Module | None, input_layer: nn.Module | None = None) -> None:
+        """(nn.Module.__setattr__ would register the modules as submodules, hence a method.)"""
         self.__dict__["_input_norm"] = (module,)
+        self.__dict__["_input_layer"] = (input_layer,)
 
     def record(self, potential: Tensor, step: int | None) -> None:
         if self.record_potentials:

@@ -29,8 +29,10 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, stride: int, 
 
 
 def fed_by(norm_layer: SeqToANN, neuron: nn.Module) -> nn.Module:
-    """Record which BN feeds ``neuron`` (its last module) and return the neuron."""
-    neuron.set_input_norm(norm_layer[-1])
+    """Record which BN (the last module of ``norm_layer``) and which conv / linear (its first) feed
+    ``neuron``, and return the neuron."""
+    first = norm_layer[0]
+    neuron.set_input_norm(norm_layer[-1], first if isinstance(first, (nn.Conv2d, nn.Linear)) else None)
     return neuron
 
 

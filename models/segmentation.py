@@ -138,7 +138,9 @@ def replace_relus(module: nn.Module, make_neuron: Callable[[], nn.Module], num_s
             if isinstance(child, nn.ReLU):
                 neuron = make_neuron()
                 if i and isinstance(children[i - 1][1], NORMS):
-                    neuron.set_input_norm(children[i - 1][1])
+                    before = children[i - 2][1] if i > 1 else None
+                    neuron.set_input_norm(children[i - 1][1],
+                                          before if isinstance(before, (nn.Conv2d, nn.Linear)) else None)
                 setattr(parent, name, TimeFoldedNeuron(neuron, num_steps))
                 count += 1
     return count

@@ -65,8 +65,10 @@ gradient statistics are missing and controller steps are skipped.  Training loop
 ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and ``after_optimizer_step(step)``.
 Under torch.distributed, SGV, TGC and c (and memstat's std) are all-reduced (mean), so every
 replica keeps the same windows.  With gradient accumulation the last forward before the optimiser
-step supplies the statistics.  ``tgc_source="weight_grad"`` (per-timestep weight-gradient cosine)
-is NOT implemented and raises NotImplementedError.  Nothing is learned by gradient descent: w and
+step supplies the statistics.  ``tgc_source="weight_grad"`` [reconstructed, the spec's diagnostic-only
+variant]: TGC and c from the cosines between the per-timestep gradients dL/dW_t of the conv / linear
+feeding the layer (its weight rows per output channel for the per-channel granularities), taken from
+a hook on that layer's output on controller steps.  Nothing is learned by gradient descent: w and
 a get no gradient; h is written with differentiable ops, so Hessian-vector products work.
 """
 from __future__ import annotations
@@ -150,11 +152,13 @@ class GradientObservation:
 
     ``add_step`` (forward, per timestep) stores the forward SGV term and registers a hook on the
     membrane; the hooks store the normalised dL/du_t in bf16 and, once every registered hook has
-    fired, reduce them to the per-unit cosine matrix ``gram[U, T, T]`` and free them.
+    fired, reduce them to the per-unit cosine matrix ``gram[U, T, T]`` and free them.  With
+    ``from_weights`` (``tgc_source="weight_grad"``) the membrane hooks serve SGV only (``sgv_source="grad"``)
+    and ``add_weight_grads`` gives the per-timestep weight gradients that make ``gram``.
     """
 
-    def __init__(self, per_unit: Callable[[Tensor], Tensor], sgv_from_grad: bool):
-        self.per_unit, self.sgv_from_grad = per_unit, sgv_from_grad
+    def __init__(self, per_unit: Callable[[Tensor], Tensor], sgv_from_grad: bool, from_weights: bool = False):
+        self.per_unit, self.sgv_from_grad, self.from_weights = per_unit, sgv_from_grad, from_weights
         self.sgv_terms: dict[int, Tensor] = {}
         self.deltas: dict[int, Tensor] = {}
         self.hooked: set[int] = set()
@@ -165,6 +169,8 @@ class GradientObservation:
         """``register``: the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``)."""
         if h is not None:
             self.sgv_terms[step] = _coefficient_of_variation(self.per_unit(h))
+        if self.from_weights and not self.sgv_from_grad:
+            return
         callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
         if register is not None:
             self.hooked.add(step)
@@ -178,20 +184,19 @@ class GradientObservation:
         delta = self.per_unit(grad.detach().float())
         if self.sgv_from_grad:
             self.sgv_terms[step] = _coefficient_of_variation(delta.abs())
-        delta = delta / torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min(1e-12)
-        self.deltas[step] = delta.to(torch.bfloat16)
-        if set(self.deltas) == self.hooked:
-            steps = sorted(self.deltas)
-            gram = torch.ones(delta.shape[0], len(steps), len(steps), device=delta.device)
-            for i, t in enumerate(steps):
-                for j in range(i + 1, len(steps)):
-                    cos = (self.deltas[t].float() * self.deltas[steps[j]].float()).sum(-1)
-                    gram[:, i, j] = gram[:, j, i] = cos
-            self.gram, self.deltas = gram, {}
+        if not self.from_weights:
+            self.deltas[step] = _unit_normalised(delta).to(torch.bfloat16)
+            if set(self.deltas) == self.hooked:
+                self.gram, self.deltas = _cosine_gram(self.deltas), {}
+
+    @torch.no_grad()
+    def add_weight_grads(self, rows: list[Tensor]) -> None:
+        """Per-timestep gradients of the feeding weight as rows [U, N] (U = output channels or 1)."""
+        self.gram = _cosine_gram({t: _unit_normalised(row) for t, row in enumerate(rows)})
 
     def statistics(self, tgc_target: float) -> tuple[Tensor, Tensor, Tensor] | None:
         """(SGV[U], TGC[U], c[T, U]), or None if a hook did not fire (no gradient reached u)."""
-        if self.gram is None or set(self.sgv_terms) != self.hooked:
+        if self.gram is None or not self.sgv_terms or (self.hooked and set(self.sgv_terms) != self.hooked):
             return None
         sgv = torch.stack([self.sgv_terms[t] for t in sorted(self.sgv_terms)]).mean(0)
         units, steps, _ = self.gram.shape
@@ -201,6 +206,33 @@ class GradientObservation:
         tgc = self.gram[:, upper[0], upper[1]].mean(-1)
         c = (self.gram.sum(-1) - self.gram.diagonal(dim1=1, dim2=2)) / (steps - 1)
         return sgv, tgc, c.T
+
+
+def _unit_normalised(delta: Tensor) -> Tensor:
+    return delta / torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _cosine_gram(deltas: dict[int, Tensor]) -> Tensor:
+    """gram[U, T, T] of unit-normalised rows deltas[t][U, N] (1 on the diagonal)."""
+    steps = sorted(deltas)
+    first = deltas[steps[0]]
+    gram = torch.ones(first.shape[0], len(steps), len(steps), device=first.device)
+    for i, t in enumerate(steps):
+        for j in range(i + 1, len(steps)):
+            gram[:, i, j] = gram[:, j, i] = (deltas[t].float() * deltas[steps[j]].float()).sum(-1)
+    return gram
+
+
+def per_step_weight_grads(layer: nn.Module, inputs: Tensor, grad_output: Tensor, steps: int) -> list[Tensor]:
+    """dL/dW of each timestep's slice of the folded [T*B, ...] batch, for a Conv2d or Linear ``layer``."""
+    grads = []
+    for x, g in zip(inputs.float().chunk(steps), grad_output.float().chunk(steps)):
+        if isinstance(layer, nn.Conv2d):
+            grads.append(torch.nn.grad.conv2d_weight(x, layer.weight.shape, g, layer.stride, layer.padding,
+                                                     layer.dilation, layer.groups))
+        else:
+            grads.append(g.flatten(0, -2).T @ x.flatten(0, -2))
+    return grads
 
 
 class A2SG(Surrogate):
@@ -216,7 +248,8 @@ class A2SG(Surrogate):
         granularity: ``layer`` | ``layer_time`` | ``layer_channel`` | ``layer_channel_time``.
         temporal_mod: apply the per-timestep factor (1 + gamma_t (1 - c[t])) (``sgv_tgc``).
         sgv_source: ``surrogate`` (h(x)) | ``grad`` (|dL/du|).
-        tgc_source: ``membrane_grad``; ``weight_grad`` raises NotImplementedError.
+        tgc_source: ``membrane_grad`` (dL/du[t]) | ``weight_grad`` (per-timestep gradients of the feeding
+            conv / linear weight, ``neuron.input_layer``; diagnostic-only, T weight-gradient products).
         w0, w_min, w_max: initial, smallest and largest window, in units of the threshold.
         eta_w, rho1, rho2, tgc_target, gamma_t: controller constants (see the update rule).
         update_every: K, optimiser steps between controller steps.
@@ -257,9 +290,6 @@ class A2SG(Surrogate):
         self.granularity = _choice("granularity", granularity, GRANULARITIES)
         self.sgv_source = _choice("sgv_source", sgv_source, SGV_SOURCES)
         self.tgc_source = _choice("tgc_source", tgc_source, TGC_SOURCES)
-        if tgc_source == "weight_grad":
-            raise NotImplementedError("a2sg: tgc_source='weight_grad' (per-timestep weight-gradient cosine, a "
-                                      "diagnostic-only variant) is not implemented; use 'membrane_grad'")
         checks = [
             (0.0 <= asym <= 0.9, f"asym must be in [0, 0.9] (wL = w (1 - asym) > 0), got {asym}"),
             (0.0 < w_min <= w0 <= w_max, f"need 0 < w_min <= w0 <= w_max, got {w_min}, {w0}, {w_max}"),
@@ -296,6 +326,7 @@ class A2SG(Surrogate):
         self.register_buffer("a2sg_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("num_controller_steps", torch.tensor(0, dtype=torch.long))
         self._steps = 0  # mirror of a2sg_step, so that forward never synchronises with the device
+        self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | None = None
         self._frozen = False
 
@@ -334,11 +365,41 @@ class A2SG(Surrogate):
             std = _world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
             self.std_ema[step] = (1 - self.ema_momentum) * self.std_ema[step] + self.ema_momentum * std
             self._set_windows((self.kappa * self.std_ema).clamp(self.w_min, self.w_max))
-        if (self._steps + 1) % self.update_every == 0:
+        if self.tgc_source == "weight_grad" and self._weight_hook is None:
+            self._hook_weight_layer(context.get("neuron"))
+        if self._controller_step_next():
             if step == 0 or self._observation is None:
-                self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad")
+                self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad",
+                                                        from_weights=self.tgc_source == "weight_grad")
             h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
             self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
+
+    def _controller_step_next(self) -> bool:
+        return (self._steps + 1) % self.update_every == 0
+
+    def _hook_weight_layer(self, neuron: Any) -> None:
+        """tgc_source="weight_grad": from now on, the forward of the feeding layer on a controller step
+        hooks its output, whose gradient gives the per-timestep weight gradients (first used at the next
+        controller step: with update_every=1 the first one is skipped)."""
+        layer = getattr(neuron, "input_layer", None)
+        if not isinstance(layer, (nn.Conv2d, nn.Linear)):
+            raise ValueError("a2sg: tgc_source='weight_grad' needs the Conv2d / Linear feeding the neuron "
+                             "(neuron.input_layer, set by the suite's models through fed_by / set_input_norm); "
+                             f"this neuron has {type(layer).__name__}. Use tgc_source='membrane_grad'")
+
+        def forward_hook(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+            if self.training and torch.is_grad_enabled() and not self._frozen and self._controller_step_next() \
+                    and output.requires_grad:
+                folded_input = inputs[0].detach()
+                output.register_hook(lambda grad: self._on_weight_layer_grad(module, folded_input, grad))
+
+        self._weight_hook = layer.register_forward_hook(forward_hook)
+
+    @torch.no_grad()
+    def _on_weight_layer_grad(self, layer: nn.Module, inputs: Tensor, grad: Tensor) -> None:
+        if self._observation is not None and self._observation.sgv_terms:
+            grads = per_step_weight_grads(layer, inputs, grad, len(self._observation.sgv_terms))
+            self._observation.add_weight_grads([g.flatten(1) if self.per_channel else g.reshape(1, -1) for g in grads])
 
     def _set_windows(self, windows: Tensor) -> None:
         """windows[T', U...] (already clamped) -> w_t[:T']; ``layer``/``layer_channel``: mean over t."""
