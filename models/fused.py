@@ -47,8 +47,13 @@ overrides ``step`` or ``fire`` (override ``fire_context`` instead to stay fused)
 surrogate, a surrogate that overrides ``Surrogate.forward`` (the learnable TLSG) or has parameters
 that require gradients, and tracing by
 ``torch.compile`` (the reference loop is traceable and inductor fuses its elementwise steps; this is
-the intended path under compile, not logged).  Device-agnostic torch code: on CUDA it runs the same
-per-step kernels (no custom kernel; tested only where a GPU is present).
+the intended path under compile, not logged).
+
+Backends: device-agnostic torch code (above), and on CUDA, for a fixed threshold and fixed surrogate
+parameters without observers, the Triton kernels of ``models/triton_lif.py`` for both time loops (the
+surrogate derivative is evaluated by torch on all steps at once between them), chosen automatically;
+``LIF(triton=False)`` keeps the torch code.  The kernels are tested in the Triton interpreter on CPU
+(``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ import torch
 from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
+from . import triton_lif
 
 logger = logging.getLogger(__name__)
 _reported: set[str] = set()
@@ -132,11 +138,17 @@ class FusedLIFFunction(torch.autograd.Function):
             thresholds.append(threshold)
             return threshold
 
-        spikes, _ = integrate(x, decay, config, threshold_at, keep=False)
+        use_triton = fixed_params and not observed and uses_triton(neuron, x)
+        if use_triton:  # fixed threshold and parameters: nothing to compute between steps
+            spikes, _ = triton_lif.lif_forward(x, float(decay.detach()), scale_of(config, decay), config.threshold,
+                                               config.reset, config.reset_decayed, config.fire_ge, keep=False)
+            thresholds, params = [config.threshold] * x.shape[0], [surrogate.params] * x.shape[0]
+        else:
+            spikes, _ = integrate(x, decay, config, threshold_at, keep=False)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, decay)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
-            ctx.callbacks = callbacks
+            ctx.callbacks, ctx.triton = callbacks, use_triton
         return spikes
 
     @staticmethod
@@ -145,6 +157,8 @@ class FusedLIFFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
             return double_differentiable_grads(ctx, x, decay, grad_spikes)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
+        if ctx.triton:
+            return finish_grads(ctx, x, decay, *triton_grads(ctx, x, decay, grad_spikes))
         _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True)
         lam = float(decay.detach())
         theta = config.threshold
@@ -185,10 +199,38 @@ class FusedLIFFunction(torch.autograd.Function):
             else:
                 grad_mem[t].add_(carry, alpha=lam)
             report_membrane_grad(ctx, t, grad_mem[t])
-        if want_decay and config.decay_input:
-            grad_decay -= torch.dot(grad_mem.flatten(), x.flatten())
-        grad_input = grad_mem.mul_(1 - decay.detach().float()) if config.decay_input else grad_mem
-        return grad_input, (grad_decay.to(decay.dtype) if want_decay else None), None
+        return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None)
+
+
+def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Tensor | None):
+    """From e = dL/du and the decay gradient's reset/leak part: dL/dI = c e, and the decay_input term."""
+    if grad_decay is not None and ctx.config.decay_input:
+        grad_decay = grad_decay - torch.dot(grad_mem.flatten(), x.flatten())
+    grad_input = grad_mem.mul_(1 - decay.detach().float()) if ctx.config.decay_input else grad_mem
+    return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), None
+
+
+def uses_triton(neuron, x: Tensor) -> bool:
+    """The Triton kernels run for a fixed threshold (``LIF.fire_context`` not overridden) on CUDA (or in
+    the Triton interpreter, ``TRITON_INTERPRET=1``, how they are tested on CPU)."""
+    from .neurons import LIF
+
+    return neuron.triton and type(neuron).fire_context is LIF.fire_context and triton_lif.triton_available(x.device)
+
+
+def scale_of(config: StepConfig, decay: Tensor) -> float | None:
+    return 1 - float(decay.detach()) if config.decay_input else None
+
+
+def triton_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor) -> tuple[Tensor, Tensor | None]:
+    """e = dL/du and the decay gradient's reset/leak part from the Triton kernels: replay u, evaluate the
+    surrogate on all steps at once (fixed parameters), run the reverse recurrence."""
+    config, lam = ctx.config, float(decay.detach())
+    _, membrane = triton_lif.lif_forward(x, lam, scale_of(config, decay), config.threshold, config.reset,
+                                         config.reset_decayed, config.fire_ge, keep=True)
+    h = ctx.shape(membrane - config.threshold, **ctx.params[0])
+    return triton_lif.lif_backward(membrane, h, grad_spikes, lam, config.threshold, None, config.reset,
+                                   config.reset_decayed, config.reset_detach, config.fire_ge, ctx.needs_input_grad[1])
 
 
 def report_membrane_grad(ctx, step: int, grad: Tensor) -> None:

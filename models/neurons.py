@@ -114,6 +114,8 @@ class LIF(SpikingNeuron):
         step_mode: ``multi`` or ``single``.
         fused: run multi-step forwards through the fused path where supported (``models/fused.py``);
             False always runs the reference loop.
+        triton: inside the fused path, use the Triton kernels (``models/triton_lif.py``) on CUDA for a
+            fixed threshold and fixed surrogate parameters; False keeps the fused path's torch code.
     """
 
     def __init__(
@@ -133,6 +135,7 @@ class LIF(SpikingNeuron):
         num_steps: int | None = None,
         step_mode: str = "multi",
         fused: bool = True,
+        triton: bool = True,
     ):
         super().__init__()
         if preset not in PRESETS:
@@ -169,7 +172,7 @@ class LIF(SpikingNeuron):
         self.reset = reset
         self.num_steps = num_steps
         self.step_mode = step_mode
-        self.fused = bool(fused)
+        self.fused, self.triton = bool(fused), bool(triton)
         if isinstance(surrogate, str):
             surrogate = create_surrogate(surrogate, **(surrogate_kwargs or {}))
         self.surrogate = surrogate
