@@ -7,6 +7,10 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
   strict ``>``, fixed decay 0.5, ATan alpha = 2), fused path vs the reference loop;
 - ``ours_fused_plif`` / ``ours_loop_plif``: our PLIF with the ``reference`` preset (attached reset,
   ``>=``, learnable sigmoid decay, as MPD-AGL / DS-ATGO), fused vs reference loop;
+- ``ours_fused_cf`` / ``ours_loop_cf``: our circulate-firing neuron (signed, D = 4, tau 2, attached reset,
+  sigmoid surrogate alpha = 4), fused path (``models/fused_cf.py``) vs the reference loop;
+- ``ours_fused_cf_tlsg`` / ``ours_loop_cf_tlsg``: the same with its default learnable TLSG surrogate (k[t]
+  per timestep, learned: the fused backward also returns dL/dk);
 - ``snntorch_leaky``: stock ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` (ATan) stepped over T;
 - with ``--compile``: ``ours_compiled``, the ``ours_loop`` layer after ``layer.compile()`` (inductor fuses
   the traced reference loop; compilation happens in the warm-up run and is not timed);
@@ -42,7 +46,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from repro.models import LIF, plif
+from repro.models import LIF, CFNeuron, plif
 from repro.surrogates import create_surrogate
 
 
@@ -108,15 +112,19 @@ def compiled(module: nn.Module) -> nn.Module:
     return module
 
 
-def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = False
+def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = False, steps: int | None = None
                     ) -> dict[str, Callable[[], nn.Module]]:
-    """Name -> zero-argument constructor of every benchmarked layer."""
+    """Name -> zero-argument constructor of every benchmarked layer (``steps``: T, which the TLSG needs)."""
     factories = {
         "ann_relu": ReLUFloor,
         "ours_fused": lambda: LIF(decay=0.5, surrogate=create_surrogate("atan"), preset="snntorch", fused=True),
         "ours_loop": lambda: LIF(decay=0.5, surrogate=create_surrogate("atan"), preset="snntorch", fused=False),
         "ours_fused_plif": lambda: plif(decay=0.5, surrogate=create_surrogate("atan"), fused=True),
         "ours_loop_plif": lambda: plif(decay=0.5, surrogate=create_surrogate("atan"), fused=False),
+        "ours_fused_cf": lambda: CFNeuron(surrogate="sigmoid", fused=True),
+        "ours_loop_cf": lambda: CFNeuron(surrogate="sigmoid", fused=False),
+        "ours_fused_cf_tlsg": lambda: CFNeuron(surrogate="learnable", num_steps=steps, fused=True),
+        "ours_loop_cf_tlsg": lambda: CFNeuron(surrogate="learnable", num_steps=steps, fused=False),
         "snntorch_leaky": SnnTorchLoop,
     }
     if include_compiled:
@@ -224,7 +232,7 @@ def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
     generator = torch.Generator().manual_seed(args.seed)
     inputs = (torch.randn(shape, generator=generator) * 0.8 + 0.6).to(device).requires_grad_()
     upstream = torch.randn(shape, generator=generator).to(device)
-    factories = layer_factories(not args.no_spikingjelly, args.compile)
+    factories = layer_factories(not args.no_spikingjelly, args.compile, steps)
     layers = {name: make().to(device) for name, make in factories.items()}
     if args.only:
         layers = {name: layer for name, layer in layers.items() if name in args.only or name == "ann_relu"}
@@ -261,7 +269,7 @@ def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
         median = reference[row["layer"]]
         row["x_ann"] = median / floor
         row["x_fused"] = median / fused if fused else None  # time relative to ours_fused
-        if row["layer"] in ("ours_fused", "ours_fused_plif"):
+        if row["layer"].startswith("ours_fused"):
             loop = loop_saved.get(row["layer"].replace("fused", "loop"))
             row["saved_vs_loop"] = row["saved_MB"] / loop if loop else None
     return rows

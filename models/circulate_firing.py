@@ -34,18 +34,56 @@ False for CNNs, True inside Spikformer), ``wrap_mode``, ``output_scale`` (``S``:
 S_t; ``theta_S``: theta S_t).  Multi-step only: ``forward(x[T, B, ...]) -> S[T, B, ...]``, state from
 zero at every call, maths in fp32.  ``record`` stores H_t (``recorded_potential="pre_fire"``) or U_t
 (``"post_reset"``) when ``record_potentials`` is set (the balanced loss sets both).
+
+``fused`` (default True): the forward runs the whole time loop in one autograd Function
+(``models/fused_cf.py``: bitwise-equal outputs, only the input saved for backward) when the configuration
+allows it; otherwise (``record_potentials``, an unsupported surrogate, ``torch.compile`` tracing) the
+reference loop of ``forward`` runs (the oracle) and the reason is logged once.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from ..surrogates import Surrogate, create_surrogate
+from .fused import report_fallback
+from .fused_cf import fused_cf, unfused_reason
 from .neurons import SpikingNeuron
 
 MODES = ("signed", "unsigned", "wrap_signed", "wrap_binary")
 WRAP_MODES = ("single", "modulo")
 OUTPUT_SCALES = ("S", "theta_S")
+
+
+class CFConfig(NamedTuple):
+    """The switches of one step, captured at forward time (the fused backward reads no module state):
+    the mode, r (theta, or 2 theta on the ring), ``reset_detach`` and the output scale (1 or theta)."""
+
+    mode: str
+    reset_unit: float
+    reset_detach: bool
+    scale: float
+
+
+def crossing_inputs(potential: Tensor, levels: Tensor, mode: str) -> list[tuple[Tensor, bool]]:
+    """The surrogate inputs x [levels, ...] of one step with their ``fire_ge``: up-crossings H - l_j >= 0, then
+    (not ``unsigned``) down-crossings -H - l_j >= 0 (signed) or > 0 (the ring [-theta, theta) is half-open).
+    ``levels`` is [levels, 1, ...] (one 1 per dimension of ``potential``)."""
+    up = (potential - levels, True)
+    if mode == "unsigned":
+        return [up]
+    return [up, (-potential - levels, mode == "signed")]
+
+
+def discharge(charged: Tensor, counts: list[Tensor], config: CFConfig) -> tuple[Tensor, Tensor]:
+    """(U_t, output_t) from H_t and the crossing counts [up] or [up, down] (differentiable): the soft reset
+    and the output."""
+    up = counts[0]
+    net = up - counts[1] if len(counts) > 1 else up
+    reset = net.detach() if config.reset_detach else net
+    return charged - config.reset_unit * reset, (up if config.mode == "wrap_binary" else net) * config.scale
 
 
 class CFNeuron(SpikingNeuron):
@@ -56,7 +94,7 @@ class CFNeuron(SpikingNeuron):
     def __init__(self, mode: str = "signed", D: int = 4, theta: float = 1.0, tau: float = 2.0,
                  reset_detach: bool = False, wrap_mode: str = "single", output_scale: str = "S",
                  surrogate: Surrogate | str = "learnable", surrogate_kwargs: dict | None = None,
-                 num_steps: int | None = None):
+                 num_steps: int | None = None, fused: bool = True):
         super().__init__()
         for name, value, choices in (("mode", mode, MODES), ("wrap_mode", wrap_mode, WRAP_MODES),
                                      ("output_scale", output_scale, OUTPUT_SCALES)):
@@ -75,7 +113,7 @@ class CFNeuron(SpikingNeuron):
                              f"{type(surrogate).__name__}; give a surrogate name such as 'learnable' or 'sigmoid'")
         self.mode, self.D, self.threshold, self.tau = mode, int(D), float(theta), float(tau)
         self.reset_detach, self.wrap_mode, self.output_scale = bool(reset_detach), wrap_mode, output_scale
-        self.num_steps = num_steps
+        self.num_steps, self.fused = num_steps, bool(fused)
         self.recorded_potential = "pre_fire"
         self.register_buffer("decay", torch.tensor(1.0 - 1.0 / self.tau), persistent=False)
         wraps = mode.startswith("wrap")
@@ -86,17 +124,9 @@ class CFNeuron(SpikingNeuron):
             surrogate.bind_neuron(num_steps=num_steps, decay=float(self.decay))
         self.surrogate = surrogate
 
-    def crossings(self, potential: Tensor, step: int) -> tuple[Tensor, Tensor | None]:
-        """(number of up-crossings, number of down-crossings or None for ``unsigned``), each a sum of
-        surrogate spikes over the levels."""
-        levels = self.levels.view(-1, *([1] * potential.dim()))
-        context = dict(mem=potential, step=step, neuron=self)
-        up = self.surrogate(potential - levels, fire_ge=True, **context).sum(0)
-        if self.mode == "unsigned":
-            return up, None
-        # signed: -H >= j theta fires; ring: H < -(2j - 1) theta wraps (strict, the ring is [-theta, theta))
-        down = self.surrogate(-potential - levels, fire_ge=self.mode == "signed", **context).sum(0)
-        return up, down
+    def step_config(self) -> CFConfig:
+        return CFConfig(self.mode, self.reset_unit, self.reset_detach,
+                        self.threshold if self.output_scale == "theta_S" else 1.0)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:
@@ -105,32 +135,39 @@ class CFNeuron(SpikingNeuron):
             raise ValueError(f"this neuron was built for T={self.num_steps} timesteps but got T={x.shape[0]} "
                              f"(shape {tuple(x.shape)}, expected [T, B, ...]); rebuild with matching num_steps")
         dtype, x = x.dtype, x.float()
-        scale = self.threshold if self.output_scale == "theta_S" else 1.0
+        if self.fused:
+            reason = unfused_reason(self)
+            if reason is None:
+                return fused_cf(self, x).to(dtype)
+            if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path
+                report_fallback(self, reason)
+        config = self.step_config()
+        levels = self.levels.view(-1, *([1] * (x.dim() - 1)))
         potential = torch.zeros_like(x[0])
         out = []
         for t in range(x.shape[0]):
             charged = self.decay * potential + x[t]
             if self.recorded_potential == "pre_fire":
                 self.record(charged, t)
-            up, down = self.crossings(charged, t)
-            net = up if down is None else up - down
-            reset = net.detach() if self.reset_detach else net
-            potential = charged - self.reset_unit * reset
+            # one surrogate call per direction: the sum over levels counts the crossings
+            counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, step=t, neuron=self).sum(0)
+                      for shifted, fire_ge in crossing_inputs(charged, levels, self.mode)]
+            potential, spikes = discharge(charged, counts, config)
             if self.recorded_potential == "post_reset":
                 self.record(potential, t)
-            out.append((up if self.mode == "wrap_binary" else net) * scale)
+            out.append(spikes)
         return torch.stack(out).to(dtype)
 
     def extra_repr(self) -> str:
         wrap = f", wrap_mode={self.wrap_mode}" if self.mode.startswith("wrap") else ""
         return (f"mode={self.mode}, D={self.D}, theta={self.threshold}, tau={self.tau}{wrap}, "
-                f"reset_detach={self.reset_detach}, output_scale={self.output_scale}")
+                f"reset_detach={self.reset_detach}, output_scale={self.output_scale}, fused={self.fused}")
 
 
 def circulate_firing(num_steps: int | None = None, surrogate: Surrogate | str = "learnable",
                      surrogate_kwargs: dict | None = None, mode: str = "signed", D: int = 4, theta: float = 1.0,
                      tau: float = 2.0, reset_detach: bool = False, wrap_mode: str = "single",
-                     output_scale: str = "S") -> CFNeuron:
+                     output_scale: str = "S", fused: bool = True) -> CFNeuron:
     """Circulate-firing neuron with circulate_firing.md's defaults (signed, D = 4, theta = 1, tau = 2)."""
     return CFNeuron(mode, D, theta, tau, reset_detach, wrap_mode, output_scale, surrogate, surrogate_kwargs,
-                    num_steps)
+                    num_steps, fused)

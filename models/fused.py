@@ -67,7 +67,7 @@ from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from . import triton_lif
 
 logger = logging.getLogger(__name__)
-_reported: set[str] = set()
+_reported: set[tuple[str, str]] = set()
 
 
 class StepConfig(NamedTuple):
@@ -103,11 +103,12 @@ def unfused_reason(neuron, x: Tensor) -> str | None:
     return None
 
 
-def report_fallback(reason: str) -> None:
-    """Log each fallback reason once per process."""
-    if reason not in _reported:
-        _reported.add(reason)
-        logger.info("LIF fused path not used, running the reference loop: %s", reason)
+def report_fallback(neuron, reason: str) -> None:
+    """Log each (neuron class, fallback reason) once per process."""
+    key = (type(neuron).__name__, reason)
+    if key not in _reported:
+        _reported.add(key)
+        logger.info("%s: fused path not used, running the reference loop: %s", *key)
 
 
 def fused_lif(neuron, x: Tensor, decay: Tensor) -> Tensor:

@@ -231,7 +231,7 @@ class LIF(SpikingNeuron):
             if reason is None:
                 return fused_lif(self, x, decay).to(dtype)
             if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path
-                report_fallback(reason)
+                report_fallback(self, reason)
         mem = torch.zeros_like(x[0])
         spk = torch.zeros_like(x[0])
         out = []

@@ -161,6 +161,17 @@ class TimestepLearnableSurrogate(Surrogate):
     def primitive(x: Tensor, k: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @classmethod
+    def proxy_vjp(cls, x: Tensor, k: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+        """The backward of the straight-through term psi_k(x) - stopgrad(psi_k(x)) of ``forward`` for the
+        upstream gradient ``grad`` (shaped as x): (grad * psi_k'(x), sum(grad * d psi_k(x) / dk)), by autograd
+        of ``primitive`` on detached copies, so the same derivatives as this surrogate's own graph.  A pure
+        function of its arguments (no module state): the fused circulate-firing path (models/fused_cf.py)
+        calls it in its backward with the k captured at forward time.  Not differentiable itself."""
+        with torch.enable_grad():
+            x, k = x.detach().requires_grad_(), k.detach().requires_grad_()
+            return torch.autograd.grad(cls.primitive(x, k), (x, k), grad)
+
     def forward(self, x: Tensor, fire_ge: bool = False, step: int | None = None, **context: Any) -> Tensor:
         if not self.learned:
             return super().forward(x, fire_ge, step=step, **context)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 import repro.models.fused as fused_module
-from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm, create_model
+from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm
 from repro.models.fused import StepConfig, integrate, unfused_reason
 from repro.surrogates import Surrogate, create_surrogate
+from reference import assert_fused_model_step_matches, assert_inference_matches
 
 RESETS = [("zero", True), ("subtract", True), ("subtract", False), ("none", True)]
 SURROGATES = ["atan", "rectangular", "triangle", "sigmoid", "fast_sigmoid", "tgo", "mpd_agl"]
@@ -124,15 +125,7 @@ def test_decay_gradient_against_finite_differences():
 def test_no_grad_inference_and_bf16_input_match_reference():
     torch.manual_seed(7)
     inputs = torch.randn(5, 2, 3, 4, 4) + 0.6
-    fused, reference = make_pair(surrogate="atan", channels=3, reset="subtract", preset="reference")
-    with torch.no_grad():
-        assert torch.equal(fused(inputs), reference(inputs))
-    fused.eval(), reference.eval()
-    with torch.no_grad():
-        assert torch.equal(fused(inputs), reference(inputs))
-    half = inputs.bfloat16()
-    out = fused(half)
-    assert out.dtype == torch.bfloat16 and torch.equal(out, reference(half))
+    assert_inference_matches(*make_pair(surrogate="atan", channels=3, reset="subtract", preset="reference"), inputs)
 
 
 class StepThresholdLIF(LIF):
@@ -227,7 +220,7 @@ def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
             out = neuron(x.requires_grad_())
             assert type(out.grad_fn).__name__ != "FusedLIFFunctionBackward"
     messages = [r.getMessage() for r in caplog.records if "fused path not used" in r.getMessage()]
-    assert len(messages) == 1 and "TLSG overrides forward" in messages[0]
+    assert len(messages) == 1 and messages[0].startswith("LIF: ") and "TLSG overrides forward" in messages[0]
     unfused = LIF(fused=False)
     assert type(unfused(x).grad_fn).__name__ != "FusedLIFFunctionBackward"
 
@@ -297,20 +290,7 @@ def test_double_backward_equals_reference_hessian_vector_product():
 
 
 def test_resnet19_fused_equals_reference_training_step():
-    torch.manual_seed(17)
-    images, targets = torch.randn(2, 3, 32, 32), torch.tensor([1, 3])
-    grads, logits = [], []
-    for fused in (True, False):
-        torch.manual_seed(0)
-        model = create_model("resnet19", num_steps=2, width=0.0625, neuron="plif",
-                             neuron_kwargs={"fused": fused})
-        out = model(images)
-        nn.functional.cross_entropy(out.mean(0), targets).backward()
-        logits.append(out)
-        grads.append([p.grad for p in model.parameters()])
-    torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-6)
-    for fused_grad, reference_grad in zip(*grads):
-        torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-4, atol=1e-5)
+    assert_fused_model_step_matches(32, neuron="plif")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -1,0 +1,218 @@
+"""Fused multi-step path of ``CFNeuron``: the whole time loop in one ``torch.autograd.Function``.
+
+The reference loop of ``CFNeuron.forward`` builds a per-step graph: two surrogate calls per step, each
+saving its [levels, ...] input, plus the reset and output nodes.  The fused path computes the same
+forward without a graph and runs the reverse-time recurrence itself in ``backward`` [reconstructed; the
+equations below follow from the forward of ``models/circulate_firing.py``].
+
+Forward, beta = decay, l_j the levels (j theta; (2j - 1) theta on the ring), r the reset unit (theta;
+2 theta on the ring), c the output scale (1 or theta), S the Heaviside step (x >= 0, or x > 0 for the
+ring's down-crossings), U[-1] = 0::
+
+    H[t]    = beta U[t-1] + I[t]
+    up[t]   = sum_j S(H[t] - l_j)          down[t] = sum_j S(-H[t] - l_j)      (no down for unsigned)
+    U[t]    = H[t] - r (up[t] - down[t])   (the count detached if ``reset_detach``)
+    out[t]  = c up[t] (wrap_binary) | c (up[t] - down[t]) (otherwise)
+
+Surrogate derivative of one crossing x: h(x) = ``shape(x, **params)`` with the parameters the surrogate
+gave for that call (``call_params(x, mem=H[t], step=t, neuron=neuron)``, as the reference loop calls it;
+captured at forward time), or for a learned TLSG h(x) = psi_k'(x) with k = k[t] (the straight-through
+term psi_k(x) - stopgrad(psi_k(x)) of ``TimestepLearnableSurrogate.forward``), which also gives k a
+gradient.  Backward, g[t] = dL/dout[t], e[t] = dL/dU[t] (e[T-1] = 0), a = 0 if ``reset_detach`` else 1::
+
+    G_up[t]   = c g[t] - a r e[t]                                  (dL/dup[t])
+    G_down[t] = -c g[t] [not wrap_binary] + a r e[t]               (dL/ddown[t])
+    dL/dH[t]  = e[t] + G_up[t] sum_j h(H[t] - l_j) - G_down[t] sum_j h(-H[t] - l_j)
+    e[t-1]    = beta dL/dH[t],        dL/dI[t] = dL/dH[t]
+    dL/dk[t]  = sum over elements of G_up[t] sum_j dpsi_k/dk(H[t] - l_j) + G_down[t] sum_j dpsi_k/dk(-H[t] - l_j)
+
+(psi_k' and dpsi_k/dk by ``TimestepLearnableSurrogate.proxy_vjp``; the gradient of k[t] reaches rho
+through ``sharpness(t)``, evaluated before the Function.)
+
+Saved for backward: the input I[T, ...] (fp32) and, per step, the surrogate parameters of both calls
+(or k[T]); ``backward`` replays H from I (the same operations, so bitwise the forward's; no surrogate
+call, so no side effect runs twice), then runs the recurrence above, overwriting H[t] with dL/dI[t].
+
+The forward is bitwise equal to the reference loop: charge, reset and output are its operations in the
+same order, and the crossings are counted by comparisons, H - l >= 0 iff H >= l, -H - l >= 0 iff
+H <= -l, -H - l > 0 iff H < -l (in IEEE arithmetic a - b rounds to zero only when a == b), summed
+exactly (small integers).  Gradients agree to float rounding (tests/test_fused_cf.py).
+
+Double backward (``create_graph=True``: Hessian-vector products): ``backward`` rebuilds the reference
+step graph from the saved I (``crossing_inputs`` and ``discharge`` of the reference loop, with
+``SpikeFunction`` and the saved parameters, or the straight-through term with the saved k) and
+differentiates it.
+
+Fused surrogates: a repro ``Surrogate`` that does not override ``forward`` or ``observe``, without
+observers or parameters that require gradients (fixed or per-call parameters: the classic ones, ``tgo``,
+``mpd_agl``); the TLSG ``learnable`` with ``learn=none`` or ``granularity=fixed`` (plain spike function),
+``learn=st_smooth``, and ``learn=asgl_mix`` in eval mode (no random mask there: the same as
+``st_smooth``).  Not fused (``unfused_reason`` says why; the reference loop runs and logs it once):
+``record_potentials`` on (the balanced loss trains through the recorded potentials), observers (the
+diagnostics), ``asgl_mix`` in training (random masks), A2SG or any other surrogate that overrides
+``forward``, and tracing by ``torch.compile`` (not logged; the reference loop is traceable).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+import torch
+from torch import Tensor
+
+from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
+from ..surrogates.learnable import TimestepLearnableSurrogate
+
+if TYPE_CHECKING:
+    from .circulate_firing import CFConfig  # circulate_firing imports this module
+
+
+def learns_sharpness(surrogate) -> bool:
+    """A TLSG whose k is learned: the fused path takes k[t] as an input and returns its gradient."""
+    return isinstance(surrogate, TimestepLearnableSurrogate) and surrogate.learned
+
+
+def unfused_reason(neuron) -> str | None:
+    """Why this forward of ``neuron`` (a ``CFNeuron``) cannot take the fused path (None: it can)."""
+    surrogate = neuron.surrogate
+    name = type(surrogate).__name__
+    tlsg = isinstance(surrogate, TimestepLearnableSurrogate)
+    if neuron.record_potentials:
+        reason = "record_potentials is on (the recorded potentials carry the per-step graph)"
+    elif not isinstance(surrogate, Surrogate):
+        reason = f"the surrogate {name} is a plain callable, not a repro Surrogate"
+    elif type(surrogate).forward is not (TimestepLearnableSurrogate.forward if tlsg else Surrogate.forward):
+        reason = f"the surrogate {name} overrides forward()"
+    elif getattr(type(surrogate), "observe", None) is not getattr(Surrogate, "observe", None):
+        reason = f"the surrogate {name} overrides observe() (per-call side effects)"
+    elif surrogate.observers:
+        reason = "the surrogate has observers attached"
+    elif learns_sharpness(surrogate) and surrogate.learn == "asgl_mix" and surrogate.training:
+        reason = "the learnable surrogate with learn='asgl_mix' draws random masks in training"
+    elif not learns_sharpness(surrogate) and any(p.requires_grad for p in surrogate.parameters()):
+        reason = f"the surrogate {name} has learnable parameters"
+    elif torch.compiler.is_compiling():
+        reason = "torch.compile is tracing the neuron (the reference loop is traceable)"
+    else:
+        return None
+    return reason
+
+
+def fused_cf(neuron, x: Tensor) -> Tensor:
+    """Outputs [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedCFFunction``; a learned
+    TLSG's k[t] (differentiable w.r.t. its rho) enters as an input."""
+    surrogate = neuron.surrogate
+    k = torch.stack([surrogate.sharpness(t) for t in range(x.shape[0])]) if learns_sharpness(surrogate) else None
+    return FusedCFFunction.apply(x, k, neuron)
+
+
+class FusedCFFunction(torch.autograd.Function):
+    """(I[T, ...], k[T] or None) -> out[T, ...] for one ``CFNeuron``; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, k: Tensor | None, neuron) -> Tensor:
+        from .circulate_firing import crossing_inputs
+
+        config = neuron.step_config()
+        levels = neuron.levels.view(-1, *([1] * (x.dim() - 1)))
+        surrogate, params, on_charge = neuron.surrogate, [], None
+        if k is None and type(surrogate).call_params is FixedSurrogate.call_params:  # ignores x and context
+            params = [[surrogate.params] * (1 if config.mode == "unsigned" else 2)] * x.shape[0]
+        elif k is None:
+            def on_charge(charged: Tensor, step: int) -> None:
+                context = dict(mem=charged, step=step, neuron=neuron)
+                params.append([surrogate.call_params(shifted, **context)
+                               for shifted, _ in crossing_inputs(charged, levels, config.mode)])
+
+        out = integrate(x, neuron.decay, levels, config, on_charge)
+        if any(ctx.needs_input_grad[:2]):
+            ctx.save_for_backward(x, k)
+            ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
+            ctx.surrogate_type, ctx.shape = type(surrogate), surrogate.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        from .circulate_firing import crossing_inputs
+
+        x, k = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
+            return double_differentiable_grads(ctx, x, k, grad_out)
+        config, decay, levels = ctx.config, ctx.decay, ctx.levels
+        grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
+        grad_out = grad_out.float()
+        grad_mem = integrate(x, decay, levels, config, keep=True)  # H[t], overwritten by dL/dH[t] below
+        attached, signed_out = not config.reset_detach, config.mode != "wrap_binary"
+        carry = None  # e[t] = dL/dU[t]
+        for t in range(x.shape[0] - 1, -1, -1):
+            grad_up = grad_out[t] * config.scale
+            grad_down = -grad_up if signed_out else None
+            if carry is not None and attached:
+                grad_up = grad_up.add(carry, alpha=-config.reset_unit)
+                grad_down = carry * config.reset_unit if grad_down is None else grad_down.add(
+                    carry, alpha=config.reset_unit)
+            grad_h = torch.zeros_like(grad_up) if carry is None else carry
+            for i, (shifted, _) in enumerate(crossing_inputs(grad_mem[t], levels, config.mode)):
+                upstream = (grad_up, grad_down)[i]
+                if upstream is None:  # wrap_binary, reset detached: down-crossings reach nothing
+                    continue
+                if k is None:
+                    bumps = ctx.shape(shifted, **ctx.params[t][i]).sum(0).mul_(upstream)
+                else:
+                    bumps, slope = ctx.surrogate_type.proxy_vjp(shifted, k[t], upstream.expand_as(shifted))
+                    bumps = bumps.sum(0)
+                    if grad_k is not None:
+                        grad_k[t] += slope
+                grad_h = grad_h.add(bumps, alpha=-1 if i else 1)  # x = -H - l_j for the down-crossings
+            grad_mem[t] = grad_h
+            carry = decay * grad_h
+        return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
+
+
+def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tensor):
+    """Input and sharpness gradients as differentiable functions of (I, k, upstream gradient): the
+    reference step graph rebuilt with ``crossing_inputs`` and ``discharge`` and the captured surrogate."""
+    from .circulate_firing import crossing_inputs, discharge
+
+    config = ctx.config
+    potential, out = torch.zeros_like(x[0]), []
+    for t in range(x.shape[0]):
+        charged = ctx.decay * potential + x[t]
+        counts = []
+        for i, (shifted, fire_ge) in enumerate(crossing_inputs(charged, ctx.levels, config.mode)):
+            if k is None:
+                spikes = SpikeFunction.apply(shifted, ctx.shape, ctx.params[t][i], fire_ge)
+            else:  # TimestepLearnableSurrogate.forward's straight-through term with the saved k[t]
+                psi = ctx.surrogate_type.primitive(shifted, k[t])
+                spikes = ((shifted >= 0) if fire_ge else (shifted > 0)).float() + (psi - psi.detach())
+            counts.append(spikes.sum(0))
+        potential, spikes = discharge(charged, counts, config)
+        out.append(spikes)
+    wanted = [tensor for tensor, needed in zip((x, k), ctx.needs_input_grad[:2]) if needed]
+    grads = iter(torch.autograd.grad(torch.stack(out), wanted, grad_out, create_graph=True, allow_unused=True))
+    return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]), None)
+
+
+@torch.no_grad()
+def integrate(x: Tensor, decay: Tensor, levels: Tensor, config: CFConfig,
+              on_charge: Callable[[Tensor, int], None] | None = None, keep: bool = False) -> Tensor:
+    """The forward time loop without a graph, bitwise equal to the reference loop of ``CFNeuron.forward``.
+
+    Returns the outputs [T, ...] (``keep=False``, the forward) or H [T, ...] (``keep=True``, the
+    backward's replay).  ``on_charge(H[t], t)`` runs after each charge (the forward captures the
+    surrogate parameters there).  ``levels`` is [levels, 1, ...].
+    """
+    out = torch.empty_like(x)
+    below = -levels
+    down_crossed = torch.le if config.mode == "signed" else torch.lt  # -H - l >= 0 / > 0
+    crossed = x.new_empty(levels.shape[:1] + x.shape[1:])  # fp32 0/1 per level (faster than bool)
+    potential = torch.zeros_like(x[0])
+    for t in range(x.shape[0]):
+        charged = torch.add(decay * potential, x[t], out=out[t] if keep else None)
+        if on_charge is not None:
+            on_charge(charged, t)
+        up = torch.ge(charged, levels, out=crossed).sum(0)
+        net = up if config.mode == "unsigned" else up - down_crossed(charged, below, out=crossed).sum(0)
+        potential = charged - config.reset_unit * net
+        if not keep:
+            torch.mul(up if config.mode == "wrap_binary" else net, config.scale, out=out[t])
+    return out
