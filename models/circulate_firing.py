@@ -37,8 +37,9 @@ zero at every call, maths in fp32.  ``record`` stores H_t (``recorded_potential=
 
 ``fused`` (default True): the forward runs the whole time loop in one autograd Function
 (``models/fused_cf.py``: bitwise-equal outputs, only the input saved for backward) when the configuration
-allows it; otherwise (``record_potentials``, an unsupported surrogate, ``torch.compile`` tracing) the
-reference loop of ``forward`` runs (the oracle) and the reason is logged once.
+allows it (recorded potentials included: the Function returns them too); otherwise (observers, an
+unsupported surrogate, ``torch.compile`` tracing) the reference loop of ``forward`` runs (the oracle) and
+the reason is logged once.
 """
 from __future__ import annotations
 

@@ -41,13 +41,22 @@ A2SG's statistics) with x = u[t] - theta_t, and a surrogate that wants dL/du[t] 
 statistics, a tensor hook in the reference loop) registers a callback through the context key
 ``register_membrane_grad``; the backward calls it with e[t] as soon as e[t] is known.
 
+Learned sharpness (the TLSG ``learnable`` surrogate, learned k[t]): h[t] = psi_k'(u[t] - theta_t) with
+k = k[t], an input of the Function (``sharpness_per_step``, differentiable w.r.t. rho), and
+dL/dk[t] = sum over elements of dL/ds[t] * dpsi_k/dk(u[t] - theta_t), both by
+``TimestepLearnableSurrogate.proxy_vjp`` (the straight-through term of the TLSG's ``forward``).
+
+Recorded potentials (``record_potentials``: the balanced loss, the diagnostics' histograms): the Function
+also returns u[T, ...] (``neuron.potentials`` are its steps), and a gradient G[t] arriving there is
+added to e[t] (the recorded u[t] is the same pre-fire membrane the recurrence differentiates).
+
 Not fused (``unfused_reason`` says why; ``LIF.forward`` then runs the reference loop and logs the
-reason once): ``record_potentials`` on (per-step tensors with graph are requested), a subclass that
+reason once): a subclass that
 overrides ``step`` or ``fire`` (override ``fire_context`` instead to stay fused), a plain callable
-surrogate, a surrogate that overrides ``Surrogate.forward`` (the learnable TLSG) or has parameters
-that require gradients, and tracing by
-``torch.compile`` (the reference loop is traceable and inductor fuses its elementwise steps; this is
-the intended path under compile, not logged).
+surrogate, a surrogate that overrides ``Surrogate.forward`` (other than the TLSG) or has parameters
+that require gradients (other than a TLSG's rho), the TLSG with ``learn=asgl_mix`` in training (random
+masks), and tracing by ``torch.compile`` (the reference loop is traceable and inductor fuses its
+elementwise steps; this is the intended path under compile, not logged).
 
 Backends: device-agnostic torch code (above), and on CUDA, for a fixed threshold and fixed surrogate
 parameters without observers, the Triton kernels of ``models/triton_lif.py`` for both time loops (the
@@ -64,6 +73,7 @@ import torch
 from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
+from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
 from . import triton_lif
 
 logger = logging.getLogger(__name__)
@@ -89,15 +99,21 @@ def unfused_reason(neuron, x: Tensor) -> str | None:
     for method in ("step", "fire"):
         if getattr(cls, method) is not getattr(LIF, method):
             return f"{cls.__name__} overrides {method}() (override fire_context() to keep the fused path)"
-    if neuron.record_potentials:
-        return "record_potentials is on (the recorded potentials carry the per-step graph)"
-    surrogate = neuron.surrogate
+    return surrogate_unfused_reason(neuron.surrogate)
+
+
+def surrogate_unfused_reason(surrogate) -> str | None:
+    """Why the fused neuron paths cannot run ``surrogate`` (None: they can), or torch.compile is tracing."""
+    name = type(surrogate).__name__
+    tlsg = isinstance(surrogate, TimestepLearnableSurrogate)
     if not isinstance(surrogate, Surrogate):
-        return f"the surrogate {type(surrogate).__name__} is a plain callable, not a repro Surrogate"
-    if type(surrogate).forward is not Surrogate.forward:
-        return f"the surrogate {type(surrogate).__name__} overrides forward()"
-    if any(p.requires_grad for p in surrogate.parameters()):
-        return f"the surrogate {type(surrogate).__name__} has learnable parameters"
+        return f"the surrogate {name} is a plain callable, not a repro Surrogate"
+    if type(surrogate).forward is not (TimestepLearnableSurrogate.forward if tlsg else Surrogate.forward):
+        return f"the surrogate {name} overrides forward()"
+    if learns_sharpness(surrogate) and surrogate.learn == "asgl_mix" and surrogate.training:
+        return "the learnable surrogate with learn='asgl_mix' draws random masks in training"
+    if not learns_sharpness(surrogate) and any(p.requires_grad for p in surrogate.parameters()):
+        return f"the surrogate {name} has learnable parameters"
     if torch.compiler.is_compiling():
         return "torch.compile is tracing the neuron (the reference loop is traceable)"
     return None
@@ -112,15 +128,23 @@ def report_fallback(neuron, reason: str) -> None:
 
 
 def fused_lif(neuron, x: Tensor, decay: Tensor) -> Tensor:
-    """Spikes [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedLIFFunction``."""
-    return FusedLIFFunction.apply(x, decay, neuron)
+    """Spikes [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedLIFFunction``; a learned
+    TLSG's k[t] enters as an input; with ``record_potentials`` the pre-fire u[t] go to ``neuron.potentials``."""
+    surrogate = neuron.surrogate
+    k = surrogate.sharpness_per_step(x.shape[0]) if learns_sharpness(surrogate) else None
+    if not neuron.record_potentials:
+        return FusedLIFFunction.apply(x, decay, k, neuron)
+    spikes, membrane = FusedLIFFunction.apply(x, decay, k, neuron)
+    neuron.record_steps(membrane)
+    return spikes
 
 
 class FusedLIFFunction(torch.autograd.Function):
-    """(I[T, ...], lambda) -> s[T, ...] for one ``LIF`` with every switch; see the module docstring."""
+    """(I[T, ...], lambda, k[T] or None) -> s[T, ...] (and u[T, ...] with ``record_potentials``) for one
+    ``LIF`` with every switch; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, decay: Tensor, neuron) -> Tensor:
+    def forward(ctx, x: Tensor, decay: Tensor, k: Tensor | None, neuron) -> Tensor:
         config = StepConfig(float(neuron.threshold), neuron.reset, neuron.reset_decayed, neuron.reset_detach,
                             neuron.decay_input, neuron.fire_ge)
         surrogate = neuron.surrogate
@@ -133,34 +157,47 @@ class FusedLIFFunction(torch.autograd.Function):
             shifted = u - threshold if observed or not fixed_params else None
             params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
             if observed:
-                if any(ctx.needs_input_grad[:2]):
+                if any(ctx.needs_input_grad[:3]):
                     context["register_membrane_grad"] = callbacks.setdefault(step, []).append
                 surrogate.observe(shifted, params[-1], context)
             thresholds.append(threshold)
             return threshold
 
-        use_triton = fixed_params and not observed and uses_triton(neuron, x)
+        recording = neuron.record_potentials
+        use_triton = fixed_params and not observed and not recording and uses_triton(neuron, x)
         if use_triton:  # fixed threshold and parameters: nothing to compute between steps
             spikes, _ = triton_lif.lif_forward(x, float(decay.detach()), scale_of(config, decay), config.threshold,
                                                config.reset, config.reset_decayed, config.fire_ge, keep=False)
             thresholds, params = [config.threshold] * x.shape[0], [surrogate.params] * x.shape[0]
         else:
-            spikes, _ = integrate(x, decay, config, threshold_at, keep=False)
-        if any(ctx.needs_input_grad[:2]):
-            ctx.save_for_backward(x, decay)
+            spikes, membrane = integrate(x, decay, config, threshold_at, keep=recording)
+        if any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
-            ctx.callbacks, ctx.triton = callbacks, use_triton
-        return spikes
+            ctx.callbacks, ctx.triton, ctx.surrogate_type = callbacks, use_triton, type(surrogate)
+        return (spikes, membrane) if recording else spikes
 
     @staticmethod
-    def backward(ctx, grad_spikes: Tensor):
-        x, decay = ctx.saved_tensors
+    def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor | None = None):
+        x, decay, k = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
-            return double_differentiable_grads(ctx, x, decay, grad_spikes)
+            return double_differentiable_grads(ctx, x, decay, k, grad_spikes, grad_membrane)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
         if ctx.triton:
-            return finish_grads(ctx, x, decay, *triton_grads(ctx, x, decay, grad_spikes))
-        _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True)
+            return finish_grads(ctx, x, decay, *triton_grads(ctx, x, decay, grad_spikes), None)
+        grad_k = torch.zeros_like(k) if ctx.needs_input_grad[2] else None
+
+        def surrogate_vjp(t: int, shifted: Tensor, grad_s: Tensor, out: Tensor) -> None:
+            """out = dL/ds[t] * h[t]; a learned k[t] also gets its gradient."""
+            if k is None:
+                torch.mul(grad_s, ctx.shape(shifted, **ctx.params[t]), out=out)
+                return
+            grad_x, grad_k_t = ctx.surrogate_type.proxy_vjp(shifted, k[t], grad_s)
+            out.copy_(grad_x)
+            if grad_k is not None:
+                grad_k[t] += grad_k_t
+
+        _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True, fire=False)
         lam = float(decay.detach())
         theta = config.threshold
         compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
@@ -172,9 +209,10 @@ class FusedLIFFunction(torch.autograd.Function):
         for t in range(last, -1, -1):
             u = membrane[t]
             shifted = u - ctx.thresholds[t]
-            h = ctx.shape(shifted, **ctx.params[t])
             if t == last:
-                torch.mul(grad_spikes[t], h, out=grad_mem[t])
+                surrogate_vjp(t, shifted, grad_spikes[t], grad_mem[t])
+                if grad_membrane is not None:  # the recorded u[t]
+                    grad_mem[t].add_(grad_membrane[t])
                 report_membrane_grad(ctx, t, grad_mem[t])
                 continue
             carry = grad_mem[t + 1]
@@ -192,23 +230,26 @@ class FusedLIFFunction(torch.autograd.Function):
                 if config.reset == "subtract" and config.reset_decayed:
                     compare(shifted, 0, out=mask)
                     grad_decay -= theta * torch.dot(carry.flatten(), mask.flatten())
-            torch.mul(grad_s, h, out=grad_mem[t])  # u[t] is not read after this
+            surrogate_vjp(t, shifted, grad_s, grad_mem[t])  # u[t] is not read after this
             if leak is not None:
                 grad_mem[t].add_(leak, alpha=lam)
             elif config.reset == "zero":
                 grad_mem[t].addcmul_(carry, mask, value=lam)
             else:
                 grad_mem[t].add_(carry, alpha=lam)
+            if grad_membrane is not None:
+                grad_mem[t].add_(grad_membrane[t])
             report_membrane_grad(ctx, t, grad_mem[t])
-        return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None)
+        return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None, grad_k)
 
 
-def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Tensor | None):
+def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Tensor | None,
+                 grad_k: Tensor | None):
     """From e = dL/du and the decay gradient's reset/leak part: dL/dI = c e, and the decay_input term."""
     if grad_decay is not None and ctx.config.decay_input:
         grad_decay = grad_decay - torch.dot(grad_mem.flatten(), x.flatten())
     grad_input = grad_mem.mul_(1 - decay.detach().float()) if ctx.config.decay_input else grad_mem
-    return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), None
+    return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), grad_k, None
 
 
 def uses_triton(neuron, x: Tensor) -> bool:
@@ -240,34 +281,52 @@ def report_membrane_grad(ctx, step: int, grad: Tensor) -> None:
         callback(grad)
 
 
-def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor):
-    """Input and decay gradients as differentiable functions of (I, lambda, upstream gradient): the
-    step graph rebuilt with ``neurons.charge`` and ``SpikeFunction`` (saved thresholds and parameters)."""
+def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None, grad_spikes: Tensor,
+                                grad_membrane: Tensor | None):
+    """Input, decay and sharpness gradients as differentiable functions of (I, lambda, k, upstream
+    gradients): the step graph rebuilt with ``neurons.charge`` and ``SpikeFunction`` (saved thresholds and
+    parameters) or the TLSG's straight-through term (saved k)."""
     from .neurons import charge
 
     config = ctx.config
-    mem, spk, out = torch.zeros_like(x[0]), torch.zeros_like(x[0]), []
+    mem, spk, out, mems = torch.zeros_like(x[0]), torch.zeros_like(x[0]), [], []
     for t in range(x.shape[0]):
         mem = charge(x[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
                      config.reset_detach, config.decay_input)
         for callback in ctx.callbacks.get(t, ()):
             mem.register_hook(callback)
-        spk = SpikeFunction.apply(mem - ctx.thresholds[t], ctx.shape, ctx.params[t], config.fire_ge)
+        shifted = mem - ctx.thresholds[t]
+        if k is None:
+            spk = SpikeFunction.apply(shifted, ctx.shape, ctx.params[t], config.fire_ge)
+        else:
+            spk = ctx.surrogate_type.straight_through(shifted, k[t], config.fire_ge)
         out.append(spk)
-    wanted = [tensor for tensor, needed in zip((x, decay), ctx.needs_input_grad[:2]) if needed]
-    grads = iter(torch.autograd.grad(torch.stack(out), wanted, grad_spikes, create_graph=True, allow_unused=True))
-    return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]), None)
+        mems.append(mem)
+    outputs = [(torch.stack(out), grad_spikes), (torch.stack(mems), grad_membrane)]
+    return differentiate(outputs, (x, decay, k), ctx.needs_input_grad)
+
+
+def differentiate(outputs: list[tuple[Tensor, Tensor | None]], inputs: tuple, needs_input_grad: tuple) -> tuple:
+    """The gradients (with graph) of the rebuilt outputs for their upstream gradients (pairs; a None
+    gradient: output unused) w.r.t. the Function's tensor inputs that need one (None for the others and
+    for the trailing neuron argument)."""
+    used = [(output, grad) for output, grad in outputs if grad is not None]
+    wanted = [tensor for tensor, needed in zip(inputs, needs_input_grad) if needed]
+    grads = iter(torch.autograd.grad([output for output, _ in used], wanted, [grad for _, grad in used],
+                                     create_graph=True, allow_unused=True))
+    return (*(next(grads) if needed else None for needed in needs_input_grad[:len(inputs)]), None)
 
 
 @torch.no_grad()
 def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callable[[Tensor, int], object],
-              keep: bool) -> tuple[Tensor | None, Tensor | None]:
+              keep: bool, fire: bool = True) -> tuple[Tensor | None, Tensor | None]:
     """The forward time loop without a graph, bitwise equal to ``neurons.charge`` + ``LIF.fire``.
 
     ``threshold_at(u, t)`` gives theta_t (the forward calls ``fire_context`` and the surrogate there; the
-    backward's replay looks up the saved thresholds).  ``keep=False`` (the forward) returns (spikes fp32
-    [T, ...], None) and updates one membrane buffer in place; ``keep=True`` (the replay) returns (None,
-    u [T, ...]).  The reset mask (1 - s for the zero reset, s for subtract) lives in a one-step buffer.
+    backward's replay looks up the saved thresholds).  Returns (spikes fp32 [T, ...] if ``fire``, u [T, ...]
+    if ``keep``): the forward fires (and keeps u when it records the potentials; otherwise one membrane
+    buffer is updated in place), the replay keeps u only.  The reset mask (1 - s for the zero reset, s for
+    subtract) lives in a one-step buffer.
     """
     lam = decay.detach()
     lam_value = float(lam)
@@ -275,8 +334,8 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
     zero, subtract = config.reset == "zero", config.reset == "subtract"
     compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
     membrane = torch.empty_like(x) if keep else torch.empty_like(x[0])
-    spikes = None if keep else torch.empty_like(x)
-    mask = torch.empty_like(x[0]) if zero or (subtract and keep) else None
+    spikes = torch.empty_like(x) if fire else None
+    mask = torch.empty_like(x[0]) if zero or (subtract and not fire) else None
     for t in range(x.shape[0]):
         u = membrane[t] if keep else membrane
         current = x[t] if scale is None else scale * x[t]
@@ -284,7 +343,7 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
             u.copy_(current)
         else:
             prev = membrane[t - 1] if keep else membrane
-            fired = mask if keep or zero else spikes[t - 1]  # s[t-1] for subtract
+            fired = mask if spikes is None else spikes[t - 1]  # s[t-1] for subtract
             if zero:  # lambda * u * (1 - s) + c I
                 torch.addcmul(current, prev, mask, value=lam_value, out=u)
             elif subtract and config.reset_decayed:  # lambda * (u - theta s) + c I
@@ -297,10 +356,10 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
                 torch.mul(prev, lam, out=u)
                 u.add_(current)
         threshold = threshold_at(u, t)
-        if not keep:
+        if fire:
             compare(u, threshold, out=spikes[t])
         if zero:
             complement(u, threshold, out=mask)
-        elif subtract and keep:
+        elif subtract and not fire:
             compare(u, threshold, out=mask)
     return spikes, (membrane if keep else None)

@@ -29,6 +29,10 @@ gradient.  Backward, g[t] = dL/dout[t], e[t] = dL/dU[t] (e[T-1] = 0), a = 0 if `
 (psi_k' and dpsi_k/dk by ``TimestepLearnableSurrogate.proxy_vjp``; the gradient of k[t] reaches rho
 through ``sharpness(t)``, evaluated before the Function.)
 
+Recorded potentials (``record_potentials``: the balanced loss ``pnb``, the diagnostics): the Function also
+returns H[T, ...] (``recorded_potential="pre_fire"``) or U[T, ...] (``"post_reset"``), the steps of
+``neuron.potentials``; a gradient arriving there is added to dL/dH[t] or to e[t] = dL/dU[t].
+
 Saved for backward: the input I[T, ...] (fp32) and, per step, the surrogate parameters of both calls
 (or k[T]); ``backward`` replays H from I (the same operations, so bitwise the forward's; no surrogate
 call, so no side effect runs twice), then runs the recurrence above, overwriting H[t] with dL/dI[t].
@@ -48,9 +52,9 @@ observers or parameters that require gradients (fixed or per-call parameters: th
 ``mpd_agl``); the TLSG ``learnable`` with ``learn=none`` or ``granularity=fixed`` (plain spike function),
 ``learn=st_smooth``, and ``learn=asgl_mix`` in eval mode (no random mask there: the same as
 ``st_smooth``).  Not fused (``unfused_reason`` says why; the reference loop runs and logs it once):
-``record_potentials`` on (the balanced loss trains through the recorded potentials), observers (the
-diagnostics), ``asgl_mix`` in training (random masks), A2SG or any other surrogate that overrides
-``forward``, and tracing by ``torch.compile`` (not logged; the reference loop is traceable).
+observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG or any other
+surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.compile`` (not logged; the
+reference loop is traceable).
 """
 from __future__ import annotations
 
@@ -60,53 +64,39 @@ import torch
 from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
-from ..surrogates.learnable import TimestepLearnableSurrogate
+from ..surrogates.learnable import learns_sharpness
+from .fused import differentiate, surrogate_unfused_reason
 
 if TYPE_CHECKING:
     from .circulate_firing import CFConfig  # circulate_firing imports this module
 
 
-def learns_sharpness(surrogate) -> bool:
-    """A TLSG whose k is learned: the fused path takes k[t] as an input and returns its gradient."""
-    return isinstance(surrogate, TimestepLearnableSurrogate) and surrogate.learned
-
-
 def unfused_reason(neuron) -> str | None:
     """Why this forward of ``neuron`` (a ``CFNeuron``) cannot take the fused path (None: it can)."""
     surrogate = neuron.surrogate
-    name = type(surrogate).__name__
-    tlsg = isinstance(surrogate, TimestepLearnableSurrogate)
-    if neuron.record_potentials:
-        reason = "record_potentials is on (the recorded potentials carry the per-step graph)"
-    elif not isinstance(surrogate, Surrogate):
-        reason = f"the surrogate {name} is a plain callable, not a repro Surrogate"
-    elif type(surrogate).forward is not (TimestepLearnableSurrogate.forward if tlsg else Surrogate.forward):
-        reason = f"the surrogate {name} overrides forward()"
-    elif getattr(type(surrogate), "observe", None) is not getattr(Surrogate, "observe", None):
-        reason = f"the surrogate {name} overrides observe() (per-call side effects)"
-    elif surrogate.observers:
-        reason = "the surrogate has observers attached"
-    elif learns_sharpness(surrogate) and surrogate.learn == "asgl_mix" and surrogate.training:
-        reason = "the learnable surrogate with learn='asgl_mix' draws random masks in training"
-    elif not learns_sharpness(surrogate) and any(p.requires_grad for p in surrogate.parameters()):
-        reason = f"the surrogate {name} has learnable parameters"
-    elif torch.compiler.is_compiling():
-        reason = "torch.compile is tracing the neuron (the reference loop is traceable)"
-    else:
-        return None
-    return reason
+    if isinstance(surrogate, Surrogate) and type(surrogate).observe is not Surrogate.observe:
+        return f"the surrogate {type(surrogate).__name__} overrides observe() (per-call side effects)"
+    if isinstance(surrogate, Surrogate) and surrogate.observers:
+        return "the surrogate has observers attached"
+    return surrogate_unfused_reason(surrogate)
 
 
 def fused_cf(neuron, x: Tensor) -> Tensor:
     """Outputs [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedCFFunction``; a learned
-    TLSG's k[t] (differentiable w.r.t. its rho) enters as an input."""
+    TLSG's k[t] (differentiable w.r.t. its rho) enters as an input; with ``record_potentials`` the recorded
+    potentials go to ``neuron.potentials``."""
     surrogate = neuron.surrogate
-    k = torch.stack([surrogate.sharpness(t) for t in range(x.shape[0])]) if learns_sharpness(surrogate) else None
-    return FusedCFFunction.apply(x, k, neuron)
+    k = surrogate.sharpness_per_step(x.shape[0]) if learns_sharpness(surrogate) else None
+    if not neuron.record_potentials:
+        return FusedCFFunction.apply(x, k, neuron)
+    out, potentials = FusedCFFunction.apply(x, k, neuron)
+    neuron.record_steps(potentials)
+    return out
 
 
 class FusedCFFunction(torch.autograd.Function):
-    """(I[T, ...], k[T] or None) -> out[T, ...] for one ``CFNeuron``; see the module docstring."""
+    """(I[T, ...], k[T] or None) -> out[T, ...] (and H or U [T, ...] with ``record_potentials``) for one
+    ``CFNeuron``; see the module docstring."""
 
     @staticmethod
     def forward(ctx, x: Tensor, k: Tensor | None, neuron) -> Tensor:
@@ -123,27 +113,31 @@ class FusedCFFunction(torch.autograd.Function):
                 params.append([surrogate.call_params(shifted, **context)
                                for shifted, _ in crossing_inputs(charged, levels, config.mode)])
 
-        out = integrate(x, neuron.decay, levels, config, on_charge)
+        recorded = neuron.recorded_potential if neuron.record_potentials else None
+        out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, k)
             ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
-            ctx.surrogate_type, ctx.shape = type(surrogate), surrogate.shape
-        return out
+            ctx.surrogate_type, ctx.shape, ctx.recorded = type(surrogate), surrogate.shape, recorded
+        return out if recorded is None else (out, potentials)
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, grad_out: Tensor, grad_potentials: Tensor | None = None):
         from .circulate_firing import crossing_inputs
 
         x, k = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
-            return double_differentiable_grads(ctx, x, k, grad_out)
+            return double_differentiable_grads(ctx, x, k, grad_out, grad_potentials)
         config, decay, levels = ctx.config, ctx.decay, ctx.levels
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
         grad_out = grad_out.float()
-        grad_mem = integrate(x, decay, levels, config, keep=True)  # H[t], overwritten by dL/dH[t] below
+        # H[t], overwritten by dL/dH[t] below
+        _, grad_mem = integrate(x, decay, levels, config, outputs=False, keep="pre_fire")
         attached, signed_out = not config.reset_detach, config.mode != "wrap_binary"
         carry = None  # e[t] = dL/dU[t]
         for t in range(x.shape[0] - 1, -1, -1):
+            if grad_potentials is not None and ctx.recorded == "post_reset":  # the recorded U[t]
+                carry = grad_potentials[t] if carry is None else carry + grad_potentials[t]
             grad_up = grad_out[t] * config.scale
             grad_down = -grad_up if signed_out else None
             if carry is not None and attached:
@@ -163,18 +157,21 @@ class FusedCFFunction(torch.autograd.Function):
                     if grad_k is not None:
                         grad_k[t] += slope
                 grad_h = grad_h.add(bumps, alpha=-1 if i else 1)  # x = -H - l_j for the down-crossings
+            if grad_potentials is not None and ctx.recorded == "pre_fire":  # the recorded H[t]
+                grad_h = grad_h + grad_potentials[t]
             grad_mem[t] = grad_h
             carry = decay * grad_h
         return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
 
 
-def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tensor):
+def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tensor,
+                               grad_potentials: Tensor | None):
     """Input and sharpness gradients as differentiable functions of (I, k, upstream gradient): the
     reference step graph rebuilt with ``crossing_inputs`` and ``discharge`` and the captured surrogate."""
     from .circulate_firing import crossing_inputs, discharge
 
     config = ctx.config
-    potential, out = torch.zeros_like(x[0]), []
+    potential, out, recorded = torch.zeros_like(x[0]), [], []
     for t in range(x.shape[0]):
         charged = ctx.decay * potential + x[t]
         counts = []
@@ -182,37 +179,41 @@ def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tens
             if k is None:
                 spikes = SpikeFunction.apply(shifted, ctx.shape, ctx.params[t][i], fire_ge)
             else:  # TimestepLearnableSurrogate.forward's straight-through term with the saved k[t]
-                psi = ctx.surrogate_type.primitive(shifted, k[t])
-                spikes = ((shifted >= 0) if fire_ge else (shifted > 0)).float() + (psi - psi.detach())
+                spikes = ctx.surrogate_type.straight_through(shifted, k[t], fire_ge)
             counts.append(spikes.sum(0))
         potential, spikes = discharge(charged, counts, config)
         out.append(spikes)
-    wanted = [tensor for tensor, needed in zip((x, k), ctx.needs_input_grad[:2]) if needed]
-    grads = iter(torch.autograd.grad(torch.stack(out), wanted, grad_out, create_graph=True, allow_unused=True))
-    return (*(next(grads) if needed else None for needed in ctx.needs_input_grad[:2]), None)
+        recorded.append(potential if ctx.recorded == "post_reset" else charged)
+    outputs = [(torch.stack(out), grad_out), (torch.stack(recorded), grad_potentials)]
+    return differentiate(outputs, (x, k), ctx.needs_input_grad)
 
 
 @torch.no_grad()
 def integrate(x: Tensor, decay: Tensor, levels: Tensor, config: CFConfig,
-              on_charge: Callable[[Tensor, int], None] | None = None, keep: bool = False) -> Tensor:
+              on_charge: Callable[[Tensor, int], None] | None = None, outputs: bool = True,
+              keep: str | None = None) -> tuple[Tensor | None, Tensor | None]:
     """The forward time loop without a graph, bitwise equal to the reference loop of ``CFNeuron.forward``.
 
-    Returns the outputs [T, ...] (``keep=False``, the forward) or H [T, ...] (``keep=True``, the
-    backward's replay).  ``on_charge(H[t], t)`` runs after each charge (the forward captures the
-    surrogate parameters there).  ``levels`` is [levels, 1, ...].
+    Returns (the outputs [T, ...] if ``outputs``, the potentials [T, ...] named by ``keep``: H
+    (``"pre_fire"``) or U (``"post_reset"``), or None).  The forward gives its outputs (and keeps the
+    recorded potentials), the backward's replay keeps H only.  ``on_charge(H[t], t)`` runs after each
+    charge (the forward captures the surrogate parameters there).  ``levels`` is [levels, 1, ...].
     """
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if outputs else None
+    kept = torch.empty_like(x) if keep else None
     below = -levels
     down_crossed = torch.le if config.mode == "signed" else torch.lt  # -H - l >= 0 / > 0
     crossed = x.new_empty(levels.shape[:1] + x.shape[1:])  # fp32 0/1 per level (faster than bool)
     potential = torch.zeros_like(x[0])
     for t in range(x.shape[0]):
-        charged = torch.add(decay * potential, x[t], out=out[t] if keep else None)
+        charged = torch.add(decay * potential, x[t], out=kept[t] if keep == "pre_fire" else None)
         if on_charge is not None:
             on_charge(charged, t)
         up = torch.ge(charged, levels, out=crossed).sum(0)
         net = up if config.mode == "unsigned" else up - down_crossed(charged, below, out=crossed).sum(0)
         potential = charged - config.reset_unit * net
-        if not keep:
+        if keep == "post_reset":
+            kept[t] = potential
+        if outputs:
             torch.mul(up if config.mode == "wrap_binary" else net, config.scale, out=out[t])
-    return out
+    return out, kept

@@ -96,6 +96,10 @@ class SpikingNeuron(nn.Module):
                 self.potentials = []
             self.potentials.append(potential)
 
+    def record_steps(self, potentials: Tensor) -> None:
+        """The fused paths' ``record``: potentials [T, ...] (with graph) become the list of T steps."""
+        self.potentials = list(potentials.unbind(0))
+
 
 class LIF(SpikingNeuron):
     """Leaky integrate-and-fire neuron (see module docstring for the equations).

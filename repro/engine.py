@@ -20,7 +20,6 @@ checkpoint of epoch e continues exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os

@@ -154,6 +154,10 @@ class TimestepLearnableSurrogate(Surrogate):
             rho = rho.detach() + 0.0 * rho  # zero gradient, but rho stays in the graph (DDP-safe)
         return self.k_min + F.softplus(rho.float())
 
+    def sharpness_per_step(self, num_steps: int) -> Tensor:
+        """k[t] for t < num_steps, stacked [T] (the fused neuron paths take it as an input), differentiable."""
+        return torch.stack([self.sharpness(step) for step in range(num_steps)])
+
     def call_params(self, x: Tensor, step: int | None = None, **context: Any) -> dict:
         return {"k": self.sharpness(step).detach()}
 
@@ -162,12 +166,21 @@ class TimestepLearnableSurrogate(Surrogate):
         raise NotImplementedError
 
     @classmethod
+    def straight_through(cls, x: Tensor, k: Tensor, fire_ge: bool) -> Tensor:
+        """Spikes H(x) (x >= 0 with ``fire_ge``, else x > 0) plus psi_k(x) - stopgrad(psi_k(x)): the value of
+        the Heaviside, the derivatives of psi_k w.r.t. x and k (``forward`` with ``learn=st_smooth``; the
+        fused paths rebuild their double-backward graphs with it)."""
+        psi = cls.primitive(x, k)
+        return ((x >= 0) if fire_ge else (x > 0)).to(psi.dtype) + (psi - psi.detach())
+
+    @classmethod
     def proxy_vjp(cls, x: Tensor, k: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
         """The backward of the straight-through term psi_k(x) - stopgrad(psi_k(x)) of ``forward`` for the
         upstream gradient ``grad`` (shaped as x): (grad * psi_k'(x), sum(grad * d psi_k(x) / dk)), by autograd
         of ``primitive`` on detached copies, so the same derivatives as this surrogate's own graph.  A pure
-        function of its arguments (no module state): the fused circulate-firing path (models/fused_cf.py)
-        calls it in its backward with the k captured at forward time.  Not differentiable itself."""
+        function of its arguments (no module state): the fused neuron paths (models/fused.py,
+        models/fused_cf.py) call it in their backward with the k captured at forward time.  Not
+        differentiable itself."""
         with torch.enable_grad():
             x, k = x.detach().requires_grad_(), k.detach().requires_grad_()
             return torch.autograd.grad(cls.primitive(x, k), (x, k), grad)
@@ -176,15 +189,13 @@ class TimestepLearnableSurrogate(Surrogate):
         if not self.learned:
             return super().forward(x, fire_ge, step=step, **context)
         k = self.sharpness(step)
-        params = {"k": k.detach()}
-        for observer in self.observers:  # as Surrogate.spike does (diagnostics see the k actually used)
-            observer(self, x, params, {**context, "step": step})
+        self.observe(x, {"k": k.detach()}, {**context, "step": step})  # diagnostics see the k actually used
         xf = x.float()
+        if not (self.learn == "asgl_mix" and self.training):
+            return self.straight_through(xf, k, fire_ge).to(x.dtype)
         psi = self.primitive(xf, k)
-        value = ((xf >= 0) if fire_ge else (xf > 0)).float()
-        if self.learn == "asgl_mix" and self.training:
-            keep_exact = torch.rand_like(xf) >= self.asgl_p
-            value = torch.where(keep_exact, value, psi.detach())
+        keep_exact = torch.rand_like(xf) >= self.asgl_p
+        value = torch.where(keep_exact, ((xf >= 0) if fire_ge else (xf > 0)).float(), psi.detach())
         return (value + (psi - psi.detach())).to(x.dtype)
 
     def on_model_built(self, model: nn.Module) -> None:
@@ -243,6 +254,11 @@ class AtanTLSG(TimestepLearnableSurrogate):
 
 
 SHAPES = {"sigmoid": SigmoidTLSG, "rect": RectTLSG, "atan": AtanTLSG}
+
+
+def learns_sharpness(surrogate) -> bool:
+    """A TLSG whose k is learned (the fused neuron paths take k[t] as an input and return its gradient)."""
+    return isinstance(surrogate, TimestepLearnableSurrogate) and surrogate.learned
 
 
 def learnable(shape: str = "sigmoid", granularity: str = "per_layer_t", learn: str = "st_smooth", k0: float = 4.0,

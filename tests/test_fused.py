@@ -36,9 +36,13 @@ def make_pair(**kwargs):
 
 
 def forward_backward(neuron, inputs, upstream):
+    """Spikes, input and decay gradients of sum(out * upstream) (+ a term on the recorded potentials)."""
     x = inputs.clone().requires_grad_()
     out = neuron(x)
-    (out * upstream).sum().backward()
+    loss = (out * upstream).sum()
+    if neuron.record_potentials:
+        loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
+    loss.backward()
     decay_grad = None if neuron.decay_raw.grad is None else neuron.decay_raw.grad.clone()
     return out, x.grad, decay_grad
 
@@ -68,6 +72,64 @@ def test_fused_equals_reference_loop_for_every_switch(reset, reset_decayed, surr
             torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5, msg=case)
         else:
             assert grad_decay is None and ref_grad_decay is None
+
+
+@pytest.mark.parametrize("shape", ["sigmoid", "rect", "atan"])
+@pytest.mark.parametrize("granularity", ["per_layer_t", "per_layer"])
+def test_learned_sharpness_fused_equals_reference_loop(shape, granularity):
+    """The TLSG with learned k[t] (st_smooth): spikes, input, decay and rho gradients of the fused path
+    equal the reference loop's (which differentiates the TLSG's own straight-through graph)."""
+    rng = random.Random(f"{shape}{granularity}")
+    for (reset, reset_decayed), fire_ge, reset_detach in itertools.product(RESETS, [False, True], [False, True]):
+        steps = rng.randint(1, 10)
+        shape_ = (steps, rng.randint(1, 3), rng.randint(2, 5))
+        torch.manual_seed(rng.randrange(1 << 30))
+        inputs, upstream = torch.randn(shape_) * 0.9 + 0.6, torch.randn(shape_)
+        rho, decay = torch.randn(steps if granularity == "per_layer_t" else 1), rng.choice([0.2, 0.5, 0.9])
+        results = []
+        for fused in (True, False):
+            surrogate = create_surrogate("learnable", shape=shape, granularity=granularity, num_steps=steps)
+            with torch.no_grad():
+                surrogate.rho.copy_(rho)  # a different k at every step
+            neuron = LIF(surrogate=surrogate, fused=fused, decay=decay, reset=reset,
+                         reset_decayed=reset_decayed, fire_ge=fire_ge, reset_detach=reset_detach,
+                         decay_learnable=True)
+            out, grad_x, grad_decay = forward_backward(neuron, inputs, upstream)
+            results.append((out, grad_x, grad_decay, surrogate.rho.grad))
+            assert (type(out.grad_fn).__name__ == "FusedLIFFunctionBackward") == fused
+        (out, *grads), (ref_out, *ref_grads) = results
+        case = f"T={steps} {reset} decayed={reset_decayed} fire_ge={fire_ge} detach={reset_detach}"
+        assert torch.equal(out, ref_out), case
+        assert grads[2].abs().sum() > 0, case
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5, msg=case)
+
+
+@pytest.mark.parametrize("surrogate", ["atan", "learnable", "a2sg"])
+@pytest.mark.parametrize("reset,reset_decayed", RESETS)
+def test_recorded_potentials_fused_equal_reference_and_carry_gradient(reset, reset_decayed, surrogate):
+    """record_potentials (balanced loss, diagnostics): the fused path records the same u[t] and
+    back-propagates a loss on them (and on the spikes) as the reference loop does."""
+    rng = random.Random(f"{reset}{reset_decayed}{surrogate}")
+    for fire_ge, reset_detach in itertools.product([False, True], [False, True]):
+        steps = rng.randint(1, 8)
+        shape = (steps, 2, rng.randint(2, 5))
+        torch.manual_seed(rng.randrange(1 << 30))
+        inputs, upstream = torch.randn(shape) * 0.9 + 0.6, torch.randn(shape)
+        results = []
+        for fused in (True, False):
+            kwargs = {"num_steps": steps} if surrogate == "learnable" else {}
+            neuron = LIF(surrogate=create_surrogate(surrogate, **kwargs), fused=fused, reset=reset,
+                         reset_decayed=reset_decayed, fire_ge=fire_ge, reset_detach=reset_detach,
+                         decay_learnable=True)
+            neuron.record_potentials = True
+            results.append((*forward_backward(neuron, inputs, upstream), torch.stack(neuron.potentials)))
+            assert (type(results[-1][0].grad_fn).__name__ == "FusedLIFFunctionBackward") == fused
+        (out, grad_x, grad_decay, potentials), (ref_out, ref_grad_x, ref_grad_decay, ref_potentials) = results
+        case = f"T={steps} fire_ge={fire_ge} detach={reset_detach}"
+        assert torch.equal(out, ref_out) and torch.equal(potentials, ref_potentials), case
+        torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6, msg=case)
+        torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5, msg=case)
 
 
 def replayed_membrane(neuron, inputs):
@@ -185,6 +247,11 @@ class LearnableScaleATan(Surrogate):
         return (alpha / 2) / (1 + (torch.pi / 2 * alpha * x) ** 2)
 
 
+class OverridingForward(Surrogate):
+    def forward(self, x, fire_ge=False, **context):
+        return (x >= 0).float()
+
+
 class OverridingFire(LIF):
     def fire(self, u, step):
         return super().fire(u, step)
@@ -195,12 +262,14 @@ def test_fallback_reasons():
     assert unfused_reason(LIF(), x) is None
     recording = LIF()
     recording.record_potentials = True
-    assert "record_potentials" in unfused_reason(recording, x)
+    assert unfused_reason(recording, x) is None  # the Function returns u[T] too
     assert "overrides fire()" in unfused_reason(OverridingFire(), x)
     assert "plain callable" in unfused_reason(LIF(surrogate=lambda v: (v > 0).float()), x)
     assert unfused_reason(LIF(surrogate="a2sg"), x) is None  # statistics through Surrogate.observe
-    learnable = create_surrogate("learnable", num_steps=3)
-    assert "overrides forward" in unfused_reason(LIF(surrogate=learnable), x)
+    assert unfused_reason(LIF(surrogate=create_surrogate("learnable", num_steps=3)), x) is None  # k[t] an input
+    mix = LIF(surrogate=create_surrogate("learnable", learn="asgl_mix", num_steps=3))
+    assert "asgl_mix" in unfused_reason(mix, x) and unfused_reason(mix.eval(), x) is None
+    assert "overrides forward" in unfused_reason(LIF(surrogate=OverridingForward()), x)
     observed = LIF()
     observed.surrogate.observers.append(lambda *args: None)
     assert unfused_reason(observed, x) is None
@@ -213,14 +282,14 @@ def test_fallback_reasons():
 
 def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
     monkeypatch.setattr(fused_module, "_reported", set())
-    neuron = LIF(surrogate=create_surrogate("learnable", num_steps=3))
+    neuron = LIF(surrogate=create_surrogate("learnable", learn="asgl_mix", num_steps=3))
     x = torch.randn(3, 2, 4) + 1.0
     with caplog.at_level(logging.INFO, logger=fused_module.__name__):
         for _ in range(2):
             out = neuron(x.requires_grad_())
             assert type(out.grad_fn).__name__ != "FusedLIFFunctionBackward"
     messages = [r.getMessage() for r in caplog.records if "fused path not used" in r.getMessage()]
-    assert len(messages) == 1 and messages[0].startswith("LIF: ") and "TLSG overrides forward" in messages[0]
+    assert len(messages) == 1 and messages[0].startswith("LIF: ") and "asgl_mix" in messages[0]
     unfused = LIF(fused=False)
     assert type(unfused(x).grad_fn).__name__ != "FusedLIFFunctionBackward"
 
@@ -265,26 +334,33 @@ def test_a2sg_controller_fused_equals_reference(adapt, granularity):
             assert torch.equal(count, occupancy[1][name][step])
 
 
-def test_double_backward_equals_reference_hessian_vector_product():
+@pytest.mark.parametrize("surrogate,record", [("sigmoid", False), ("learnable", False), ("sigmoid", True)])
+def test_double_backward_equals_reference_hessian_vector_product(surrogate, record):
     """create_graph=True through the fused path (train mode, as Hessian diagnostics may run) gives the
-    reference loop's Hessian-vector product, for the input and for a learnable decay."""
+    reference loop's Hessian-vector product, for the input, a learnable decay and (TLSG) rho; with
+    ``record``, the loss also reads the recorded potentials."""
     torch.manual_seed(23)
     inputs = torch.randn(5, 3, 6) * 0.8 + 0.7
     vector = torch.randn(5, 3, 6)
     results = []
     for fused in (True, False):
-        neuron = LIF(surrogate="sigmoid", preset="reference", decay_learnable=True, fused=fused)
+        neuron = LIF(surrogate=create_surrogate(surrogate, **({"num_steps": 5} if surrogate == "learnable" else {})),
+                     preset="reference", decay_learnable=True, fused=fused)
+        params = [neuron.decay_raw, *neuron.surrogate.parameters()]
+        neuron.record_potentials = record
         x = inputs.clone().requires_grad_()
         out = neuron(x)
         loss = (out * torch.linspace(-1, 1, 6)).sum() ** 2 / 10  # a loss with curvature in the spikes
-        grad_x, grad_w = torch.autograd.grad(loss, (x, neuron.decay_raw), create_graph=True)
-        hvp_x, hvp_w = torch.autograd.grad((grad_x * vector).sum() + grad_w, (x, neuron.decay_raw))
-        results.append((out, grad_x, grad_w, hvp_x, hvp_w))
+        if record:
+            loss = loss + (torch.stack(neuron.potentials) ** 2).sum() / 10
+        grad_x, *grad_params = torch.autograd.grad(loss, (x, *params), create_graph=True)
+        hvp = torch.autograd.grad((grad_x * vector).sum() + sum(g.sum() for g in grad_params), (x, *params))
+        results.append((out, grad_x, *grad_params, *hvp))
         if fused:
             assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
     (out, *fused_grads), (ref_out, *ref_grads) = results
     assert torch.equal(out, ref_out)
-    assert fused_grads[2].abs().sum() > 0 and fused_grads[3].abs() > 0
+    assert all(grad.abs().sum() > 0 for grad in fused_grads)
     for fused_grad, ref_grad in zip(fused_grads, ref_grads):
         torch.testing.assert_close(fused_grad, ref_grad, rtol=1e-4, atol=1e-5)
 

@@ -49,9 +49,13 @@ def inputs_for(steps: int, shape: tuple, theta: float, seed: int) -> torch.Tenso
 
 
 def forward_backward(neuron, inputs, upstream):
+    """Outputs, input and rho gradients of sum(out * upstream) (+ a term on the recorded potentials)."""
     x = inputs.clone().requires_grad_()
     out = neuron(x)
-    (out * upstream).sum().backward()
+    loss = (out * upstream).sum()
+    if neuron.record_potentials:
+        loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
+    loss.backward()
     rho = getattr(neuron.surrogate, "rho", None)
     return out, x.grad, (rho.grad.clone() if isinstance(rho, nn.Parameter) else None)
 
@@ -62,6 +66,8 @@ def assert_same(fused, reference, inputs, upstream, case=""):
     assert type(out.grad_fn).__name__ == "FusedCFFunctionBackward"
     ref_out, ref_grad_x, ref_grad_rho = forward_backward(reference, inputs, upstream)
     assert torch.equal(out, ref_out), case
+    if reference.record_potentials:
+        assert torch.equal(torch.stack(fused.potentials), torch.stack(reference.potentials)), case
     torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6, msg=case)
     if ref_grad_rho is None:
         assert grad_rho is None, case
@@ -122,6 +128,22 @@ def test_frozen_and_asgl_mix_in_eval_stay_fused():
     assert_same(fused, reference, inputs, upstream)
 
 
+@pytest.mark.parametrize("recorded", ["pre_fire", "post_reset"])
+@pytest.mark.parametrize("surrogate", ["sigmoid", "tlsg"])
+def test_recorded_potentials_fused_equal_reference_and_carry_gradient(surrogate, recorded):
+    """record_potentials (the balanced loss): the fused path records the same H or U and back-propagates a
+    loss on them as the reference loop does."""
+    rng = random.Random(f"{surrogate}{recorded}")
+    for (mode, wrap_mode), reset_detach in itertools.product(MODES, [False, True]):
+        steps = rng.randint(1, 6)
+        inputs = inputs_for(steps, (2, 5), 1.0, rng.randrange(1 << 30))
+        upstream = torch.randn(inputs.shape)
+        pair = make_pair(SURROGATES[surrogate], steps, mode=mode, wrap_mode=wrap_mode, reset_detach=reset_detach)
+        for neuron in pair:
+            neuron.record_potentials, neuron.recorded_potential = True, recorded
+        assert_same(*pair, inputs, upstream, f"{mode} {wrap_mode} detach={reset_detach}")
+
+
 def test_replayed_potential_bitwise_equal_to_recorded_reference_potentials():
     inputs = inputs_for(6, (4, 10), 0.75, 3)
     for mode, wrap_mode in MODES:
@@ -129,7 +151,7 @@ def test_replayed_potential_bitwise_equal_to_recorded_reference_potentials():
         neuron.record_potentials = True
         neuron(inputs)
         levels = neuron.levels.view(-1, 1, 1)
-        replayed = integrate(inputs, neuron.decay, levels, neuron.step_config(), keep=True)
+        _, replayed = integrate(inputs, neuron.decay, levels, neuron.step_config(), outputs=False, keep="pre_fire")
         assert torch.equal(replayed, torch.stack(neuron.potentials)), mode
 
 
@@ -144,7 +166,7 @@ def test_fallback_reasons():
     neuron = CFNeuron(surrogate="learnable", num_steps=2)
     assert unfused_reason(neuron) is None
     neuron.record_potentials = True
-    assert "record_potentials" in unfused_reason(neuron)
+    assert unfused_reason(neuron) is None  # the Function returns the potentials too
     mix = CFNeuron(surrogate=create_surrogate("learnable", learn="asgl_mix"), num_steps=2)
     assert "asgl_mix" in unfused_reason(mix)
     assert unfused_reason(mix.eval()) is None
@@ -159,30 +181,33 @@ def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
     monkeypatch.setattr(fused_module, "_reported", set())
     x = inputs_for(2, (3, 4), 1.0, 13)
     mix = CFNeuron(surrogate=create_surrogate("learnable", learn="asgl_mix"), num_steps=2)
-    recording = CFNeuron(surrogate="sigmoid", num_steps=2)
-    recording.record_potentials = True
+    observed = CFNeuron(surrogate="sigmoid", num_steps=2)
+    observed.surrogate.observers.append(lambda *args: None)
     with caplog.at_level(logging.INFO, logger=fused_module.__name__):
         for _ in range(2):
-            for neuron in (mix, recording):
+            for neuron in (mix, observed):
                 out = neuron(x.clone().requires_grad_())
                 assert type(out.grad_fn).__name__ != "FusedCFFunctionBackward"
     messages = [r.getMessage() for r in caplog.records if "fused path not used" in r.getMessage()]
     assert len(messages) == 2
     assert messages[0].startswith("CFNeuron: ") and "learnable surrogate with learn='asgl_mix'" in messages[0]
-    assert "record_potentials" in messages[1]
-    assert len(recording.potentials) == 2
+    assert "observers" in messages[1]
 
 
-@pytest.mark.parametrize("surrogate", ["sigmoid", "tlsg"])
-def test_double_backward_equals_reference_hessian_vector_product(surrogate):
+@pytest.mark.parametrize("surrogate,recorded", [("sigmoid", None), ("tlsg", None), ("tlsg", "pre_fire"),
+                                               ("sigmoid", "post_reset")])
+def test_double_backward_equals_reference_hessian_vector_product(surrogate, recorded):
     """create_graph=True through the fused path gives the reference loop's gradients and Hessian-vector
-    products, w.r.t. the input and (TLSG) rho."""
+    products, w.r.t. the input and (TLSG) rho; with ``recorded``, the loss also reads those potentials."""
     inputs, vector = inputs_for(3, (2, 6), 1.0, 23), torch.randn(3, 2, 6)
     results = []
     for neuron in make_pair(SURROGATES[surrogate], 3, D=2):
+        neuron.record_potentials, neuron.recorded_potential = recorded is not None, recorded or "pre_fire"
         x = inputs.clone().requires_grad_()
         wanted = [x] + [p for p in neuron.parameters()]
         loss = (neuron(x) * torch.linspace(-1, 1, 6)).sum() ** 2 / 10  # curvature in the outputs
+        if recorded:
+            loss = loss + (torch.stack(neuron.potentials) ** 2).sum() / 10
         grads = torch.autograd.grad(loss, wanted, create_graph=True)
         hvp = torch.autograd.grad((grads[0] * vector).sum() + sum(g.sum() for g in grads[1:]), wanted)
         results.append(grads + hvp)

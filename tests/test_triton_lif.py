@@ -82,7 +82,7 @@ def kernel_grads(membrane, surrogate, upstream, x, decay, theta, thresholds, res
 
 def fused_grads(neuron, x, decay, upstream):
     x, decay = x.clone().requires_grad_(), decay.clone().requires_grad_()
-    out = FusedLIFFunction.apply(x, decay, neuron)
+    out = FusedLIFFunction.apply(x, decay, None, neuron)
     return out, torch.autograd.grad(out, (x, decay), upstream)
 
 
