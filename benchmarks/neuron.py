@@ -50,7 +50,15 @@ from repro.models import LIF, CFNeuron, plif
 from repro.surrogates import create_surrogate
 
 
-class SnnTorchLoop(nn.Module):
+class StandIn(nn.Module):
+    """A layer that stands in for our neurons inside our models: models call ``set_input_norm`` on every
+    neuron (MPD-AGL, A2SG read the feeding layers); stock neurons and ReLU need nothing from it."""
+
+    def set_input_norm(self, module, input_layer=None) -> None:
+        pass
+
+
+class SnnTorchLoop(StandIn):
     """Stock ``snntorch.Leaky`` stepped over T inside one forward (state from zero every call)."""
 
     def __init__(self, beta: float = 0.5, threshold: float = 1.0):
@@ -58,9 +66,6 @@ class SnnTorchLoop(nn.Module):
         import snntorch as snn
 
         self.leaky = snn.Leaky(beta=beta, threshold=threshold, reset_mechanism="zero")
-
-    def set_input_norm(self, module) -> None:  # models call this; stock neurons need nothing
-        pass
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mem = torch.zeros_like(x[0])
@@ -71,7 +76,7 @@ class SnnTorchLoop(nn.Module):
         return torch.stack(out)
 
 
-class SpikingJellyLIF(nn.Module):
+class SpikingJellyLIF(StandIn):
     """spikingjelly 2.0 multi-step ``LIFNode`` (hard reset to 0, detached reset, no input decay),
     reset before every forward.  ``reference=True`` passes an ATan subclass defined here, which
     spikingjelly does not map to its fused op, so it runs its autograd reference loop."""
@@ -84,19 +89,13 @@ class SpikingJellyLIF(nn.Module):
         self.node = neuron.LIFNode(tau=tau, decay_input=False, v_threshold=threshold, v_reset=0.0,
                                    surrogate_function=atan, detach_reset=True, step_mode="m")
 
-    def set_input_norm(self, module) -> None:
-        pass
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.node.reset()
         return self.node(x)
 
 
-class ReLUFloor(nn.ReLU):
-    """The ANN floor in place of a neuron (accepts ``set_input_norm`` like our neurons)."""
-
-    def set_input_norm(self, module) -> None:
-        pass
+class ReLUFloor(StandIn, nn.ReLU):
+    """The ANN floor in place of a neuron."""
 
 
 def spikingjelly_available() -> bool:

@@ -345,6 +345,7 @@ def _distributed_worker(rank, world, init_file, results_dir):
     sg.on_epoch_start(0)
     run_controller_step(sg, *hand_made(seed=10 + rank))
     torch.save((sg.w_t.tolist(), sg.sgv_ref.item(), sg.tgc_ema.item()), f"{results_dir}/{rank}.pt")
+    torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
     torch.distributed.destroy_process_group()
 
 

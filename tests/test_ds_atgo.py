@@ -264,6 +264,7 @@ def _sync_worker(rank: int, world_size: int, store: str, out_dir: str, inputs) -
         results[stat_scope] = {"thresholds": torch.stack(neuron.thresholds), "running_thr": neuron.running_thr,
                                "spikes": spikes}
     torch.save(results, f"{out_dir}/rank{rank}.pt")
+    dist.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
     dist.destroy_process_group()
 
 
