@@ -105,7 +105,8 @@ class FusedCFFunction(torch.autograd.Function):
         config = neuron.step_config()
         levels = neuron.levels.view(-1, *([1] * (x.dim() - 1)))
         surrogate, params, on_charge = neuron.surrogate, [], None
-        if k is None and type(surrogate).call_params is FixedSurrogate.call_params:  # ignores x and context
+        fixed_params = k is None and type(surrogate).call_params is FixedSurrogate.call_params
+        if fixed_params:  # ignores x and context
             params = [[surrogate.params] * (1 if config.mode == "unsigned" else 2)] * x.shape[0]
         elif k is None:
             def on_charge(charged: Tensor, step: int) -> None:
@@ -119,12 +120,11 @@ class FusedCFFunction(torch.autograd.Function):
             ctx.save_for_backward(x, k)
             ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
             ctx.surrogate_type, ctx.shape, ctx.recorded = type(surrogate), surrogate.shape, recorded
+            ctx.per_level = fixed_params or k is not None  # scalar parameters: one level at a time
         return out if recorded is None else (out, potentials)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor, grad_potentials: Tensor | None = None):
-        from .circulate_firing import crossing_inputs
-
         x, k = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
             return double_differentiable_grads(ctx, x, k, grad_out, grad_potentials)
@@ -145,23 +145,41 @@ class FusedCFFunction(torch.autograd.Function):
                 grad_down = carry * config.reset_unit if grad_down is None else grad_down.add(
                     carry, alpha=config.reset_unit)
             grad_h = torch.zeros_like(grad_up) if carry is None else carry
-            for i, (shifted, _) in enumerate(crossing_inputs(grad_mem[t], levels, config.mode)):
+            for i in range(1 if config.mode == "unsigned" else 2):
                 upstream = (grad_up, grad_down)[i]
                 if upstream is None:  # wrap_binary, reset detached: down-crossings reach nothing
                     continue
-                if k is None:
-                    bumps = ctx.shape(shifted, **ctx.params[t][i]).sum(0).mul_(upstream)
-                else:
-                    bumps, slope = ctx.surrogate_type.proxy_vjp(shifted, k[t], upstream.expand_as(shifted))
-                    bumps = bumps.sum(0)
-                    if grad_k is not None:
-                        grad_k[t] += slope
+                bumps = crossing_grad(ctx, t, i, grad_mem[t], upstream, k, grad_k)
                 grad_h = grad_h.add(bumps, alpha=-1 if i else 1)  # x = -H - l_j for the down-crossings
             if grad_potentials is not None and ctx.recorded == "pre_fire":  # the recorded H[t]
                 grad_h = grad_h + grad_potentials[t]
             grad_mem[t] = grad_h
             carry = decay * grad_h
         return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
+
+
+def crossing_grad(ctx, t: int, direction: int, charged: Tensor, upstream: Tensor, k: Tensor | None,
+                  grad_k: Tensor | None) -> Tensor:
+    """upstream * sum_j h(x_j) for the up- (direction 0, x_j = H - l_j) or down-crossings (1, x_j = -H - l_j)
+    of step t, and a learned k[t]'s gradient added to ``grad_k``.  With scalar parameters (fixed ones or
+    k[t]) the levels are taken one at a time: [levels, ...] temporaries are D times larger, and on CPU
+    allocations above 32 MiB are page-faulted afresh at every step."""
+    from .circulate_firing import crossing_inputs
+
+    if not ctx.per_level:  # per-call parameters, computed at forward time for the [levels, ...] input
+        shifted, _ = crossing_inputs(charged, ctx.levels, ctx.config.mode)[direction]
+        return ctx.shape(shifted, **ctx.params[t][direction]).sum(0).mul_(upstream)
+    base, total = (charged if direction == 0 else -charged), None
+    for level in ctx.levels.flatten().tolist():
+        shifted = base - level
+        if k is None:
+            bumps = ctx.shape(shifted, **ctx.params[t][direction])
+        else:
+            bumps, slope = ctx.surrogate_type.proxy_vjp(shifted, k[t], upstream)
+            if grad_k is not None:
+                grad_k[t] += slope
+        total = bumps if total is None else total.add_(bumps)
+    return total if k is not None else total.mul_(upstream)
 
 
 def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tensor,
