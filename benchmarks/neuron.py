@@ -5,6 +5,8 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
 - ``ann_relu``: ReLU on the same tensor (the floor: one elementwise op each way);
 - ``ours_fused`` / ``ours_loop``: our ``LIF`` with the ``snntorch`` preset (zero reset, detached,
   strict ``>``, fixed decay 0.5, ATan alpha = 2), fused path vs the reference loop;
+- ``ours_fused_fp16``: ``ours_fused`` with ``saved_precision="fp16"`` (the margins u - theta kept in half
+  precision: half the saved bytes, gradients to about 2e-4);
 - ``ours_fused_plif`` / ``ours_loop_plif``: our PLIF with the ``reference`` preset (attached reset,
   ``>=``, learnable sigmoid decay, as MPD-AGL / DS-ATGO), fused vs reference loop;
 - ``ours_fused_cf`` / ``ours_loop_cf``: our circulate-firing neuron (signed, D = 4, tau 2, attached reset,
@@ -118,6 +120,8 @@ def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = 
         "ann_relu": ReLUFloor,
         "ours_fused": lambda: LIF(decay=0.5, surrogate=create_surrogate("atan"), preset="snntorch", fused=True),
         "ours_loop": lambda: LIF(decay=0.5, surrogate=create_surrogate("atan"), preset="snntorch", fused=False),
+        "ours_fused_fp16": lambda: LIF(decay=0.5, surrogate=create_surrogate("atan"), preset="snntorch",
+                                       saved_precision="fp16"),
         "ours_fused_plif": lambda: plif(decay=0.5, surrogate=create_surrogate("atan"), fused=True),
         "ours_loop_plif": lambda: plif(decay=0.5, surrogate=create_surrogate("atan"), fused=False),
         "ours_fused_cf": lambda: CFNeuron(surrogate="sigmoid", fused=True),
@@ -269,7 +273,7 @@ def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
         row["x_ann"] = median / floor
         row["x_fused"] = median / fused if fused else None  # time relative to ours_fused
         if row["layer"].startswith("ours_fused"):
-            loop = loop_saved.get(row["layer"].replace("fused", "loop"))
+            loop = loop_saved.get(row["layer"].replace("fused", "loop").removesuffix("_fp16"))
             row["saved_vs_loop"] = row["saved_MB"] / loop if loop else None
     return rows
 

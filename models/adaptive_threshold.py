@@ -57,7 +57,8 @@ class AdaptiveThresholdLIF(LIF):
         threshold: V0, the base threshold: theta with ``at=False`` and the initial running threshold.
         surrogate: a ``Surrogate`` (DS-ATGO: ``tgo``) or a surrogate name with ``surrogate_kwargs``.
         at, at_variant, f_c, momentum, stat_scope, eval_threshold, sync_stats, thr_min: see module docstring.
-        preset, fire_ge, reset_detach, decay_param, fused: as ``LIF`` (default preset ``reference``).
+        preset, fire_ge, reset_detach, decay_param, fused, saved_precision: as ``LIF`` (default preset
+            ``reference``).
         num_steps: T, required (one running threshold per step).
     """
 
@@ -67,7 +68,7 @@ class AdaptiveThresholdLIF(LIF):
                  momentum: float = 0.1, stat_scope: str = "layer", eval_threshold: str = "running",
                  sync_stats: bool = False, thr_min: float | None = None, preset: str = "reference",
                  fire_ge: bool | None = None, reset_detach: bool | None = None, decay_param: str | None = None,
-                 fused: bool = True):
+                 fused: bool = True, saved_precision: str = "fp32"):
         if num_steps is None or num_steps < 1:
             raise ValueError(f"adaptive_threshold needs num_steps = T >= 1 (one running threshold per step), "
                              f"got {num_steps}")
@@ -81,7 +82,8 @@ class AdaptiveThresholdLIF(LIF):
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
         super().__init__(decay=decay, threshold=threshold, surrogate=surrogate, surrogate_kwargs=surrogate_kwargs,
                          preset=preset, fire_ge=fire_ge, reset_detach=reset_detach, decay_param=decay_param,
-                         decay_learnable=decay_learnable, reset="zero", num_steps=num_steps, fused=fused)
+                         decay_learnable=decay_learnable, reset="zero", num_steps=num_steps, fused=fused,
+                         saved_precision=saved_precision)
         self.at, self.at_variant, self.f_c, self.momentum = bool(at), at_variant, float(f_c), float(momentum)
         self.stat_scope, self.eval_threshold, self.sync_stats = stat_scope, eval_threshold, bool(sync_stats)
         self.thr_min = None if thr_min is None else float(thr_min)

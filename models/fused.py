@@ -151,20 +151,25 @@ class FusedLIFFunction(torch.autograd.Function):
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
         observed = type(surrogate).observe is not Surrogate.observe or bool(surrogate.observers)
         thresholds, params, callbacks = [], [], {}
+        # fp16 margins need the input only for a learnable decay with decay_input (its gradient reads I)
+        half = neuron.saved_precision == "fp16" and not (config.decay_input and ctx.needs_input_grad[1])
+        margins = torch.empty(x.shape, dtype=torch.float16, device=x.device) if half else None
 
         def threshold_at(u: Tensor, step: int):
             threshold, context = neuron.fire_context(u, step)
-            shifted = u - threshold if observed or not fixed_params else None
+            shifted = u - threshold if observed or not fixed_params or half else None
             params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
             if observed:
                 if any(ctx.needs_input_grad[:3]):
                     context["register_membrane_grad"] = callbacks.setdefault(step, []).append
                 surrogate.observe(shifted, params[-1], context)
+            if half:  # after the surrogate and observers have read the margin: it may be clamped in place
+                store_half_margin(shifted, margins[step], in_place=not observed)
             thresholds.append(threshold)
             return threshold
 
         recording = neuron.record_potentials
-        use_triton = fixed_params and not observed and not recording and uses_triton(neuron, x)
+        use_triton = fixed_params and not observed and not recording and not half and uses_triton(neuron, x)
         if use_triton:  # fixed threshold and parameters: nothing to compute between steps
             spikes, _ = triton_lif.lif_forward(x, float(decay.detach()), scale_of(config, decay), config.threshold,
                                                config.reset, config.reset_decayed, config.fire_ge, keep=False)
@@ -172,14 +177,18 @@ class FusedLIFFunction(torch.autograd.Function):
         else:
             spikes, membrane = integrate(x, decay, config, threshold_at, keep=recording)
         if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(x, decay, k)
+            ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
             ctx.callbacks, ctx.triton, ctx.surrogate_type = callbacks, use_triton, type(surrogate)
+            ctx.half = half
         return (spikes, membrane) if recording else spikes
 
     @staticmethod
     def backward(ctx, grad_spikes: Tensor, grad_membrane: Tensor | None = None):
-        x, decay, k = ctx.saved_tensors
+        x, decay, k = ctx.saved_tensors  # x: the input, or the fp16 margins with saved_precision="fp16"
+        if torch.is_grad_enabled() and ctx.half:
+            raise RuntimeError("double backward (create_graph=True) rebuilds the step graph from the input, which "
+                               "saved_precision='fp16' does not keep: use the default saved_precision='fp32'")
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
             return double_differentiable_grads(ctx, x, decay, k, grad_spikes, grad_membrane)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
@@ -197,18 +206,28 @@ class FusedLIFFunction(torch.autograd.Function):
             if grad_k is not None:
                 grad_k[t] += grad_k_t
 
-        _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True, fire=False)
+        # u[t] (replayed, bitwise the forward's), or with fp16 margins the margins u[t] - theta_t themselves
+        # (u[t] = margin + theta_t is formed only where the reset gradient or the decay gradient reads it)
+        needs_u = want_decay or (config.reset == "zero" and not config.reset_detach)
+        if ctx.half:
+            membrane = x.float()
+        else:
+            _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True, fire=False)
         lam = float(decay.detach())
         theta = config.threshold
         compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
         grad_spikes = grad_spikes.float()
         grad_mem = membrane  # e[t] overwrites u[t] once step t has used it
-        mask = torch.empty_like(x[0])  # 1 - s[t] (zero reset) or s[t], from u[t] - theta_t as the forward fired
+        mask = torch.empty_like(membrane[0])  # 1 - s[t] (zero reset) or s[t], from u[t] - theta_t as the forward fired
         grad_decay = torch.zeros((), dtype=torch.float64, device=x.device)
         last = x.shape[0] - 1
         for t in range(last, -1, -1):
-            u = membrane[t]
-            shifted = u - ctx.thresholds[t]
+            if ctx.half:  # the margin (its sign exact), overwritten by e[t] below once read
+                shifted = membrane[t]
+                u = shifted + ctx.thresholds[t] if needs_u else None
+            else:
+                u = membrane[t]
+                shifted = u - ctx.thresholds[t]
             if t == last:
                 surrogate_vjp(t, shifted, grad_spikes[t], grad_mem[t])
                 if grad_membrane is not None:  # the recorded u[t]
@@ -241,6 +260,22 @@ class FusedLIFFunction(torch.autograd.Function):
                 grad_mem[t].add_(grad_membrane[t])
             report_membrane_grad(ctx, t, grad_mem[t])
         return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None, grad_k)
+
+
+HALF_TINY = 2.0 ** -24  # the smallest positive fp16 (subnormal)
+HALF_MAX = 65504.0
+
+
+def store_half_margin(margin: Tensor, out: Tensor, in_place: bool = False) -> None:
+    """out (fp16) = margin (fp32) rounded to nearest, clamped to the finite fp16 range (in place in
+    ``margin`` if ``in_place``), and never rounded to 0 from either side: the sign (so the spike and the
+    reset mask) and exact zeros are preserved.  (The rare fix-up is guarded by ``any()``, a host sync per
+    step on CUDA.)"""
+    out.copy_(margin.clamp_(-HALF_MAX, HALF_MAX) if in_place else margin.clamp(-HALF_MAX, HALF_MAX))
+    zero = out == 0
+    if zero.any():  # exact zeros stay 0; margins below fp16's smallest subnormal keep their sign
+        lost = zero & (margin != 0)
+        out[lost] = torch.copysign(torch.full_like(margin[lost], HALF_TINY), margin[lost]).to(out.dtype)
 
 
 def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Tensor | None,

@@ -120,6 +120,11 @@ class LIF(SpikingNeuron):
             False always runs the reference loop.
         triton: inside the fused path, use the Triton kernels (``models/triton_lif.py``) on CUDA for a
             fixed threshold and fixed surrogate parameters; False keeps the fused path's torch code.
+        saved_precision: what the fused path keeps for backward: ``fp32`` (default) the input, exact;
+            ``fp16`` the margin u - theta_t in half precision (half the bytes; spikes and reset masks
+            stay exact, the surrogate derivative and the membrane-dependent terms are evaluated on the
+            rounded margin, about 5e-4 relative; no double backward) [ours, an option for memory-bound
+            training].
     """
 
     def __init__(
@@ -140,6 +145,7 @@ class LIF(SpikingNeuron):
         step_mode: str = "multi",
         fused: bool = True,
         triton: bool = True,
+        saved_precision: str = "fp32",
     ):
         super().__init__()
         if preset not in PRESETS:
@@ -152,6 +158,8 @@ class LIF(SpikingNeuron):
         self.reset_decayed = defaults["reset_decayed"] if reset_decayed is None else reset_decayed
         if reset not in ("zero", "subtract", "none"):
             raise ValueError(f"reset must be 'zero', 'subtract' or 'none', got {reset!r}")
+        if saved_precision not in ("fp32", "fp16"):
+            raise ValueError(f"saved_precision must be 'fp32' or 'fp16', got {saved_precision!r}")
         if step_mode not in ("multi", "single"):
             raise ValueError(f"step_mode must be 'multi' or 'single', got {step_mode!r}")
         if self.decay_param == "sigmoid":
@@ -176,7 +184,7 @@ class LIF(SpikingNeuron):
         self.reset = reset
         self.num_steps = num_steps
         self.step_mode = step_mode
-        self.fused, self.triton = bool(fused), bool(triton)
+        self.fused, self.triton, self.saved_precision = bool(fused), bool(triton), saved_precision
         if isinstance(surrogate, str):
             surrogate = create_surrogate(surrogate, **(surrogate_kwargs or {}))
         self.surrogate = surrogate
@@ -250,6 +258,7 @@ class LIF(SpikingNeuron):
             f"decay_param={self.decay_param}, learnable={isinstance(self.decay_raw, nn.Parameter)}, "
             f"fire_ge={self.fire_ge}, reset={self.reset}, reset_detach={self.reset_detach}, "
             f"reset_decayed={self.reset_decayed}, decay_input={self.decay_input}, fused={self.fused}"
+            + (f", saved_precision={self.saved_precision}" if self.saved_precision != "fp32" else "")
         )
 
 

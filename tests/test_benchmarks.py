@@ -34,8 +34,9 @@ def test_neuron_benchmark_saved_bytes_and_firing_rates(tmp_path):
         extra = rows[layer]["saved_MB"] * MB - input_bytes
         assert 0 <= extra <= 64, layer
         assert rows[layer]["saved_vs_loop"] < 0.7, layer
+    assert rows["ours_fused_fp16"]["saved_MB"] * MB == input_bytes // 2 + 4  # fp16 margins and the decay
     # the same LIF semantics (snnTorch preset) in our fused path, our loop and stock snnTorch fire the same
-    rates = {rows[layer]["firing_rate"] for layer in ("ours_fused", "ours_loop", "snntorch_leaky")}
+    rates = {rows[layer]["firing_rate"] for layer in ("ours_fused", "ours_fused_fp16", "ours_loop", "snntorch_leaky")}
     assert len(rates) == 1 and 0 < rates.pop() < 1
     assert rows["ours_fused_cf"]["firing_rate"] == rows["ours_loop_cf"]["firing_rate"]
     assert (tmp_path / "neuron.json").exists()

@@ -402,3 +402,88 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
     assert torch.equal(out, ref_out)
     torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
+
+
+def saved_bytes(run) -> int:
+    """Bytes of the distinct storages the autograd graph of ``run()`` saves for backward."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        run()
+    return sum(storages.values())
+
+
+def test_store_half_margin_keeps_signs_and_zeros():
+    margin = torch.tensor([1e-9, -1e-9, 0.0, 1e6, -1e6, 0.1, -3e-8, 7.0])
+    out = torch.empty(margin.shape, dtype=torch.float16)
+    fused_module.store_half_margin(margin, out)
+    assert torch.equal(torch.sign(out.float()), torch.sign(margin))
+    assert out[0] == 2.0 ** -24 and out[1] == -(2.0 ** -24) and out[2] == 0
+    assert out[3] == 65504 and out[4] == -65504 and torch.isfinite(out).all()
+    assert abs(float(out[5]) - 0.1) < 0.1 * 2 ** -11 and out[7] == 7
+
+
+@pytest.mark.parametrize("reset,reset_decayed", RESETS)
+def test_fp16_saved_margins_halve_memory_keep_spikes_and_approximate_gradients(reset, reset_decayed):
+    """saved_precision='fp16': half the saved bytes, the same spikes, gradients within the fp16 rounding of
+    the margins (atan, TLSG with learned k, learnable decay), reset masks exact."""
+    rng = random.Random(f"fp16{reset}{reset_decayed}")
+    for surrogate, fire_ge, reset_detach in itertools.product(["atan", "learnable"], [False, True], [False, True]):
+        steps, channels = rng.randint(1, 8), rng.randint(2, 5)
+        torch.manual_seed(rng.randrange(1 << 30))
+        inputs, upstream = torch.randn(steps, 3, channels, 4) * 0.9 + 0.6, torch.randn(steps, 3, channels, 4)
+        results = []
+        for precision in ("fp32", "fp16"):
+            kwargs = {"num_steps": steps} if surrogate == "learnable" else {}
+            neuron = LIF(surrogate=create_surrogate(surrogate, **kwargs), reset=reset, reset_decayed=reset_decayed,
+                         fire_ge=fire_ge, reset_detach=reset_detach, decay_learnable=True,
+                         saved_precision=precision)
+            nbytes = saved_bytes(lambda: neuron(inputs.clone().requires_grad_()))
+            out, grad_x, grad_decay = forward_backward(neuron, inputs, upstream)
+            rho = getattr(neuron.surrogate, "rho", None)
+            results.append((nbytes, out, grad_x, grad_decay, None if rho is None else rho.grad))
+        (bytes32, out, *grads), (bytes16, out16, *grads16) = results
+        extras = bytes32 - inputs.numel() * 4  # the decay scalar and k[T]
+        assert bytes16 == inputs.numel() * 2 + extras and 0 < extras <= 256  # decay, k[T] and their graphs
+        assert torch.equal(out, out16)
+        for grad, grad16 in zip(grads, grads16):
+            if grad is not None:
+                torch.testing.assert_close(grad16, grad, rtol=2e-2, atol=2e-3 * float(grad.abs().max()))
+
+
+def test_fp16_saved_margins_exact_with_a_rectangular_surrogate():
+    """With the snnTorch preset (detached zero reset, fixed decay) and the rectangle, the gradient reads the
+    margins only through their sign and |margin| < width / 2, so it equals the fp32 path bitwise when no
+    margin lies within fp16 rounding of +-width / 2 (checked)."""
+    torch.manual_seed(32)
+    inputs, upstream = torch.randn(6, 4, 8, 5) * 0.9 + 0.6, torch.randn(6, 4, 8, 5)
+    probe = LIF(surrogate=create_surrogate("rectangular", width=1.0), fused=False)
+    probe.record_potentials = True
+    probe(inputs)
+    margins = torch.stack(probe.potentials) - 1.0
+    assert ((margins.abs() - 0.5).abs() > 1e-3).all()  # the precondition
+    grads = []
+    for precision in ("fp32", "fp16"):
+        neuron = LIF(surrogate=create_surrogate("rectangular", width=1.0), saved_precision=precision)
+        out, grad_x, _ = forward_backward(neuron, inputs, upstream)
+        assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
+        grads.append(grad_x)
+    assert grads[0].abs().sum() > 0 and torch.equal(grads[0], grads[1])
+
+
+def test_fp16_saved_margins_refuse_double_backward_and_keep_the_input_when_needed():
+    inputs = torch.randn(3, 2, 5) + 0.8
+    neuron = LIF(saved_precision="fp16", preset="reference", decay_learnable=True)
+    x = inputs.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="saved_precision='fp32'"):
+        torch.autograd.grad(neuron(x).sum() * 2, x, create_graph=True)
+    # decay_input with a learnable decay: dL/dlambda reads the input, which is kept in fp32
+    kept = [saved_bytes(lambda: LIF(saved_precision=precision, decay_input=True, decay_learnable=True)(
+        inputs.clone().requires_grad_())) for precision in ("fp16", "fp32")]
+    assert kept[0] == kept[1] >= inputs.numel() * 4
+    with pytest.raises(ValueError, match="saved_precision"):
+        LIF(saved_precision="bf16")
