@@ -151,8 +151,10 @@ class FusedLIFFunction(torch.autograd.Function):
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
         observed = type(surrogate).observe is not Surrogate.observe or bool(surrogate.observers)
         thresholds, params, callbacks = [], [], {}
-        # fp16 margins need the input only for a learnable decay with decay_input (its gradient reads I)
-        half = neuron.saved_precision == "fp16" and not (config.decay_input and ctx.needs_input_grad[1])
+        # fp16 margins (when a backward will run) need the input only for a learnable decay with
+        # decay_input (its gradient reads I)
+        half = (neuron.saved_precision == "fp16" and any(ctx.needs_input_grad[:3])
+                and not (config.decay_input and ctx.needs_input_grad[1]))
         margins = torch.empty(x.shape, dtype=torch.float16, device=x.device) if half else None
 
         def threshold_at(u: Tensor, step: int):
