@@ -60,12 +60,14 @@ OUTPUT_SCALES = ("S", "theta_S")
 
 class CFConfig(NamedTuple):
     """The switches of one step, captured at forward time (the fused backward reads no module state):
-    the mode, r (theta, or 2 theta on the ring), ``reset_detach`` and the output scale (1 or theta)."""
+    the mode, r (theta, or 2 theta on the ring), ``reset_detach``, the output scale (1 or theta) and the
+    levels l_j as Python numbers (the fp32 values of the ``levels`` buffer; no device read in the loops)."""
 
     mode: str
     reset_unit: float
     reset_detach: bool
     scale: float
+    levels: tuple[float, ...]
 
 
 def crossing_inputs(potential: Tensor, levels: Tensor, mode: str) -> list[tuple[Tensor, bool]]:
@@ -121,13 +123,14 @@ class CFNeuron(SpikingNeuron):
         counts = torch.arange(1, (self.D if not wraps or wrap_mode == "modulo" else 1) + 1, dtype=torch.float32)
         self.register_buffer("levels", (2 * counts - 1 if wraps else counts) * self.threshold, persistent=False)
         self.reset_unit = (2.0 if wraps else 1.0) * self.threshold
+        self.level_values = tuple(self.levels.tolist())  # at construction, on the CPU
         if hasattr(surrogate, "bind_neuron"):
             surrogate.bind_neuron(num_steps=num_steps, decay=float(self.decay))
         self.surrogate = surrogate
 
     def step_config(self) -> CFConfig:
         return CFConfig(self.mode, self.reset_unit, self.reset_detach,
-                        self.threshold if self.output_scale == "theta_S" else 1.0)
+                        self.threshold if self.output_scale == "theta_S" else 1.0, self.level_values)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() < 2:

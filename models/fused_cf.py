@@ -170,7 +170,7 @@ def crossing_grad(ctx, t: int, direction: int, charged: Tensor, upstream: Tensor
         shifted, _ = crossing_inputs(charged, ctx.levels, ctx.config.mode)[direction]
         return ctx.shape(shifted, **ctx.params[t][direction]).sum(0).mul_(upstream)
     base, total = (charged if direction == 0 else -charged), None
-    for level in ctx.levels.flatten().tolist():
+    for level in ctx.config.levels:
         shifted = base - level
         if k is None:
             bumps = ctx.shape(shifted, **ctx.params[t][direction])

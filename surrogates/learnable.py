@@ -149,14 +149,19 @@ class TimestepLearnableSurrogate(Surrogate):
             if self.num_steps is not None and step >= self.num_steps:
                 raise ValueError(f"timestep {step} is beyond num_steps={self.num_steps} of the learnable surrogate")
             index = step
-        rho = self.rho[index]
+        return self._sharpness_of(self.rho[index])
+
+    def sharpness_per_step(self, num_steps: int) -> Tensor:
+        """k[t] for t < num_steps as one [T] tensor (the fused neuron paths take it as an input),
+        differentiable w.r.t. rho; the same values and checks as ``sharpness(t)`` for each t."""
+        self.sharpness(num_steps - 1)  # its checks: T known and in range, shared_t tied
+        rho = self.rho[:num_steps] if self.per_step else self.rho[:1].expand(num_steps)
+        return self._sharpness_of(rho)
+
+    def _sharpness_of(self, rho: Tensor) -> Tensor:
         if self.frozen:
             rho = rho.detach() + 0.0 * rho  # zero gradient, but rho stays in the graph (DDP-safe)
         return self.k_min + F.softplus(rho.float())
-
-    def sharpness_per_step(self, num_steps: int) -> Tensor:
-        """k[t] for t < num_steps, stacked [T] (the fused neuron paths take it as an input), differentiable."""
-        return torch.stack([self.sharpness(step) for step in range(num_steps)])
 
     def call_params(self, x: Tensor, step: int | None = None, **context: Any) -> dict:
         return {"k": self.sharpness(step).detach()}

@@ -57,3 +57,15 @@ def assert_fused_model_step_matches(image_size: int, **model_kwargs):
     torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-6)
     for fused_grad, reference_grad in zip(*grads):
         torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-4, atol=1e-5)
+
+
+def fused_test_loss_backward(neuron, inputs, upstream):
+    """(outputs, input gradient) of sum(out * upstream), plus a term on the recorded potentials when the
+    neuron records them: the loss the fused-vs-reference tests differentiate."""
+    x = inputs.clone().requires_grad_()
+    out = neuron(x)
+    loss = (out * upstream).sum()
+    if neuron.record_potentials:
+        loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
+    loss.backward()
+    return out, x.grad

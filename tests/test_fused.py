@@ -14,7 +14,7 @@ import repro.models.fused as fused_module
 from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm
 from repro.models.fused import StepConfig, integrate, unfused_reason
 from repro.surrogates import Surrogate, create_surrogate
-from reference import assert_fused_model_step_matches, assert_inference_matches
+from reference import assert_fused_model_step_matches, assert_inference_matches, fused_test_loss_backward
 
 RESETS = [("zero", True), ("subtract", True), ("subtract", False), ("none", True)]
 SURROGATES = ["atan", "rectangular", "triangle", "sigmoid", "fast_sigmoid", "tgo", "mpd_agl"]
@@ -37,14 +37,9 @@ def make_pair(**kwargs):
 
 def forward_backward(neuron, inputs, upstream):
     """Spikes, input and decay gradients of sum(out * upstream) (+ a term on the recorded potentials)."""
-    x = inputs.clone().requires_grad_()
-    out = neuron(x)
-    loss = (out * upstream).sum()
-    if neuron.record_potentials:
-        loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
-    loss.backward()
+    out, grad_x = fused_test_loss_backward(neuron, inputs, upstream)
     decay_grad = None if neuron.decay_raw.grad is None else neuron.decay_raw.grad.clone()
-    return out, x.grad, decay_grad
+    return out, grad_x, decay_grad
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES)

@@ -14,7 +14,7 @@ import repro.models.fused as fused_module
 from repro.models import CFNeuron, create_neuron
 from repro.models.fused_cf import FusedCFFunction, integrate, unfused_reason
 from repro.surrogates import create_surrogate
-from reference import assert_fused_model_step_matches, assert_inference_matches
+from reference import assert_fused_model_step_matches, assert_inference_matches, fused_test_loss_backward
 
 MODES = [("signed", "single"), ("unsigned", "single"), ("wrap_signed", "single"), ("wrap_signed", "modulo"),
          ("wrap_binary", "single"), ("wrap_binary", "modulo")]
@@ -50,14 +50,9 @@ def inputs_for(steps: int, shape: tuple, theta: float, seed: int) -> torch.Tenso
 
 def forward_backward(neuron, inputs, upstream):
     """Outputs, input and rho gradients of sum(out * upstream) (+ a term on the recorded potentials)."""
-    x = inputs.clone().requires_grad_()
-    out = neuron(x)
-    loss = (out * upstream).sum()
-    if neuron.record_potentials:
-        loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
-    loss.backward()
+    out, grad_x = fused_test_loss_backward(neuron, inputs, upstream)
     rho = getattr(neuron.surrogate, "rho", None)
-    return out, x.grad, (rho.grad.clone() if isinstance(rho, nn.Parameter) else None)
+    return out, grad_x, (rho.grad.clone() if isinstance(rho, nn.Parameter) else None)
 
 
 def assert_same(fused, reference, inputs, upstream, case=""):
@@ -235,3 +230,23 @@ def test_gradgradcheck_of_the_rebuilt_backward(surrogate):
 
 def test_resnet19_fused_equals_reference_training_step():
     assert_fused_model_step_matches(16, neuron="circulate_firing", surrogate="learnable")
+
+
+@pytest.mark.parametrize("granularity", ["per_layer_t", "per_layer", "fixed"])
+def test_sharpness_per_step_equals_the_per_step_sharpness(granularity):
+    """The fused paths' batched k[T] has the values, gradients and checks of sharpness(t) for each t."""
+    batched, stepped = (create_surrogate("learnable", granularity=granularity, num_steps=4) for _ in range(2))
+    rho = torch.randn(batched.rho.shape)
+    for surrogate in (batched, stepped):
+        with torch.no_grad():
+            surrogate.rho.copy_(rho)
+    k = batched.sharpness_per_step(4)
+    reference = torch.stack([stepped.sharpness(t) for t in range(4)])
+    assert torch.equal(k, reference)
+    if batched.learned:
+        weights = torch.arange(1.0, 5.0)
+        (k * weights).sum().backward()
+        (reference * weights).sum().backward()
+        torch.testing.assert_close(batched.rho.grad, stepped.rho.grad, rtol=1e-6, atol=0)  # summed in another order
+    with pytest.raises(ValueError, match="beyond num_steps"):
+        create_surrogate("learnable", num_steps=4).sharpness_per_step(5)
