@@ -60,6 +60,8 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
     targets = torch.randint(0, 10, (batch,), generator=generator).to(device)
+    if any(variant in COMPILED for variant in variants):
+        torch._dynamo.reset()  # fresh caches per (T, B): the shared forward code would hit dynamo's recompile limit
     models, optimizers = {}, {}
     for variant in variants:
         torch.manual_seed(args.seed)
