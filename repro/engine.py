@@ -337,7 +337,8 @@ def run_diagnostics(model: nn.Module, dataset, modality: str, config: Config) ->
     only (a plain loader: no collective calls), every buffer restored afterwards."""
     loader = DataLoader(dataset, batch_size=config.eval_batch_size)
     batches = ((to_model_input(inputs, modality), targets) for inputs, targets in loader)
-    return collect_diagnostics(model, batches, max_batches=config.diagnostics_batches)
+    with torch.compiler.set_stance("force_eager"):  # with --compile: hooks and counting modes would recompile
+        return collect_diagnostics(model, batches, max_batches=config.diagnostics_batches)
 
 
 def step_is_finite(model, loss, accelerator, config: Config) -> bool:

@@ -157,7 +157,8 @@ def test_same_seed_same_metrics_twice(tmp_path):
 def test_compile_option_trains_like_eager_and_checkpoints_load_uncompiled(tmp_path):
     """--compile (issue 8): the engine compiles the model in place (inductor); over two training batches the
     loss and firing rate stay within 5% of the eager run's (inductor reorders float operations, which flips
-    a few spikes: 2.310 vs 2.288 measured), and the checkpoint loads into an uncompiled model."""
+    a few spikes: 2.310 vs 2.288 measured), the diagnostics run eagerly (hooks and counting modes would
+    recompile), and the checkpoint loads into an uncompiled model."""
     from torch._dynamo.utils import counters
 
     from repro.models import create_model
@@ -167,8 +168,11 @@ def test_compile_option_trains_like_eager_and_checkpoints_load_uncompiled(tmp_pa
     eager = train(dataclasses.replace(config, output_dir=str(tmp_path / "eager")))
     torch._dynamo.reset()
     counters.clear()
-    compiled = train(dataclasses.replace(config, output_dir=str(tmp_path / "compiled"), compile=True))
-    assert counters["stats"]["unique_graphs"] >= 2  # the training and the evaluation graphs
+    compiled = train(dataclasses.replace(config, output_dir=str(tmp_path / "compiled"), compile=True,
+                                         diagnostics_every=1, diagnostics_batches=1))
+    # the training and the evaluation graphs, no graph break; the diagnostics run eagerly (no recompile)
+    assert counters["stats"]["unique_graphs"] == 2
+    assert (tmp_path / "compiled" / "diagnostics" / "epoch_0001.json").is_file()
     first = lambda run: json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[0])  # noqa: E731
     assert abs(first("compiled")["train_loss"] - first("eager")["train_loss"]) < 0.05 * first("eager")["train_loss"]
     rates = compiled["firing_rate"], eager["firing_rate"]
