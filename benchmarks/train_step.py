@@ -19,7 +19,7 @@ on CUDA also the peak allocated memory of a step.  Loss: CE of the T-averaged lo
 
     OMP_NUM_THREADS=1 python benchmarks/train_step.py                  # T = 2, 4, 8 at B = 4; B = 2, 8 at T = 4
     python benchmarks/train_step.py --steps 4 --batches 32 --repeats 5
-    python benchmarks/train_step.py --device cuda --batch 128 --batches 64 256
+    python benchmarks/train_step.py --device cuda --batch 128 --batches 64 256 --autocast bf16
 
 Writes a JSON file (``--output``, default benchmarks/results/train_step.json).
 """
@@ -68,12 +68,18 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
         models[variant] = build(variant, steps, args).to(device).train()
         optimizers[variant] = torch.optim.SGD(models[variant].parameters(), lr=0.01, momentum=0.9)
 
+    autocast_dtype = {"none": None, "bf16": torch.bfloat16}[args.autocast]
+
+    def forward(variant: str) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            return models[variant](images)
+
     def train_step(variant: str):
         model, optimizer = models[variant], optimizers[variant]
 
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(images).mean(0), targets)
+            loss = F.cross_entropy(forward(variant).float().mean(0), targets)
             loss.backward()
             optimizer.step()
         return run
@@ -82,7 +88,7 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
     for variant in variants:
         row = {"variant": variant, "steps": steps, "batch": batch, "saved_MB": None}
         if variant not in COMPILED:  # saved-tensor hooks do not see inside compiled graphs
-            logits, saved = saved_tensor_bytes(lambda: models[variant](images))
+            logits, saved = saved_tensor_bytes(lambda: forward(variant))
             row["saved_MB"] = saved / 2 ** 20
             del logits
         if device.type == "cuda":
@@ -115,6 +121,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of " + ", ".join(VARIANTS))
     parser.add_argument("--compile", action="store_true", help="add the compiled variants " + ", ".join(COMPILED))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--autocast", default="none", choices=["none", "bf16"],
+                        help="mixed precision of the forward (torch.autocast; our neurons keep fp32 state)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
@@ -147,7 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
         rows = benchmark_config(steps, batch, variants, args, device)
         results["rows"].extend(rows)
         print_table(f"ResNet-19 (width {args.width}, neuron {args.neuron}) training step, T={steps}, B={batch}, "
-                    f"{device}, {args.repeats} interleaved runs ({info['torch_threads']} threads)", rows, columns)
+                    f"{device}, autocast {args.autocast}, {args.repeats} interleaved runs "
+                    f"({info['torch_threads']} threads)", rows, columns)
     if hasattr(os, "getloadavg"):
         info["load_average_end"] = os.getloadavg()
     print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
