@@ -75,7 +75,7 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
             return models[variant](images)
 
     def train_step(variant: str):
-        model, optimizer = models[variant], optimizers[variant]
+        optimizer = optimizers[variant]
 
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
