@@ -137,26 +137,28 @@ class TimestepLearnableSurrogate(Surrogate):
 
     def sharpness(self, step: int | None) -> Tensor:
         """k for timestep ``step`` (0-based; None: the first step's k), differentiable w.r.t. rho."""
-        if self.granularity == "shared_t" and self.learned and not self.tied:
-            raise RuntimeError("learnable surrogate with granularity='shared_t' is not tied across layers: call "
-                               "repro.surrogates.learnable.share_timestep_sharpness(model) after building the model "
-                               "(before the optimiser), or use granularity='per_layer_t'")
-        index = 0
-        if self.per_step and step is not None:
-            if self.num_steps is None and step > 0:
-                raise ValueError("learnable surrogate with a per-timestep k does not know T: pass num_steps=T "
-                                 "(--surrogate.num_steps T) or use it in circulate_firing, which sets it")
-            if self.num_steps is not None and step >= self.num_steps:
-                raise ValueError(f"timestep {step} is beyond num_steps={self.num_steps} of the learnable surrogate")
-            index = step
-        return self._sharpness_of(self.rho[index])
+        return self._sharpness_of(self.rho[self._rho_index(step)])
 
     def sharpness_per_step(self, num_steps: int) -> Tensor:
         """k[t] for t < num_steps as one [T] tensor (the fused neuron paths take it as an input),
         differentiable w.r.t. rho; the same values and checks as ``sharpness(t)`` for each t."""
-        self.sharpness(num_steps - 1)  # its checks: T known and in range, shared_t tied
-        rho = self.rho[:num_steps] if self.per_step else self.rho[:1].expand(num_steps)
-        return self._sharpness_of(rho)
+        last = self._rho_index(num_steps - 1)
+        return self._sharpness_of(self.rho[:last + 1] if self.per_step else self.rho[:1].expand(num_steps))
+
+    def _rho_index(self, step: int | None) -> int:
+        """The row of rho that holds step's k, after checking that it can be used."""
+        if self.granularity == "shared_t" and self.learned and not self.tied:
+            raise RuntimeError("learnable surrogate with granularity='shared_t' is not tied across layers: call "
+                               "repro.surrogates.learnable.share_timestep_sharpness(model) after building the model "
+                               "(before the optimiser), or use granularity='per_layer_t'")
+        if not self.per_step or step is None:
+            return 0
+        if self.num_steps is None and step > 0:
+            raise ValueError("learnable surrogate with a per-timestep k does not know T: pass num_steps=T "
+                             "(--surrogate.num_steps T) or use it in circulate_firing, which sets it")
+        if self.num_steps is not None and step >= self.num_steps:
+            raise ValueError(f"timestep {step} is beyond num_steps={self.num_steps} of the learnable surrogate")
+        return step
 
     def _sharpness_of(self, rho: Tensor) -> Tensor:
         if self.frozen:
