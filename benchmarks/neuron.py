@@ -23,7 +23,7 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
 
 Time: median (and min) over ``--repeats`` interleaved runs after ``--warmup`` runs.  Memory: bytes of
 the tensors the layer saves for backward (unique storages, through
-``torch.autograd.graph.saved_tensors_hooks``); on CUDA also the peak allocated memory of fwd + bwd.
+``repro.diagnostics.saved_tensor_bytes``); on CUDA also the peak allocated memory of fwd + bwd.
 
     OMP_NUM_THREADS=2 python benchmarks/neuron.py                     # CPU defaults: B=32, T=4 and 10
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 10 32
@@ -41,13 +41,13 @@ import platform
 import random
 import statistics
 import time
-import weakref
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
+from repro.diagnostics import saved_tensor_bytes
 from repro.models import LIF, CFNeuron, plif
 from repro.surrogates import create_surrogate
 
@@ -136,37 +136,6 @@ def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = 
         factories["spikingjelly_auto"] = SpikingJellyLIF
         factories["spikingjelly_torch"] = lambda: SpikingJellyLIF(reference=True)
     return factories
-
-
-class _Saved:
-    """What the graph keeps for one saved tensor while measuring (it dies with the graph's node)."""
-
-    __slots__ = ("tensor", "__weakref__")
-
-    def __init__(self, tensor: torch.Tensor):
-        self.tensor = tensor
-
-
-def saved_tensor_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(output of ``run()``, bytes of the distinct storages that the graph of the output keeps for
-    backward).  Tensors saved by graph branches discarded during the forward (e.g. snnTorch's detached
-    reset) are freed with them and not counted."""
-    saved: list[weakref.ref] = []
-
-    def pack(tensor: torch.Tensor) -> _Saved:
-        holder = _Saved(tensor)
-        saved.append(weakref.ref(holder))
-        return holder
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
-        output = run()
-    storages = {}
-    for ref in saved:
-        holder = ref()
-        if holder is not None:
-            storage = holder.tensor.untyped_storage()
-            storages[(holder.tensor.device, storage.data_ptr())] = storage.nbytes()
-    return output, sum(storages.values())
 
 
 def synchronize(device: torch.device) -> None:

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron import (ReLUFloor, SnnTorchLoop, SpikingJellyLIF, interleaved_timing, machine_info, print_table,
-                    saved_tensor_bytes, spikingjelly_available, synchronize)
+                    spikingjelly_available, synchronize)
+from repro.diagnostics import saved_tensor_bytes
 from repro.models import create_model, resnet19
 
 VARIANTS = ("ann_relu", "ours_fused", "ours_loop", "snntorch", "spikingjelly")

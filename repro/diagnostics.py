@@ -10,6 +10,8 @@ section 8; common.md sections 10 and 12).
 - ``method_state``: the small buffers and parameters of a model outside Conv/Linear/norm layers
   (running thresholds, adaptive windows, SGV/TGC statistics, learnable sharpness, decays), found
   generically so any method's state shows up without this module knowing its names.
+- ``saved_tensor_bytes``: the bytes a forward keeps for backward (the stored activations; the
+  benchmarks' memory column and the fused paths' tests).
 - ``collect_diagnostics``: all of the above plus energy (``repro.energy``) and optionally sharpness
   (``repro.sharpness``) on a few batches, as a JSON-serialisable dict.
 
@@ -30,6 +32,7 @@ reported as ``None`` ("n/a").
 from __future__ import annotations
 
 import itertools
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -372,6 +375,37 @@ def frozen_state(model: nn.Module, mode: str = "eval") -> Iterator[Callable[[], 
     finally:
         restore()
         model.train(was_training)
+
+
+class _Saved:
+    """What the graph keeps for one saved tensor while measuring (it dies with the graph's node)."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: torch.Tensor):
+        self.tensor = tensor
+
+
+def saved_tensor_bytes(run: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, int]:
+    """(output of ``run()``, bytes of the distinct storages that the graph of the output keeps for
+    backward).  Tensors saved by graph branches discarded during the forward (e.g. snnTorch's detached
+    reset) are freed with them and not counted."""
+    saved: list[weakref.ref] = []
+
+    def pack(tensor: torch.Tensor) -> _Saved:
+        holder = _Saved(tensor)
+        saved.append(weakref.ref(holder))
+        return holder
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda holder: holder.tensor):
+        output = run()
+    storages = {}
+    for ref in saved:
+        holder = ref()
+        if holder is not None:
+            storage = holder.tensor.untyped_storage()
+            storages[(holder.tensor.device, storage.data_ptr())] = storage.nbytes()
+    return output, sum(storages.values())
 
 
 def batch_images(batch) -> tuple[Tensor, Tensor | None, int]:

@@ -12,6 +12,7 @@ from torch import nn
 
 import repro.models.fused as fused_module
 from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm
+from repro.diagnostics import saved_tensor_bytes
 from repro.models.fused import StepConfig, integrate, unfused_reason
 from repro.surrogates import Surrogate, create_surrogate
 from reference import assert_fused_model_step_matches, assert_inference_matches, fused_test_loss_backward
@@ -399,19 +400,6 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
     torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
 
 
-def saved_bytes(run) -> int:
-    """Bytes of the distinct storages the autograd graph of ``run()`` saves for backward."""
-    storages = {}
-
-    def pack(tensor):
-        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        run()
-    return sum(storages.values())
-
-
 def test_store_half_margin_keeps_signs_and_zeros():
     margin = torch.tensor([1e-9, -1e-9, 0.0, 1e6, -1e6, 0.1, -3e-8, 7.0])
     out = torch.empty(margin.shape, dtype=torch.float16)
@@ -437,7 +425,7 @@ def test_fp16_saved_margins_halve_memory_keep_spikes_and_approximate_gradients(r
             neuron = LIF(surrogate=create_surrogate(surrogate, **kwargs), reset=reset, reset_decayed=reset_decayed,
                          fire_ge=fire_ge, reset_detach=reset_detach, decay_learnable=True,
                          saved_precision=precision)
-            nbytes = saved_bytes(lambda: neuron(inputs.clone().requires_grad_()))
+            _, nbytes = saved_tensor_bytes(lambda: neuron(inputs.clone().requires_grad_()))
             out, grad_x, grad_decay = forward_backward(neuron, inputs, upstream)
             rho = getattr(neuron.surrogate, "rho", None)
             results.append((nbytes, out, grad_x, grad_decay, None if rho is None else rho.grad))
@@ -477,8 +465,8 @@ def test_fp16_saved_margins_refuse_double_backward_and_keep_the_input_when_neede
     with pytest.raises(RuntimeError, match="saved_precision='fp32'"):
         torch.autograd.grad(neuron(x).sum() * 2, x, create_graph=True)
     # decay_input with a learnable decay: dL/dlambda reads the input, which is kept in fp32
-    kept = [saved_bytes(lambda: LIF(saved_precision=precision, decay_input=True, decay_learnable=True)(
-        inputs.clone().requires_grad_())) for precision in ("fp16", "fp32")]
+    kept = [saved_tensor_bytes(lambda: LIF(saved_precision=precision, decay_input=True, decay_learnable=True)(
+        inputs.clone().requires_grad_()))[1] for precision in ("fp16", "fp32")]
     assert kept[0] == kept[1] >= inputs.numel() * 4
     with pytest.raises(ValueError, match="saved_precision"):
         LIF(saved_precision="bf16")
