@@ -165,8 +165,8 @@ class FusedLIFFunction(torch.autograd.Function):
                 if any(ctx.needs_input_grad[:3]):
                     context["register_membrane_grad"] = callbacks.setdefault(step, []).append
                 surrogate.observe(shifted, params[-1], context)
-            if half:  # after the surrogate and observers have read the margin: it may be clamped in place
-                store_half_margin(shifted, margins[step], in_place=not observed)
+            if half:
+                store_half_margin(shifted, margins[step])
             thresholds.append(threshold)
             return threshold
 
@@ -268,16 +268,12 @@ HALF_TINY = 2.0 ** -24  # the smallest positive fp16 (subnormal)
 HALF_MAX = 65504.0
 
 
-def store_half_margin(margin: Tensor, out: Tensor, in_place: bool = False) -> None:
-    """out (fp16) = margin (fp32) rounded to nearest, clamped to the finite fp16 range (in place in
-    ``margin`` if ``in_place``), and never rounded to 0 from either side: the sign (so the spike and the
-    reset mask) and exact zeros are preserved.  (The rare fix-up is guarded by ``any()``, a host sync per
-    step on CUDA.)"""
-    out.copy_(margin.clamp_(-HALF_MAX, HALF_MAX) if in_place else margin.clamp(-HALF_MAX, HALF_MAX))
-    zero = out == 0
-    if zero.any():  # exact zeros stay 0; margins below fp16's smallest subnormal keep their sign
-        lost = zero & (margin != 0)
-        out[lost] = torch.copysign(torch.full_like(margin[lost], HALF_TINY), margin[lost]).to(out.dtype)
+def store_half_margin(margin: Tensor, out: Tensor) -> None:
+    """out (fp16) = margin (fp32) rounded to nearest, its magnitude clamped to [2^-24, 65504] (fp16's
+    smallest subnormal and largest finite value) except for exact zeros: the sign (so the spike and the
+    reset mask) and exact zeros are preserved.  No data-dependent branch (no host sync on CUDA)."""
+    magnitude = margin.abs().clamp_(HALF_TINY, HALF_MAX)
+    out.copy_(torch.where(margin == 0, margin, magnitude.copysign_(margin)))
 
 
 def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Tensor | None,
