@@ -39,7 +39,8 @@ arithmetic), so spikes are identical; gradients agree to float rounding (tests/t
 Per-call side effects run as in the reference loop: the forward calls ``surrogate.observe`` (observers,
 A2SG's statistics) with x = u[t] - theta_t, and a surrogate that wants dL/du[t] (A2SG's gradient
 statistics, a tensor hook in the reference loop) registers a callback through the context key
-``register_membrane_grad``; the backward calls it with e[t] as soon as e[t] is known.
+``register_membrane_grad``; the backward calls it with e[t] as soon as e[t] is known, and one that wants
+dL/ds[t] (A2SG's window search) through ``register_spike_grad``, called with dL/ds[t] before h[t] applies.
 
 Learned sharpness (the TLSG ``learnable`` surrogate, learned k[t]): h[t] = psi_k'(u[t] - theta_t) with
 k = k[t], an input of the Function (``sharpness_per_step``, differentiable w.r.t. rho), and
@@ -150,7 +151,7 @@ class FusedLIFFunction(torch.autograd.Function):
         surrogate = neuron.surrogate
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
         observed = type(surrogate).observe is not Surrogate.observe or bool(surrogate.observers)
-        thresholds, params, callbacks = [], [], {}
+        thresholds, params, callbacks, spike_callbacks = [], [], {}, {}
         # fp16 margins (when a backward will run) need the input only for a learnable decay with
         # decay_input (its gradient reads I)
         half = (neuron.saved_precision == "fp16" and any(ctx.needs_input_grad[:3])
@@ -164,6 +165,7 @@ class FusedLIFFunction(torch.autograd.Function):
             if observed:
                 if any(ctx.needs_input_grad[:3]):
                     context["register_membrane_grad"] = callbacks.setdefault(step, []).append
+                    context["register_spike_grad"] = spike_callbacks.setdefault(step, []).append
                 surrogate.observe(shifted, params[-1], context)
             if half:
                 store_half_margin(shifted, margins[step])
@@ -181,7 +183,8 @@ class FusedLIFFunction(torch.autograd.Function):
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
-            ctx.callbacks, ctx.triton, ctx.surrogate_type = callbacks, use_triton, type(surrogate)
+            ctx.callbacks, ctx.spike_callbacks = callbacks, spike_callbacks
+            ctx.triton, ctx.surrogate_type = use_triton, type(surrogate)
             ctx.half = half
         return (spikes, membrane) if recording else spikes
 
@@ -231,10 +234,11 @@ class FusedLIFFunction(torch.autograd.Function):
                 u = membrane[t]
                 shifted = u - ctx.thresholds[t]
             if t == last:
+                report_grad(ctx.spike_callbacks, t, grad_spikes[t])
                 surrogate_vjp(t, shifted, grad_spikes[t], grad_mem[t])
                 if grad_membrane is not None:  # the recorded u[t]
                     grad_mem[t].add_(grad_membrane[t])
-                report_membrane_grad(ctx, t, grad_mem[t])
+                report_grad(ctx.callbacks, t, grad_mem[t])
                 continue
             carry = grad_mem[t + 1]
             grad_s = grad_spikes[t]
@@ -251,6 +255,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 if config.reset == "subtract" and config.reset_decayed:
                     compare(shifted, 0, out=mask)
                     grad_decay -= theta * torch.dot(carry.flatten(), mask.flatten())
+            report_grad(ctx.spike_callbacks, t, grad_s)
             surrogate_vjp(t, shifted, grad_s, grad_mem[t])  # u[t] is not read after this
             if leak is not None:
                 grad_mem[t].add_(leak, alpha=lam)
@@ -260,7 +265,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 grad_mem[t].add_(carry, alpha=lam)
             if grad_membrane is not None:
                 grad_mem[t].add_(grad_membrane[t])
-            report_membrane_grad(ctx, t, grad_mem[t])
+            report_grad(ctx.callbacks, t, grad_mem[t])
         return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None, grad_k)
 
 
@@ -308,9 +313,10 @@ def triton_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor) -> tuple[Te
                                    config.reset_decayed, config.reset_detach, config.fire_ge, ctx.needs_input_grad[1])
 
 
-def report_membrane_grad(ctx, step: int, grad: Tensor) -> None:
-    """Give e[t] = dL/du[t] to the callbacks the surrogate registered at step t (A2SG's statistics)."""
-    for callback in ctx.callbacks.get(step, ()):
+def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:
+    """Give e[t] = dL/du[t] (``ctx.callbacks``) or dL/ds[t] (``ctx.spike_callbacks``, the spike's whole
+    gradient, reset path included) to the callbacks the surrogate registered at step t (A2SG's statistics)."""
+    for callback in callbacks.get(step, ()):
         callback(grad)
 
 
@@ -333,6 +339,8 @@ def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None,
             spk = SpikeFunction.apply(shifted, ctx.shape, ctx.params[t], config.fire_ge)
         else:
             spk = ctx.surrogate_type.straight_through(shifted, k[t], config.fire_ge)
+        for callback in ctx.spike_callbacks.get(t, ()):
+            spk.register_hook(callback)
         out.append(spk)
         mems.append(mem)
     outputs = [(torch.stack(out), grad_spikes), (torch.stack(mems), grad_membrane)]

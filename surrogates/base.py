@@ -70,14 +70,22 @@ class Surrogate(nn.Module):
 
     def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
         params = self.call_params(x, **context)
+        spike_hooks: list = []
+        if x.requires_grad and "register_spike_grad" not in context:
+            context["register_spike_grad"] = spike_hooks.append
         self.observe(x, params, context)
-        return SpikeFunction.apply(x, self.shape, params, fire_ge)
+        spikes = SpikeFunction.apply(x, self.shape, params, fire_ge)
+        for hook in spike_hooks:
+            spikes.register_hook(hook)
+        return spikes
 
     def observe(self, x: Tensor, params: dict, context: dict) -> None:
         """The side effects of one call, given the parameters actually used: the observers here,
         statistics in subclasses (A2SG).  The fused neuron paths call it too, with ``x`` and ``mem``
         without graph; there ``context["register_membrane_grad"](callback)`` (present when a backward
-        will run) has ``callback(dL/dmem)`` called during the backward, in place of a tensor hook."""
+        will run) has ``callback(dL/dmem)`` called during the backward, in place of a tensor hook.
+        ``context["register_spike_grad"](callback)`` (both paths, when a backward will run) has
+        ``callback(dL/ds)`` called with the whole gradient of this call's spikes."""
         for observer in self.observers:
             observer(self, x, params, context)
 
