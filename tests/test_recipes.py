@@ -1,14 +1,17 @@
 """Every recipe runs ``--smoke`` end-to-end through ``accelerate launch`` and writes summary.json."""
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-# ablate.py writes one run per arm and has its own test (test_ablation.py)
-RECIPES = sorted(p for p in (Path(__file__).parents[1] / "recipes").glob("*.py") if p.stem not in ("ablate",))
+RECIPE_DIR = Path(__file__).parents[1] / "recipes"
+# ablate.py writes one run per arm and has its own test (test_ablation.py); ds_atgo_cifar10dvs.py's smoke run is
+# the in-process one below, which also checks the loss it trains with
+RECIPES = sorted(p for p in RECIPE_DIR.glob("*.py") if p.stem not in ("ablate", "ds_atgo_cifar10dvs"))
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
@@ -22,6 +25,30 @@ def test_recipe_smoke_through_accelerate_launch(recipe, tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs"] == 1 and 0.0 <= summary["test_accuracy"] <= 100.0
     assert "| epoch |" in result.stdout  # the results table is printed
+
+
+def test_ds_atgo_dvs_recipe_trains_with_tet_and_ce_is_one_flag_away(tmp_path, monkeypatch):
+    """The recipe's ``--smoke`` run (in process, the same ``main`` as the launched script): the resolved config
+    says TET, and both training batches' losses are TETLoss calls (evaluation uses plain CE); ``--loss ce``
+    resolves to plain mean-logit CE."""
+    from repro.cli import main
+    from repro.config import parse_args
+    from repro.losses import MeanLogitCE, TETLoss, create_loss
+
+    monkeypatch.syspath_prepend(str(RECIPE_DIR))
+    recipe = runpy.run_path(str(RECIPE_DIR / "ds_atgo_cifar10dvs.py"), run_name="recipe")
+    calls, tet_forward = [], TETLoss.forward
+    monkeypatch.setattr(TETLoss, "forward", lambda self, logits, target: calls.append(logits.shape[0])
+                        or tet_forward(self, logits, target))
+    summary = main(recipe["config"], vanilla=recipe["VANILLA"], smoke=recipe["SMOKE"],
+                   argv=["--smoke", "--output_dir", str(tmp_path / "run")])
+    assert summary["epochs"] == 1 and 0.0 <= summary["test_accuracy"] <= 100.0
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (resolved["loss"], resolved["loss_options"]) == ("tet", {})
+    assert calls == [4, 4]  # two training batches of T = 4 (the smoke T) per-step logits
+    plain = parse_args(recipe["config"], ["--loss", "ce"])
+    assert (plain.loss, plain.loss_options) == ("ce", {})
+    assert type(create_loss(plain.loss, **plain.loss_options)) is MeanLogitCE
 
 
 def test_seg_finetune_starts_from_a_classification_checkpoint(tmp_path):
@@ -46,7 +73,7 @@ def test_seg_finetune_starts_from_a_classification_checkpoint(tmp_path):
     assert all(torch.equal(encoder[k], classifier[k]) for k in encoder)
     assert sum(v.numel() for v in encoder.values()) > 100_000
 
-    recipe = Path(__file__).parents[1] / "recipes" / "seg_finetune.py"
+    recipe = RECIPE_DIR / "seg_finetune.py"
     result = subprocess.run([sys.executable, str(recipe), "--smoke", "--model.width", "0.25", "--num_steps", "2",
                              "--pretrained", str(checkpoint), "--output_dir", str(tmp_path / "seg")],
                             capture_output=True, text=True, timeout=300, env=dict(os.environ, HF_HUB_OFFLINE="1"))
