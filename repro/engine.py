@@ -20,11 +20,15 @@ checkpoint of epoch e continues exactly as the uninterrupted run would.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import inspect
 import json
 import math
 import os
 import sys
 import time
+import typing
 from pathlib import Path
 
 import torch
@@ -34,42 +38,119 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .checkpoint import load_checkpoint, load_pretrained, save_checkpoint, save_json
-from .config import Config
-from .datasets import create_dataset, modality_of, to_model_input
+from .checkpoint import (first_nonfinite, load_checkpoint, load_pretrained, lock_run_directory,
+                         remove_stale_temp_files, save_checkpoint, save_json)
+from .config import Config, ConfigError, coerce, field_types
+from .datasets import DATASETS, create_dataset, modality_of, to_model_input
+from .datasets.sampling import EpochSampler, SeededItems
 from .diagnostics import FiringRateMonitor, collect_diagnostics
-from .losses import create_loss
-from .models import TDBatchNorm, create_model
+from .losses import LOSSES, create_loss
+from .models import MODELS, NEURONS, TDBatchNorm, create_model
+from .surrogates import SURROGATES
 from .plots import plot_training_curves, results_table, save_segmentation_examples
 from .tasks import task_for
 
 # Fields that may change when resuming (run control, not the experiment).
-RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "tensorboard",
-                     "diagnostics_every", "diagnostics_batches", "compile",
+RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "report_to",
+                     "log_every", "diagnostics_every", "diagnostics_batches", "compile",
                      "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs", "pretrained"}
+# Experiment fields the non-finite stop advises changing; a resume may change them and records the change.
+RECOVERY_CHANGES = ("lr", "grad_clip", "nonfinite")
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+# Arguments the engine passes itself, so not options of --GROUP.KEY.
+ENGINE_ARGUMENTS = {"model": {"num_classes", "in_channels", "num_steps", "neuron", "surrogate", "neuron_kwargs",
+                              "surrogate_kwargs"},
+                    "neuron": {"num_steps", "surrogate", "surrogate_kwargs"}, "dataset": {"split", "root", "download"}}
+# Numeric component options that must be > 0 (a width of 0 builds a 1-channel network).
+POSITIVE_OPTIONS = {"width", "dim", "depth", "heads", "input_size", "crop_size", "num_frames"}
 
 
 def validate(config: Config) -> None:
-    """Config-time checks with messages that say what to change."""
+    """Config-time checks, before anything is built; each message names the option, the value and what
+    is allowed."""
+    types = field_types()
+    for name, value in config.to_dict().items():  # a Config built in Python skips the command line's parsing
+        if types[name] in (int, float, bool) or name == "mixed_precision":
+            coerce(name, value, types[name])
+    trackers = [t for t in config.report_to.split(",") if t]
     checks = [
-        (config.num_steps >= 1, f"num_steps must be >= 1, got {config.num_steps}"),
-        (config.epochs >= 1, f"epochs must be >= 1, got {config.epochs}"),
-        (config.batch_size >= 1, f"batch_size must be >= 1, got {config.batch_size}"),
-        (config.lr > 0, f"lr must be > 0, got {config.lr}"),
-        (config.weight_decay >= 0, f"weight_decay must be >= 0, got {config.weight_decay}"),
-        (config.optimizer in ("sgd", "adamw"), f"optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}"),
-        (config.schedule in ("cosine", "constant"), f"schedule must be 'cosine' or 'constant', got {config.schedule!r}"),
+        (config.num_steps >= 1, f"--num_steps must be >= 1, got {config.num_steps}"),
+        (config.epochs >= 1, f"--epochs must be >= 1, got {config.epochs}"),
+        (config.batch_size >= 1, f"--batch_size must be >= 1, got {config.batch_size}"),
+        (config.eval_batch_size >= 1, f"--eval_batch_size must be >= 1, got {config.eval_batch_size}"),
+        (config.lr > 0, f"--lr must be > 0, got {config.lr}"),
+        (config.weight_decay >= 0, f"--weight_decay must be >= 0, got {config.weight_decay}"),
+        (0 <= config.momentum < 1, f"--momentum must be in [0, 1), got {config.momentum}"),
+        (config.min_lr >= 0 and config.warmup_lr >= 0,
+         f"--min_lr and --warmup_lr must be >= 0, got {config.min_lr}, {config.warmup_lr}"),
+        (config.optimizer in ("sgd", "adamw"), f"--optimizer must be 'sgd' or 'adamw', got {config.optimizer!r}"),
+        (config.schedule in ("cosine", "constant"),
+         f"--schedule must be 'cosine' or 'constant', got {config.schedule!r}"),
         (0 <= config.warmup_epochs < config.epochs or config.warmup_epochs == 0,
-         f"warmup_epochs must be in [0, epochs), got {config.warmup_epochs}"),
-        (config.mixed_precision in ("no", "fp16", "bf16"),
-         f"mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}"),
-        (config.grad_accumulation >= 1, f"grad_accumulation must be >= 1, got {config.grad_accumulation}"),
-        (config.nonfinite in ("stop", "skip"), f"nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}"),
-        (config.grad_clip >= 0, f"grad_clip must be >= 0 (0 = off), got {config.grad_clip}"),
+         f"--warmup_epochs must be in [0, epochs) = [0, {config.epochs}), got {config.warmup_epochs}: pass "
+         f"--warmup_epochs {max(config.epochs - 1, 0)} or more --epochs"),
+        (config.mixed_precision in (None, "no", "fp16", "bf16"),
+         f"--mixed_precision must be 'no', 'fp16' or 'bf16', got {config.mixed_precision!r}"),
+        (config.grad_accumulation >= 1, f"--grad_accumulation must be >= 1, got {config.grad_accumulation}"),
+        (config.nonfinite in ("stop", "skip"), f"--nonfinite must be 'stop' or 'skip', got {config.nonfinite!r}"),
+        (config.grad_clip >= 0, f"--grad_clip must be >= 0 (0 = off), got {config.grad_clip}"),
+        (min(config.limit_train_batches, config.limit_eval_batches) >= 0,
+         f"--limit_train_batches and --limit_eval_batches must be >= 0 (0 = all), got "
+         f"{config.limit_train_batches}, {config.limit_eval_batches}"),
+        (min(config.log_every, config.diagnostics_every, config.diagnostics_batches) >= 0,
+         "--log_every, --diagnostics_every and --diagnostics_batches must be >= 0"),
+        (config.report_to in ("none", "all") or all(t in TRACKERS for t in trackers),
+         f"--report_to must be none, all or a comma list of {', '.join(TRACKERS)}; got {config.report_to!r}"),
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise ConfigError(message)
+
+
+def accepted_options(factory) -> dict[str, inspect.Parameter] | None:
+    """Keyword parameters of a registered factory with evaluated annotations; a factory that forwards
+    ``**kwargs`` to the class it returns (``lif`` -> ``LIF``) also accepts that class's.  None when the
+    accepted names cannot be known."""
+    try:
+        params = dict(inspect.signature(factory, eval_str=True).parameters)
+        returned = typing.get_type_hints(factory).get("return") if not inspect.isclass(factory) else None
+    except (NameError, TypeError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        if not inspect.isclass(returned):
+            return None
+        params.update(accepted_options(returned) or {})
+    return {k: p for k, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def check_options(group: str, name: str, factory, options: dict) -> dict:
+    """``--GROUP.KEY`` values checked against the factory's parameters and parsed by their annotated type."""
+    params = accepted_options(factory)
+    if params is None:
+        return options
+    params = {k: p for k, p in params.items() if k not in ENGINE_ARGUMENTS.get(group, ())}
+    checked = {}
+    for key, value in options.items():
+        if key not in params:
+            raise ConfigError(f"--{group}.{key}: {group} {name!r} has no option {key!r}; valid options: "
+                              f"{sorted(params)}")
+        annotation = params[key].annotation
+        simple = typing.get_args(annotation) or (annotation,)
+        if all(k in (bool, int, float, str, type(None)) for k in simple):
+            value = coerce(f"{group}.{key}", value, annotation)
+        if key in POSITIVE_OPTIONS and isinstance(value, (int, float)) and not value > 0:
+            raise ConfigError(f"--{group}.{key} must be > 0, got {value}")
+        checked[key] = value
+    return checked
+
+
+def checked_options(config: Config) -> Config:
+    """``config`` with every option dictionary checked against its component (names from the registries)."""
+    registries = {"model": MODELS, "neuron": NEURONS, "surrogate": SURROGATES, "loss": LOSSES, "dataset": DATASETS}
+    return dataclasses.replace(config, **{
+        f"{group}_options": check_options(group, getattr(config, group), registry.get(getattr(config, group)),
+                                          getattr(config, f"{group}_options"))
+        for group, registry in registries.items()})
 
 
 def lr_factor(epoch: int, config: Config) -> float:
@@ -102,17 +183,19 @@ def build_optimizer(model: nn.Module, config: Config) -> torch.optim.Optimizer:
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas))
 
 
-def make_loader(dataset, config: Config, train: bool, num_processes: int,
-                generator: torch.Generator | None = None) -> DataLoader:
-    """``generator`` drives the shuffling; the engine re-seeds it every epoch, so the sample order is
-    the same for 1 or N processes (accelerate shards each global batch) and after a resume."""
+def make_loader(dataset, config: Config, train: bool, num_processes: int) -> DataLoader:
+    """Training: order and augmentation are functions of (seed, epoch, index) (``repro.datasets.sampling``),
+    so they are the same for 1 or N processes (accelerate shards each global batch) and after a resume;
+    call ``loader.sampler.set_epoch`` before each epoch.  Evaluation: in order."""
     workers = config.num_workers
     if workers < 0:  # automatic: in-memory datasets need no workers
         workers = 0 if getattr(dataset, "in_memory", False) else min(8, max(1, (os.cpu_count() or 1) // num_processes))
+    order = dict(dataset=SeededItems(dataset, config.seed), sampler=EpochSampler(len(dataset), config.seed)) \
+        if train else dict(dataset=dataset)
     return DataLoader(
-        dataset, batch_size=config.batch_size if train else config.eval_batch_size, shuffle=train, drop_last=train,
+        **order, batch_size=config.batch_size if train else config.eval_batch_size, drop_last=train,
         num_workers=workers, pin_memory=config.pin_memory and torch.cuda.is_available(),
-        persistent_workers=config.persistent_workers and workers > 0, generator=generator,
+        persistent_workers=config.persistent_workers and workers > 0,
     )
 
 
@@ -139,31 +222,82 @@ def check_model_fits_data(model: nn.Module, dataset, modality: str, config: Conf
                          f"{'segmentation' if modality == 'segmentation' else 'classification'} model")
 
 
-def check_resume_compatible(saved: dict, config: Config) -> None:
+def resume_changes(saved: dict, config: Config) -> dict[str, list]:
+    """The fields a resume changes, as {field: [checkpoint value, new value]}: run control (RESUMABLE_CHANGES)
+    is left out, the recovery fields of the non-finite advice (RECOVERY_CHANGES) are returned, any other
+    change is refused."""
     current = config.to_dict()
     saved = {k: (list(v) if isinstance(v, tuple) else v) for k, v in saved.items()}
     current = {k: (list(v) if isinstance(v, tuple) else v) for k, v in current.items()}
     changed = sorted(k for k in current if k not in RESUMABLE_CHANGES and saved.get(k) != current[k])
-    if changed:
-        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume: the config differs from the checkpoint's ({details}). "
-                         "Use the original settings, or a new --output_dir to start a fresh run")
+    refused = [k for k in changed if k not in RECOVERY_CHANGES]
+    if refused:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current[k]!r}" for k in refused)
+        raise ConfigError(f"cannot resume: the config differs from the checkpoint's ({details}). "
+                          "Use the original settings, or a new --output_dir to start a fresh run")
+    return {k: [saved.get(k), current[k]] for k in changed}
 
 
-def train(config: Config) -> dict:
-    """Train and evaluate; returns the summary (also written to summary.json)."""
-    validate(config)
-    output_dir = Path(config.output_dir)
+def create_accelerator(config: Config, output_dir: Path) -> Accelerator:
+    """Settings accelerate owns (mixed precision, dynamo backend, gradient accumulation) follow accelerate's
+    own resolution (``accelerate launch`` flags, ``accelerate config``, ACCELERATE_* variables) unless the
+    config sets them: ``mixed_precision`` when not None, ``grad_accumulation`` when not 1."""
+    trackers = None if config.report_to == "none" else "all" if config.report_to == "all" else \
+        config.report_to.split(",")
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accumulation,
         kwargs_handlers=[DistributedDataParallelKwargs(broadcast_buffers=False)],
-        log_with="tensorboard" if config.tensorboard else None, project_dir=str(output_dir),
+        log_with=trackers, project_dir=str(output_dir),
     )
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu":
+        raise ConfigError("--mixed_precision fp16 needs a GPU (CPU autocast is bf16); on CPU use bf16 or no")
+    return accelerator
+
+
+def runtime_settings(accelerator: Accelerator, config: Config) -> dict:
+    """What the run actually uses, printed at the start and stored in summary.json."""
+    dynamo = accelerator.state.dynamo_plugin.backend
+    return {"mixed_precision": accelerator.mixed_precision, "num_processes": accelerator.num_processes,
+            "device": str(accelerator.device), "distributed_type": str(accelerator.distributed_type.value),
+            "gradient_accumulation_steps": accelerator.gradient_accumulation_steps,
+            "compile": "inductor (--compile)" if config.compile else str(dynamo.value).lower()}
+
+
+def prepare_output_dir(output_dir: Path) -> None:
+    """Create the run directory or say why it cannot be."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output_dir {output_dir} is a file; choose a directory")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"--output_dir {output_dir} cannot be created ({error.strerror}); choose a writable "
+                          "directory") from None
+
+
+def train(config: Config) -> dict:
+    """Train and evaluate; returns the summary (also written to summary.json).  The run directory is
+    locked for the run (``.lock``): a second run writing to it is refused."""
+    validate(config)
+    config = checked_options(config)
+    output_dir = Path(config.output_dir)
+    accelerator = create_accelerator(config, output_dir)
+    if accelerator.is_main_process:
+        prepare_output_dir(output_dir)
+    with lock_run_directory(output_dir, accelerator.is_main_process):
+        return run(config, accelerator, output_dir)
+
+
+def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
     main = accelerator.is_main_process
     checkpoint_path, metrics_path = output_dir / "checkpoint.pt", output_dir / "metrics.jsonl"
     if not config.resume and checkpoint_path.exists():
         raise FileExistsError(f"{output_dir} already holds a run; pass --resume to continue it "
                               "or choose another --output_dir")
+    if config.resume and not checkpoint_path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; run without --resume to start "
+                                "the run, or point --output_dir at the run to continue")
+    runtime = runtime_settings(accelerator, config)
+    accelerator.print("run: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
 
     set_seed(config.seed)
     modality = modality_of(config.dataset)
@@ -172,6 +306,13 @@ def train(config: Config) -> dict:
         data_kwargs.setdefault("num_frames", config.num_steps)  # one frame per timestep
     train_set = create_dataset(config.dataset, "train", **data_kwargs)
     test_set = create_dataset(config.dataset, "test", **data_kwargs)
+    global_batch = config.batch_size * accelerator.num_processes
+    if global_batch > len(train_set):
+        raise ConfigError(f"--batch_size {config.batch_size} x {accelerator.num_processes} process(es) = "
+                          f"{global_batch} exceeds the {len(train_set)} training samples of {config.dataset!r}; "
+                          f"use --batch_size <= {len(train_set) // accelerator.num_processes}")
+    loss_fn = create_loss(config.loss, **config.loss_options)
+    check_loss_fits_task(loss_fn, modality, config)
     model = create_model(
         config.model, num_classes=train_set.num_classes, in_channels=train_set.in_channels,
         num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
@@ -186,28 +327,39 @@ def train(config: Config) -> dict:
             module.sync = config.sync_bn
     if config.compile:
         model.compile()  # in place: state_dict keys unchanged
-    loss_fn = create_loss(config.loss, **config.loss_options)
     optimizer = build_optimizer(model, config)
     task = task_for(train_set)
 
-    start_epoch, best, history = 0, {}, []
-    if config.pretrained and not (config.resume and checkpoint_path.exists()):
+    start_epoch, best, history, changes = 0, {}, [], []
+    if config.pretrained and not config.resume:
         missing, unexpected = load_pretrained(model, config.pretrained)
         accelerator.print(f"initialised from {config.pretrained}: {len(missing)} entries not in it (kept as "
                           f"initialised), {len(unexpected)} checkpoint entries unused")
-    if config.resume and checkpoint_path.exists():
+    if config.resume:
         state = load_checkpoint(checkpoint_path)
-        check_resume_compatible(state["config"], config)
-        model.load_state_dict(state["model"])
+        changed = resume_changes(state["config"], config)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            raise ConfigError(f"checkpoint {checkpoint_path} does not fit model {config.model!r} "
+                              f"({str(error).splitlines()[1].strip()}); resume with the settings it was "
+                              "trained with") from None
+        peak_lrs = [group["peak_lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
+        for group, peak in zip(optimizer.param_groups, peak_lrs):  # a resume may change --lr
+            group["peak_lr"] = peak
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}")
+        changes = state.get("config_changes", []) + ([{"epoch": start_epoch + 1, **changed}] if changed else [])
+        if main:
+            remove_stale_temp_files(output_dir)
+        accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}"
+                          + (f", changing {changed}" if changed else ""))
 
-    shuffle_generator = torch.Generator()
-    train_loader = make_loader(train_set, config, True, accelerator.num_processes, shuffle_generator)
+    train_loader = make_loader(train_set, config, True, accelerator.num_processes)
+    sampler = train_loader.sampler
     test_loader = make_loader(test_set, config, False, accelerator.num_processes)
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    if config.resume and start_epoch and accelerator.scaler is not None and "scaler" in state:
+    if config.resume and start_epoch and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
     hooks = [*accelerator.unwrap_model(model).modules(), loss_fn]
     epoch_hooks = [m.on_epoch_start for m in hooks if hasattr(m, "on_epoch_start")]
@@ -216,41 +368,47 @@ def train(config: Config) -> dict:
         loss_fn.bind(accelerator.unwrap_model(model))
 
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
         save_json(output_dir / "config.json", config.to_dict())
         metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
-    if config.tensorboard:
-        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in config.to_dict().items()})
+    if config.report_to != "none":
+        accelerator.init_trackers(output_dir.name, config=hyperparameters(config))
 
     for epoch in range(start_epoch, config.epochs):
         set_seed(config.seed + epoch)
-        shuffle_generator.manual_seed(config.seed + epoch)
+        sampler.set_epoch(epoch)
         for group in optimizer.param_groups:
             group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
         for hook in epoch_hooks:
             hook(epoch)
         started = time.time()
+        last_good = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
         try:
             train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, task, accelerator, config, epoch,
                                           step_hooks, modality)
+            if main:
+                bad = first_nonfinite({"model": accelerator.unwrap_model(model).state_dict(),
+                                       "optimizer": optimizer.state_dict()})
+                if bad:
+                    raise FloatingPointError(f"{bad} is non-finite after epoch {epoch + 1}")
         except FloatingPointError as error:
-            last = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
-            raise FloatingPointError(f"{error}; the last good checkpoint is {last}. Lower --lr, set --grad_clip, "
-                                     "or pass --nonfinite skip; then continue with --resume") from None
+            advice = "then continue with --resume" if epoch > 0 else "then start again without --resume"
+            raise FloatingPointError(f"{error}; the last good checkpoint is {last_good}. Lower --lr, set "
+                                     f"--grad_clip, or pass --nonfinite skip; {advice}") from None
         test_stats = evaluate(model, test_loader, task, accelerator, config, modality)
         improved = test_stats[task.primary] >= best.get(task.primary, -math.inf)
         best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}
         row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
                **{f"best_{k}": v for k, v in best.items()}, "epoch_time_s": round(time.time() - started, 3)}
+        change = next((c for c in changes if c["epoch"] == epoch + 1), None)
+        if change:
+            row["config_changes"] = change
         history.append(row)
         if main and config.diagnostics_every and (epoch + 1) % config.diagnostics_every == 0:
             save_json(output_dir / "diagnostics" / f"epoch_{epoch + 1:04d}.json",
                       run_diagnostics(accelerator.unwrap_model(model), test_set, modality, config))
-        if config.tensorboard:
-            accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=epoch + 1)
+        if config.report_to != "none":
+            accelerator.log(tracker_metrics(row), step=epoch + 1)
         if main:
-            with metrics_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
             weights = accelerator.unwrap_model(model).state_dict()
             if improved:
                 save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
@@ -258,8 +416,10 @@ def train(config: Config) -> dict:
             save_checkpoint(checkpoint_path, {
                 "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "best": best, "history": history, "config": config.to_dict(),
+                "best": best, "history": history, "config": config.to_dict(), "config_changes": changes,
             })
+            with metrics_path.open("a") as f:  # after the checkpoint: a row is never ahead of it
+                f.write(json.dumps(row) + "\n")
         accelerator.wait_for_everyone()
         miou = f", mIoU {row['test_miou']:.2f}%" if "test_miou" in row else ""
         accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
@@ -273,7 +433,7 @@ def train(config: Config) -> dict:
         "firing_rate": last["firing_rate"], "firing_rate_per_layer": last["firing_rate_per_layer"],
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 2),
         "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
-        "num_processes": accelerator.num_processes, "device": str(accelerator.device),
+        **runtime, "config_changes": changes,
         "model": config.model, "neuron": config.neuron, "surrogate": config.surrogate, "loss": config.loss,
         "dataset": config.dataset, "num_steps": config.num_steps, "seed": config.seed,
         "source": "this run (not a published number)",
@@ -284,37 +444,72 @@ def train(config: Config) -> dict:
         if task.primary == "test_miou":
             save_segmentation_examples(accelerator.unwrap_model(model), test_set, output_dir / "examples.png")
         print(results_table(history, summary))
-    if config.tensorboard:
+    if config.report_to != "none":
         accelerator.end_training()
     return summary
 
 
+def check_loss_fits_task(loss_fn: nn.Module, modality: str, config: Config) -> None:
+    task = "segmentation" if modality == "segmentation" else "classification"
+    if getattr(loss_fn, "task", task) != task:
+        fitting = [name for name in LOSSES.names() if getattr(create_loss(name), "task", task) == task]
+        raise ConfigError(f"--loss {config.loss} is a {loss_fn.task} loss but dataset {config.dataset!r} is "
+                          f"{task}; choose one of {fitting}")
+
+
+def hyperparameters(config: Config) -> dict:
+    """The config as tracker hyperparameters (numbers and strings; dictionaries and tuples as text)."""
+    return {k: v if isinstance(v, (int, float, str, bool)) else json.dumps(v) for k, v in config.to_dict().items()}
+
+
+def tracker_metrics(row: dict) -> dict:
+    """A metrics row for the trackers: numbers as they are, per-layer firing rates as the group
+    ``firing_rate/<layer>``."""
+    metrics = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    metrics.update({f"firing_rate/{layer}": rate for layer, rate in row.get("firing_rate_per_layer", {}).items()})
+    return metrics
+
+
 def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config: Config, epoch: int,
                     step_hooks=(), modality: str = "static") -> dict:
-    """One epoch.  Before each optimiser step the loss and the gradient norm are checked for NaN/inf
-    (one host sync per step, agreed across processes): ``nonfinite="stop"`` raises
-    FloatingPointError, ``"skip"`` drops the step and counts it."""
+    """One epoch.  Before each optimiser step the loss, the gradient norm and the weights (the result of
+    the previous accepted step) are checked for NaN/inf (one host sync per step, agreed across processes):
+    a bad loss or gradient raises FloatingPointError with ``nonfinite="stop"`` and drops the step with
+    ``"skip"``; non-finite weights always raise (no later step can repair them).  Off a terminal, every
+    ``log_every`` steps prints loss, lr, images/s and the firing rate of that step's batch."""
     model.train()
     loss_sum = torch.zeros((), device=accelerator.device, dtype=torch.float64)
     stats, seen, skipped = 0, 0, 0
     total = min(len(loader), config.limit_train_batches or len(loader))
-    quiet = not accelerator.is_local_main_process or not sys.stderr.isatty()  # no bars in logs / CI
-    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", disable=quiet, leave=False)
+    accumulation = accelerator.gradient_accumulation_steps
+    on_terminal = sys.stderr.isatty()
+    bar = tqdm(loader, total=total, desc=f"epoch {epoch + 1}", leave=False,
+               disable=not accelerator.is_local_main_process or not on_terminal)  # no bars in logs / CI
+    log_every = 0 if on_terminal else config.log_every
+    started = time.time()
     for step, (inputs, targets) in enumerate(bar):
         if step >= total:
             break
-        global_step = epoch * math.ceil(total / config.grad_accumulation) + step // config.grad_accumulation + 1
-        with accelerator.accumulate(model):
+        global_step = epoch * math.ceil(total / accumulation) + step // accumulation + 1
+        logging = log_every and (step + 1) % log_every == 0
+        # firing rate of a logged step (hooks would recompile a compiled model)
+        monitor = FiringRateMonitor(accelerator.unwrap_model(model)) if logging and not config.compile else None
+        with accelerator.accumulate(model), monitor or contextlib.nullcontext():
             outputs = model(to_model_input(inputs, modality))
             loss = loss_fn(outputs, targets)
             accelerator.backward(loss)
-            if accelerator.sync_gradients and not step_is_finite(model, loss, accelerator, config):
-                if config.nonfinite == "stop":
-                    raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
-                                             f"(global step {global_step})")
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-                continue
+            if accelerator.sync_gradients:
+                finite = step_is_finite(model, loss, accelerator, config)
+                if finite is None:
+                    raise FloatingPointError(f"the weights are non-finite after the optimiser step before epoch "
+                                             f"{epoch + 1}, step {step + 1} (global step {global_step})")
+                if not finite:
+                    if config.nonfinite == "stop":
+                        raise FloatingPointError(f"non-finite loss or gradient at epoch {epoch + 1}, step {step + 1} "
+                                                 f"(global step {global_step})")
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         if accelerator.sync_gradients:
@@ -323,8 +518,15 @@ def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config
         loss_sum += loss.detach().double() * len(targets)
         stats = stats + task.sample_stats(outputs, targets).sum(0)
         seen += len(targets)
+        if logging:
+            rates = monitor.rates() if monitor else {}
+            firing = f", firing rate {sum(rates.values()) / len(rates):.4f}" if rates else ""
+            images_per_s = seen * accelerator.num_processes / (time.time() - started)
+            accelerator.print(f"epoch {epoch + 1} step {step + 1}/{total}: loss {loss.item():.4f}, "
+                              f"lr {optimizer.param_groups[0]['lr']:.4g}, {images_per_s:.1f} images/s{firing}",
+                              flush=True)
     if seen == 0:
-        raise RuntimeError(f"epoch {epoch + 1} trained on no batch: every step was non-finite or the data is empty")
+        raise FloatingPointError(f"epoch {epoch + 1} trained on no batch: all {skipped} steps were non-finite")
     totals = accelerator.reduce(torch.cat([torch.tensor([float(seen)], device=loss_sum.device, dtype=torch.float64),
                                            loss_sum.view(1), stats]), reduction="sum")
     count = int(totals[0].item())
@@ -341,20 +543,24 @@ def run_diagnostics(model: nn.Module, dataset, modality: str, config: Config) ->
         return collect_diagnostics(model, batches, max_batches=config.diagnostics_batches)
 
 
-def step_is_finite(model, loss, accelerator, config: Config) -> bool:
-    """Clip (if asked) and check loss and gradient norm; fp16 gradients are left to the grad scaler."""
+def step_is_finite(model, loss, accelerator, config: Config) -> bool | None:
+    """Clip (if asked) and check loss and gradient norm (fp16 gradients are left to the grad scaler) and
+    the weights.  True: finite; False: a bad loss or gradient; None: non-finite weights."""
+    params = list(model.parameters())
     if config.grad_clip:
-        norm = accelerator.clip_grad_norm_(model.parameters(), config.grad_clip)
-    elif config.mixed_precision == "fp16":
+        norm = accelerator.clip_grad_norm_(params, config.grad_clip)
+    elif accelerator.mixed_precision == "fp16":
         norm = torch.zeros((), device=loss.device)
     else:
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        grads = [p.grad for p in params if p.grad is not None]
         norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])) if grads \
             else torch.zeros((), device=loss.device)
-    bad = (~torch.isfinite(loss.detach().float() + norm.float())).float()
+    weights = torch.stack([torch.linalg.vector_norm(p.detach().float()) for p in params]).sum()
+    bad = torch.stack([~torch.isfinite(loss.detach().float() + norm.float()), ~torch.isfinite(weights)]).float()
     if accelerator.num_processes > 1:
         bad = accelerator.reduce(bad, reduction="sum")
-    return bad.item() == 0
+    bad_step, bad_weights = bad.tolist()
+    return None if bad_weights else bad_step == 0
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""Classification losses on per-step logits ``[T, B, K]`` (common.md section 9).
+"""Classification losses on per-step logits ``[T, B, K]`` (docs/methods.md section "Losses").
 
 Every loss is computed in fp32; prediction is always the mean of the logits over T.
 """
@@ -18,6 +18,8 @@ class MeanLogitCE(nn.Module):
     """l = CE(mean_t O_t, y) [reference code: MPD-AGL, DS-ATGO]; with ``label_smoothing`` = eps the
     target is (1 - eps) onehot + eps / K [reference code: DS-ATGO, eps = 0.1]."""
 
+    task = "classification"
+
     def __init__(self, label_smoothing: float = 0.0):
         super().__init__()
         if not 0.0 <= label_smoothing < 1.0:
@@ -30,8 +32,11 @@ class MeanLogitCE(nn.Module):
 
 class TETLoss(nn.Module):
     """TET [published: Deng et al. ICLR 2022]:
-    L = (1/T) sum_t [(1 - lam) CE(O_t, y) + lam MSE(O_t, phi)], lam = 1e-3, phi = 1.0,
-    the MSE over all logits of the batch.  Results trained with it must be labelled TET."""
+    L = (1/T) sum_t [(1 - lam) CE(O_t, y) + lam MSE(O_t, phi)], the MSE over all logits of the batch;
+    defaults lam = 1e-3, phi = 1.0 [reference code: TET's test script; its training script uses 1e-4].
+    Results trained with it must be labelled TET."""
+
+    task = "classification"
 
     def __init__(self, lam: float = 1e-3, phi: float = 1.0, label_smoothing: float = 0.0):
         super().__init__()
@@ -67,6 +72,8 @@ class DiceCELoss(nn.Module):
     pixels equal to ``ignore_index`` left out of both; Dice from segmentation-models-pytorch (multiclass,
     soft Dice on softmax probabilities)."""
 
+    task = "segmentation"
+
     def __init__(self, dice_weight: float = 1.0, ce_weight: float = 1.0, ignore_index: int = 255):
         super().__init__()
         from segmentation_models_pytorch.losses import DiceLoss
@@ -89,7 +96,8 @@ def create_loss(name: str, **kwargs) -> nn.Module:
     return LOSSES.create(name, **kwargs)
 
 
-# Balanced positive/negative membrane-potential loss (circulate_firing.md section 4).
+# Balanced positive/negative membrane-potential loss [reconstructed] (docs/methods.md section
+# "Circulate-firing neurons, learnable surrogate, balanced loss").
 
 PNB_FORMS = ("normalized", "raw", "count")
 PNB_TARGETS = ("hidden", "output")
@@ -126,6 +134,8 @@ class BalancedPotentialLoss(nn.Module):
     lambda(epoch) = lam min(1, epoch / warmup_epochs) (linear warm-up from 0; set by ``on_epoch_start``).
     L_cls is any loss of ``LOSSES`` by name (``cls``: ce, ls_ce, tet) with ``cls_options``.
     """
+
+    task = "classification"
 
     def __init__(self, cls: str = "ce", cls_options: dict | None = None, lam: float = 0.05, warmup_epochs: int = 5,
                  form: str = "normalized", target: str = "hidden", on: str = "pre_fire", eps: float = 1e-6,
