@@ -1,4 +1,5 @@
-"""Circulate-firing (CF) neurons (circulate_firing.md section 1).  [published]: the CF neuron uses the
+"""Circulate-firing (CF) neurons (Zhou et al., arXiv 2605.27412; docs/methods.md section "Circulate-firing
+neurons, learnable surrogate, balanced loss").  [published]: the CF neuron uses the
 membrane potential more fully than a conventional neuron, and the sign of the potential matters.
 Every equation below is [reconstructed].
 
@@ -19,7 +20,9 @@ For t = 1..T, input current I_t, U_0 = 0, beta = 1 - 1/tau::
   is up - down (``wrap_signed``) or up (``wrap_binary``: downward wraps emit 0; with ``modulo`` the
   count of upward wraps).
 
-Special cases: D = 1 unsigned = LIF with soft reset; D = 1 signed = ternary neuron.
+Special cases: D = 1 unsigned = soft-reset LIF with the reference conventions (fire on >=, reset attached and
+decayed with the membrane: ``LIF(preset="reference", reset="subtract")``, equal spike for spike, tested);
+D = 1 signed = ternary neuron.
 
 Spikes come from the surrogate, one Heaviside per level crossing x (e.g. x = H - j theta), so the
 forward is the exact integer staircase and the backward puts one bump at every crossing:
@@ -172,6 +175,6 @@ def circulate_firing(num_steps: int | None = None, surrogate: Surrogate | str = 
                      surrogate_kwargs: dict | None = None, mode: str = "signed", D: int = 4, theta: float = 1.0,
                      tau: float = 2.0, reset_detach: bool = False, wrap_mode: str = "single",
                      output_scale: str = "S", fused: bool = True) -> CFNeuron:
-    """Circulate-firing neuron with circulate_firing.md's defaults (signed, D = 4, theta = 1, tau = 2)."""
+    """Circulate-firing neuron with our defaults (signed, D = 4, theta = 1, tau = 2) [reconstructed]."""
     return CFNeuron(mode, D, theta, tau, reset_detach, wrap_mode, output_scale, surrogate, surrogate_kwargs,
                     num_steps, fused)

@@ -1,11 +1,12 @@
 """Circulate-firing neurons + time-step-wise learnable surrogate + balanced loss on CIFAR-10: ResNet-19, T=4
-(circulate_firing.md section 6).
+(Zhou et al., arXiv 2605.27412; recipe of docs/methods.md section "Circulate-firing recipes").
 
 The paper gives no code and no CIFAR numbers: every choice is [reconstructed]; compare against the
 baseline on the identical recipe:
 
     accelerate launch recipes/cf_cifar10.py --download              # CF (signed, D=4) + TLSG + PNB
-    accelerate launch recipes/cf_cifar10.py --download --vanilla    # LIF soft reset + fixed sigmoid SG, CE
+    accelerate launch recipes/cf_cifar10.py --download --vanilla    # ladder rung 1: soft-reset LIF, sigmoid SG, CE
+    accelerate launch recipes/cf_cifar10.py --vanilla --neuron.preset snntorch   # the same with snnTorch's conventions
     accelerate launch recipes/cf_cifar10.py --neuron.mode wrap_signed --loss.lam 0.1   # ladder rungs
 """
 from repro.cli import main
@@ -21,8 +22,11 @@ config = Config(
     optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine",  # no weight decay on the sharpness
     seed=2025, output_dir="runs/cf_cifar10",
 )
-# the first rung of the ablation ladder: LIF with soft reset and a fixed SG, plain CE
-VANILLA = {"neuron": "lif", "neuron_options": {"decay": 0.5, "reset": "subtract"},
+# The first rung of the ablation ladder: a soft-reset LIF with a fixed SG and plain CE.  With the reference
+# conventions (>=, reset attached, reset decayed with the membrane) it equals CF with D = 1, mode unsigned,
+# spike for spike (tested); --neuron.preset snntorch gives snnTorch's conventions instead.
+VANILLA = {"neuron": "lif",
+           "neuron_options": {"preset": "reference", "decay": 0.5, "threshold": 1.0, "reset": "subtract"},
            "surrogate": "sigmoid", "surrogate_options": {"alpha": 4.0}, "loss": "ce", "loss_options": {}}
 SMOKE = {"model_options": {"width": 0.125}}
 

@@ -2,6 +2,8 @@
 checked against hand-computed values and independent plain-PyTorch references."""
 import json
 import math
+import runpy
+from pathlib import Path
 
 import pytest
 import snntorch as snn
@@ -21,7 +23,8 @@ K_MIN = 0.5
 # ---------------------------------------------------------------- independent references
 
 def reference_cf(x, mode="signed", D=4, theta=1.0, beta=0.5, wrap_mode="single"):
-    """Closed forms of circulate_firing.md section 1 (floor / remainder), returns (S, H, U) stacked over t."""
+    """Closed forms of docs/methods.md section "Circulate-firing neurons, learnable surrogate, balanced loss"
+    (floor / remainder), returns (S, H, U) stacked over t."""
     potential, spikes, charged, residual = torch.zeros_like(x[0]), [], [], []
     for t in range(x.shape[0]):
         h = beta * potential + x[t]
@@ -193,6 +196,34 @@ def test_reset_gradient_switch(reset_detach):
     expected = bumps(h2) * 0.5 * (1 if reset_detach else 1 - bumps(h1))
     assert x.grad[0].item() == pytest.approx(expected.item(), rel=1e-5)
     assert x.grad[1].item() == pytest.approx(bumps(h2).item(), rel=1e-5)
+
+
+def test_vanilla_recipe_neuron_is_the_ladder_first_rung():
+    """recipes/cf_cifar10.py's --vanilla LIF (reference conventions: >=, reset attached, subtracted before the
+    decay) equals CF with D = 1, mode unsigned, spike for spike and in the input gradient, on random input;
+    snnTorch's conventions (>, detached reset subtracted after the decay) give other spikes."""
+    recipe = runpy.run_path(str(Path(__file__).parents[1] / "recipes" / "cf_cifar10.py"), run_name="recipe")
+    vanilla = recipe["VANILLA"]
+    torch.manual_seed(0)
+    x = (1.2 * torch.randn(8, 16, 30) + 0.4).requires_grad_()
+    weight = torch.randn(8, 16, 30)
+    outputs = {}
+    neurons = {
+        "vanilla": create_neuron(vanilla["neuron"], surrogate=vanilla["surrogate"],
+                                 surrogate_kwargs=vanilla["surrogate_options"], **vanilla["neuron_options"]),
+        "rung": CFNeuron(mode="unsigned", D=1, theta=1.0, tau=2.0, surrogate="sigmoid", surrogate_kwargs={"alpha": 4.0}),
+        "snntorch": create_neuron("lif", surrogate="sigmoid", **{**vanilla["neuron_options"], "preset": "snntorch"}),
+    }
+    for name, neuron in neurons.items():
+        x.grad = None
+        spikes = neuron(x)
+        (spikes * weight).sum().backward()
+        outputs[name] = spikes.detach(), x.grad.clone()
+    spikes, grad = outputs["vanilla"]
+    assert torch.equal(spikes, outputs["rung"][0]) and torch.equal(spikes, reference_cf(x.detach(), "unsigned", D=1)[0])
+    assert 0.1 < spikes.mean() < 0.5  # the input makes both spikes and silences
+    torch.testing.assert_close(grad, outputs["rung"][1], rtol=1e-5, atol=1e-6)
+    assert (outputs["snntorch"][0] != spikes).sum() > 0
 
 
 # ---------------------------------------------------------------- TLSG parameters
