@@ -75,7 +75,7 @@ from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
-from . import triton_lif
+from . import triton_lif, triton_surrogates
 
 logger = logging.getLogger(__name__)
 _reported: set[tuple[str, str]] = set()
@@ -173,10 +173,13 @@ class FusedLIFFunction(torch.autograd.Function):
             return threshold
 
         recording = neuron.record_potentials
-        use_triton = fixed_params and not observed and not recording and not half and uses_triton(neuron, x)
-        if use_triton:  # fixed threshold and parameters: nothing to compute between steps
-            spikes, _ = triton_lif.lif_forward(x, float(decay.detach()), scale_of(config, decay), config.threshold,
-                                               config.reset, config.reset_decayed, config.fire_ge, keep=False)
+        kernel_shape = None
+        if not observed and not recording and not half and neuron.triton and k is None:
+            kernel_shape = kernel_shape_of(surrogate, x)
+        if kernel_shape is not None and fixed_params and type(neuron).fire_context is lif_fire_context():
+            # fixed threshold and parameters: nothing to compute between steps, the forward kernel runs
+            spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
+                                            config.decay_input, config.fire_ge)
             thresholds, params = [config.threshold] * x.shape[0], [surrogate.params] * x.shape[0]
         else:
             spikes, membrane = integrate(x, decay, config, threshold_at, keep=recording)
@@ -184,8 +187,9 @@ class FusedLIFFunction(torch.autograd.Function):
             ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
             ctx.callbacks, ctx.spike_callbacks = callbacks, spike_callbacks
-            ctx.triton, ctx.surrogate_type = use_triton, type(surrogate)
-            ctx.half = half
+            ctx.surrogate_type, ctx.half = type(surrogate), half
+            ctx.kernel = None if kernel_shape is None else kernel_tables(kernel_shape, surrogate.shape, config,
+                                                                         thresholds, params, x)
         return (spikes, membrane) if recording else spikes
 
     @staticmethod
@@ -197,8 +201,12 @@ class FusedLIFFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
             return double_differentiable_grads(ctx, x, decay, k, grad_spikes, grad_membrane)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
-        if ctx.triton:
-            return finish_grads(ctx, x, decay, *triton_grads(ctx, x, decay, grad_spikes), None)
+        if ctx.kernel is not None:
+            shape, step_thresholds, params = ctx.kernel
+            grad_x, grad_decay = triton_lif.lif_backward(
+                x, grad_spikes, decay, config.threshold, step_thresholds, shape, params, config.reset,
+                config.reset_decayed, config.reset_detach, config.decay_input, config.fire_ge, want_decay)
+            return grad_x, (grad_decay.to(decay.dtype) if want_decay else None), None, None
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[2] else None
 
         def surrogate_vjp(t: int, shifted: Tensor, grad_s: Tensor, out: Tensor) -> None:
@@ -290,27 +298,37 @@ def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Te
     return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), grad_k, None
 
 
-def uses_triton(neuron, x: Tensor) -> bool:
-    """The Triton kernels run for a fixed threshold (``LIF.fire_context`` not overridden) on CUDA (or in
-    the Triton interpreter, ``TRITON_INTERPRET=1``, how they are tested on CPU)."""
+def lif_fire_context():
     from .neurons import LIF
 
-    return neuron.triton and type(neuron).fire_context is LIF.fire_context and triton_lif.triton_available(x.device)
+    return LIF.fire_context
 
 
-def scale_of(config: StepConfig, decay: Tensor) -> float | None:
-    return 1 - float(decay.detach()) if config.decay_input else None
+def kernel_shape_of(surrogate: Surrogate, x: Tensor):
+    """The Triton compilation of the surrogate's derivative when the kernels can run on ``x``'s device
+    (CUDA, or the Triton interpreter, ``TRITON_INTERPRET=1``, how they are tested on CPU) and the
+    derivative is written in the closed-form vocabulary (``models/triton_surrogates.py``); else None."""
+    if not triton_lif.triton_available(x.device):
+        return None
+    return triton_surrogates.kernel_shape(surrogate.shape)
 
 
-def triton_grads(ctx, x: Tensor, decay: Tensor, grad_spikes: Tensor) -> tuple[Tensor, Tensor | None]:
-    """e = dL/du and the decay gradient's reset/leak part from the Triton kernels: replay u, evaluate the
-    surrogate on all steps at once (fixed parameters), run the reverse recurrence."""
-    config, lam = ctx.config, float(decay.detach())
-    _, membrane = triton_lif.lif_forward(x, lam, scale_of(config, decay), config.threshold, config.reset,
-                                         config.reset_decayed, config.fire_ge, keep=True)
-    h = ctx.shape(membrane - config.threshold, **ctx.params[0])
-    return triton_lif.lif_backward(membrane, h, grad_spikes, lam, config.threshold, None, config.reset,
-                                   config.reset_decayed, config.reset_detach, config.fire_ge, ctx.needs_input_grad[1])
+def kernel_tables(shape, torch_shape: Callable, config: StepConfig, thresholds: list, params: list[dict],
+                  x: Tensor) -> tuple | None:
+    """(kernel shape, theta_t table [T, 1 or C] or None for the fixed threshold, parameter table
+    [T, 1 or C, P]) for ``triton_lif.lif_backward``; None when a threshold or parameter is neither a number
+    nor one value per layer or channel (the torch backward runs then)."""
+    table = triton_surrogates.parameter_table(params, triton_surrogates.shape_parameters(torch_shape), x[0].shape,
+                                              x.device)
+    if table is None:
+        return None
+    if all(isinstance(t, (int, float)) and t == config.threshold for t in thresholds):
+        return shape, None, table
+    rows = [triton_surrogates.per_channel(t, x[0].shape, x.device) for t in thresholds]
+    if any(row is None for row in rows):
+        return None
+    widest = max(row.numel() for row in rows)
+    return shape, torch.stack([row.expand(widest) for row in rows]), table
 
 
 def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:
@@ -370,7 +388,8 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
     subtract) lives in a one-step buffer.
     """
     lam = decay.detach()
-    lam_value = float(lam)
+    on_cpu = x.device.type == "cpu"
+    lam_value = float(lam) if on_cpu and config.reset == "zero" else None  # addcmul's scalar (no sync off the CPU)
     scale = 1 - lam if config.decay_input else None
     zero, subtract = config.reset == "zero", config.reset == "subtract"
     compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
@@ -385,8 +404,11 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
         else:
             prev = membrane[t - 1] if keep else membrane
             fired = mask if spikes is None else spikes[t - 1]  # s[t-1] for subtract
-            if zero:  # lambda * u * (1 - s) + c I
-                torch.addcmul(current, prev, mask, value=lam_value, out=u)
+            if zero and on_cpu:  # lambda * u * (1 - s) + c I; the CPU's addcmul is fma(lambda u, mask, c I)
+                torch.addcmul(current, prev, mask, value=lam_value, out=u)  # = the separate ops (mask 0/1)
+            elif zero:  # CUDA's addcmul contracts lambda u + c I into one FMA: separate ops, as neurons.charge
+                torch.mul(prev, lam, out=u)
+                u.mul_(mask).add_(current)
             elif subtract and config.reset_decayed:  # lambda * (u - theta s) + c I
                 torch.sub(prev, fired, alpha=config.threshold, out=u)
                 u.mul_(lam).add_(current)

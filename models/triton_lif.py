@@ -1,45 +1,46 @@
-"""Triton kernels for the two elementwise time loops of the fused LIF path (``models/fused.py``).
+"""Triton kernels of the fused LIF path (``models/fused.py``): one forward and one backward kernel per layer.
 
-One program owns a BLOCK of neurons (x viewed as [T, N], masked tail) and runs the whole time loop
-in registers: u, s (forward) and e = dL/du (backward) never leave the program between steps.
+One program owns a BLOCK of neurons (x viewed as [T, N], masked tail) and runs the whole time loop in
+registers.  The equations are ``FusedLIFFunction``'s [reconstructed, as in fused.py]: lambda = decay,
+c = 1 - lambda with ``decay_input`` (else 1), theta the neuron's threshold (reset terms), theta_t the
+firing threshold of step t (theta, or a per-step / per-step-and-channel table)::
 
-Forward (``lif_forward``), the equations of ``integrate`` [reconstructed, as in fused.py] with a fixed
-threshold theta, lambda = decay, c = scale (1 - lambda for ``decay_input``, else 1), u[0] = c * I[0]::
+    u[t] = lambda u[t-1] (1 - s[t-1]) + c I[t]                  zero
+    u[t] = lambda (u[t-1] - theta s[t-1]) + c I[t]              subtract, reset_decayed
+    u[t] = lambda u[t-1] + c I[t] - theta s[t-1]                subtract
+    u[t] = lambda u[t-1] + c I[t]                               none
+    s[t] = u[t] >= theta_t (fire_ge) | u[t] > theta_t
 
-    u[t] = c I[t] + (lambda u[t-1]) (1 - s[t-1])                 zero
-    u[t] = (u[t-1] - theta s[t-1]) lambda + c I[t]               subtract, reset_decayed
-    u[t] = ((u[t-1] lambda) + c I[t]) - theta s[t-1]             subtract
-    u[t] = u[t-1] lambda + c I[t]                                none
-    s[t] = u[t] >= theta (fire_ge) | u[t] > theta
+``_charge`` performs the fp32 operations of ``models/neurons.py::charge`` in its order, and every launch
+uses ``enable_fp_fusion=False`` (no multiply-add is contracted into an FMA): u, hence the spikes, are
+bitwise the reference loop's on the same device (products with a 0/1 spike are exact).
 
-written with the fp32 operations of ``integrate`` in its order (the bracketing above), compiled with
-``enable_fp_fusion=False`` so that no multiply-add is contracted into an FMA.  The products with a 0/1
-spike are exact, so torch's CPU ``addcmul`` (here fma(value * t1, t2, self)) rounds as the separate
-operations do: u is bitwise ``integrate``'s on CPU and the reference loop's (``neurons.charge``: separate
-kernels) on any device, hence the spikes are identical.  Caveat [unverified, no GPU]: torch's CUDA
-``addcmul`` computes self + value * (t1 * t2), which nvcc may contract into fma(value, t1 * t2, self),
-one rounding; if it does, ``integrate``'s zero reset on CUDA differs in the last bit from the reference
-loop and from this kernel (which follows the loop).
+**Forward** (``lif_forward``): reads I in its own dtype (fp32, bf16 or fp16), computes in fp32 and
+writes s in I's dtype; saves nothing.
 
-Backward (``lif_backward``), the recurrence of ``FusedLIFFunction.backward`` with e[T] = 0,
-g = dL/ds, h[t] = surrogate derivative at u[t] - theta_t (given), s[t] recomputed as
-u[t] >= theta_t (or >) with theta_t the step's firing threshold::
+**Backward** (``lif_backward``): reads the saved I, g = dL/ds and the small tables, writes dL/dI in I's
+dtype, and nothing else of size [T, ...].  It replays the membrane from I into registers (the same
+``_charge`` and thresholds as the forward, so the same u and s), then runs the reverse recurrence with
+the surrogate derivative h[t] = shape(u[t] - theta_t, params[t]) evaluated in the kernel: ``SHAPE`` is
+the surrogate's own ``shape`` compiled by ``models/triton_surrogates.py``.  With e[T] = 0::
 
-    dL/ds[t] = g[t] + B[t] e[t+1]     B = -lambda u[t] (zero), -lambda theta (subtract, decayed),
-                                      -theta (subtract), 0 (none or reset_detach)
-    e[t]     = dL/ds[t] h[t] + lambda m[t] e[t+1]       m = 1 - s[t] (zero), 1 (otherwise)
-    dL/dlambda (partial) = sum_t e[t+1] R'[t],  R' = (1 - s) u (zero), u - theta s (subtract,
-                                      decayed), u (subtract not decayed, none)
+    dL/ds[t] = g[t] + B[t] e[t+1]      B = -lambda u[t] (zero), -lambda theta (subtract, decayed),
+                                        -theta (subtract), 0 (none or reset_detach)
+    e[t]     = dL/ds[t] h[t] + lambda m[t] e[t+1]        m = 1 - s[t] (zero), 1 (otherwise)
+    dL/dI[t] = c e[t]
+    dL/dlambda = sum_t e[t+1] R'[t] - [decay_input] sum_t e[t] I[t],
+                 R' = (1 - s) u (zero), u - theta s (subtract, decayed), u (otherwise)
 
-The returned e is dL/du (the caller scales it by 1 - lambda for ``decay_input``), and the decay
-gradient leaves out the decay_input term -sum_t e[t] I[t] (the caller adds it).  The decay sum is
-accumulated per lane in fp64 over t, reduced per program, and the per-program partials are summed in
-torch (fp64); it matches the reference's fp32 dot products to float rounding, not bitwise.  e matches
-to float rounding too (bitwise here except the attached zero reset, where torch's addcmul is an FMA).
+The replayed u[t] are kept in registers for CHUNK steps at a time: for T > CHUNK a first pass stores
+(u, s) at every chunk start, and each chunk is replayed from its start (one more read of I).  The decay
+gradient is summed per lane in fp32 over t, per program with ``tl.sum``, and the per-program partials
+in float64 by torch (deterministic for a given BLOCK; no atomics).
 
-Tested only in the Triton interpreter (``TRITON_INTERPRET=1``, CPU tensors) against the torch
-reference in tests/test_triton_lif.py; never run on a real GPU (none was available when written).  Every
-constexpr variant was compiled offline for sm_90 (the PTX has mul.rn/add.rn and no fma), not launched.
+Not bitwise (tested at float tolerance): e and dL/dI against the torch recurrence (which uses addcmul
+and add-with-alpha, fused multiply-adds), the decay gradient (another summation order), and sigmoid
+shapes (each backend's exp).  Tested in the Triton interpreter on CPU (``TRITON_INTERPRET=1``) in
+tests/test_triton_lif.py and compiled for sm_90 offline (``benchmarks/kernel_resources.py``); not yet
+run on a GPU.
 """
 from __future__ import annotations
 
@@ -56,6 +57,14 @@ except ImportError:  # triton_available() is False and the kernels below are not
     triton = None
 
 RESETS = ("zero", "subtract", "none")
+FORWARD_BLOCK = 512  # 4 warps x 32 lanes x 4 fp32 per lane (16-byte loads)
+CHUNK = 32  # steps replayed into registers at once
+
+
+def backward_block(steps: int) -> int:
+    """4 warps x 32 lanes x V neurons per lane, V = 4, 2 or 1 so that min(T, CHUNK) x V <= 32 replayed fp32
+    values per lane (compiled for sm_90: 115 registers, no spills, at T = 32 and V = 1; 254 at V = 2)."""
+    return 128 * max(1, min(4, 32 // min(steps, CHUNK)))
 
 
 def triton_available(device: torch.device | str) -> bool:
@@ -69,69 +78,148 @@ if triton is not None:
     @triton.jit
     def _fire(u, threshold, FIRE_GE: tl.constexpr):
         if FIRE_GE:
-            return (u >= threshold).to(tl.float32)
-        return (u > threshold).to(tl.float32)
+            spikes = (u >= threshold).to(tl.float32)
+        else:
+            spikes = (u > threshold).to(tl.float32)
+        return spikes
 
     @triton.jit
-    def _forward_kernel(x_ptr, out_ptr, T, N, lam, scale, threshold, RESET: tl.constexpr, DECAYED: tl.constexpr,
-                        FIRE_GE: tl.constexpr, KEEP: tl.constexpr, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = offsets < N
-        x_ptr += offsets
-        out_ptr += offsets
-        u = tl.load(x_ptr, mask=valid) * scale
-        s = _fire(u, threshold, FIRE_GE)
-        tl.store(out_ptr, u if KEEP else s, mask=valid)
-        for _ in range(1, T):
-            x_ptr += N
-            out_ptr += N
-            current = tl.load(x_ptr, mask=valid) * scale
-            if RESET == "zero":
-                u = current + lam * u * (1.0 - s)
-            elif RESET == "subtract" and DECAYED:
-                u = (u - threshold * s) * lam + current
-            elif RESET == "subtract":
-                u = u * lam + current - threshold * s
-            else:
-                u = u * lam + current
-            s = _fire(u, threshold, FIRE_GE)
-            tl.store(out_ptr, u if KEEP else s, mask=valid)
+    def _charge(u, s, current, lam, theta, RESET: tl.constexpr, DECAYED: tl.constexpr):
+        """u[t] from u[t-1], s[t-1] and c I[t], in the operation order of neurons.charge."""
+        if RESET == "zero":
+            u = lam * u * (1.0 - s) + current
+        elif RESET == "subtract" and DECAYED:
+            u = lam * (u - theta * s) + current
+        elif RESET == "subtract":
+            u = lam * u + current - theta * s
+        else:
+            u = lam * u + current
+        return u
 
     @triton.jit
-    def _backward_kernel(mem_ptr, h_ptr, g_ptr, thr_ptr, out_ptr, partial_ptr, T, N, lam, theta, reset_coef,
-                         RESET: tl.constexpr, DECAYED: tl.constexpr, DETACH: tl.constexpr, FIRE_GE: tl.constexpr,
-                         WANT_DECAY: tl.constexpr, BLOCK: tl.constexpr):
+    def _current(ptr, valid, scale, DECAY_INPUT: tl.constexpr):
+        """c I[t] in fp32 from I[t] in its own dtype."""
+        current = tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+        if DECAY_INPUT:
+            current = scale * current
+        return current
+
+    @triton.jit
+    def _step_threshold(thr_ptr, t, channel, channels, theta, STEP_THRESHOLDS: tl.constexpr,
+                        THRESHOLD_CHANNELS: tl.constexpr):
+        """theta_t: theta, or the table's [t] or [t, channel] entry."""
+        if THRESHOLD_CHANNELS:
+            threshold = tl.load(thr_ptr + t * channels + channel)
+        elif STEP_THRESHOLDS:
+            threshold = tl.load(thr_ptr + t)
+        else:
+            threshold = theta
+        return threshold
+
+    @triton.jit
+    def _surrogate(SHAPE: tl.constexpr, x, param_ptr, t, channel, channels, N_PARAMS: tl.constexpr,
+                   PARAM_CHANNELS: tl.constexpr):
+        """h = SHAPE(x, *params[t]) (params[t, channel] with per-channel parameters)."""
+        if PARAM_CHANNELS:
+            row = param_ptr + (t * channels + channel) * N_PARAMS
+        else:
+            row = param_ptr + t * N_PARAMS
+        if N_PARAMS == 0:
+            h = SHAPE(x)
+        elif N_PARAMS == 1:
+            h = SHAPE(x, tl.load(row))
+        elif N_PARAMS == 2:
+            h = SHAPE(x, tl.load(row), tl.load(row + 1))
+        else:
+            tl.static_assert(N_PARAMS == 3, "surrogate shapes with more than 3 parameters are not supported")
+            h = SHAPE(x, tl.load(row), tl.load(row + 1), tl.load(row + 2))
+        return h
+
+    @triton.jit
+    def _forward_kernel(x_ptr, lam_ptr, out_ptr, N, theta, T: tl.constexpr, RESET: tl.constexpr,
+                        DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
+                        KEEP: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         valid = offsets < N
-        last = tl.cast(T - 1, tl.int64) * N + offsets  # the loop runs from t = T - 1 down to 0
-        mem_ptr += last
-        h_ptr += last
-        g_ptr += last
-        out_ptr += last
-        thr_ptr += T - 1
-        e = tl.load(g_ptr, mask=valid, other=0.0) * tl.load(h_ptr, mask=valid, other=0.0)
-        tl.store(out_ptr, e, mask=valid)
-        acc = tl.zeros([BLOCK], dtype=tl.float64)
-        for _ in range(1, T):
-            mem_ptr -= N
-            h_ptr -= N
-            g_ptr -= N
-            out_ptr -= N
-            thr_ptr -= 1
-            u = tl.load(mem_ptr, mask=valid, other=0.0)
-            s = _fire(u, tl.load(thr_ptr), FIRE_GE)
-            grad_s = tl.load(g_ptr, mask=valid, other=0.0)
-            if not DETACH and RESET == "zero":
-                grad_s = grad_s + -lam * u * e
-            elif not DETACH and RESET == "subtract":
-                grad_s = grad_s + reset_coef * e
-            carry = e * (1.0 - s) if RESET == "zero" else e  # e[t+1] m[t]
-            if WANT_DECAY:
-                acc += carry.to(tl.float64) * u.to(tl.float64)
-                if RESET == "subtract" and DECAYED:
-                    acc -= theta * (e * s).to(tl.float64)
-            e = grad_s * tl.load(h_ptr, mask=valid, other=0.0) + lam * carry
-            tl.store(out_ptr, e, mask=valid)
+        stride = tl.cast(N, tl.int64)
+        lam = tl.load(lam_ptr)
+        scale = 1.0 - lam
+        u = tl.zeros([BLOCK], dtype=tl.float32)
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+        for t in tl.static_range(T):
+            current = _current(x_ptr + t * stride + offsets, valid, scale, DECAY_INPUT)
+            u = _charge(u, s, current, lam, theta, RESET, DECAYED)
+            s = _fire(u, theta, FIRE_GE)
+            tl.store(out_ptr + t * stride + offsets, (u if KEEP else s).to(out_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, N, inner, channels,
+                         theta, T: tl.constexpr, CHUNK: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr,
+                         DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
+                         STEP_THRESHOLDS: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr, SHAPE: tl.constexpr,
+                         N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr, WANT_DECAY: tl.constexpr,
+                         BLOCK: tl.constexpr):
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        valid = offsets < N
+        stride = tl.cast(N, tl.int64)
+        channel = (offsets // inner) % channels  # of element n of a step [B, C, ...]
+        lam = tl.load(lam_ptr)
+        scale = 1.0 - lam
+        # replay up to the last chunk's start, keeping (u, s) at every chunk start
+        u = tl.zeros([BLOCK], dtype=tl.float32)
+        s = tl.zeros([BLOCK], dtype=tl.float32)
+        starts_u = (u,)
+        starts_s = (s,)
+        for t in tl.static_range((T - 1) // CHUNK * CHUNK):
+            u = _charge(u, s, _current(x_ptr + t * stride + offsets, valid, scale, DECAY_INPUT), lam, theta, RESET,
+                        DECAYED)
+            s = _fire(u, _step_threshold(thr_ptr, t, channel, channels, theta, STEP_THRESHOLDS,
+                                         THRESHOLD_CHANNELS), FIRE_GE)
+            if (t + 1) % CHUNK == 0:
+                starts_u = starts_u + (u,)
+                starts_s = starts_s + (s,)
+        e = tl.zeros([BLOCK], dtype=tl.float32)  # e[t+1]
+        acc = tl.zeros([BLOCK], dtype=tl.float32)
+        for k in tl.static_range((T - 1) // CHUNK, -1, -1):
+            # replay chunk k into registers: stash[j + 1] = u[k CHUNK + j]
+            u = starts_u[k]
+            s = starts_s[k]
+            stash = (u,)
+            for t in tl.static_range(k * CHUNK, k * CHUNK + CHUNK):
+                if t < T:
+                    u = _charge(u, s, _current(x_ptr + t * stride + offsets, valid, scale, DECAY_INPUT), lam, theta,
+                                RESET, DECAYED)
+                    s = _fire(u, _step_threshold(thr_ptr, t, channel, channels, theta, STEP_THRESHOLDS,
+                                                 THRESHOLD_CHANNELS), FIRE_GE)
+                    stash = stash + (u,)
+            # reverse recurrence over the chunk
+            for t in tl.static_range(k * CHUNK + CHUNK - 1, k * CHUNK - 1, -1):
+                if t < T:
+                    u = stash[t - k * CHUNK + 1]
+                    threshold = _step_threshold(thr_ptr, t, channel, channels, theta, STEP_THRESHOLDS,
+                                                THRESHOLD_CHANNELS)
+                    s = _fire(u, threshold, FIRE_GE)
+                    grad_s = tl.load(g_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
+                    if not DETACH and RESET == "zero":
+                        grad_s = grad_s + -lam * u * e
+                    elif not DETACH and RESET == "subtract" and DECAYED:
+                        grad_s = grad_s + -(lam * theta) * e
+                    elif not DETACH and RESET == "subtract":
+                        grad_s = grad_s + -theta * e
+                    if RESET == "zero":
+                        carry = e * (1.0 - s)  # e[t+1] m[t]
+                    else:
+                        carry = e
+                    if WANT_DECAY:
+                        acc += carry * u
+                        if RESET == "subtract" and DECAYED:
+                            acc -= theta * (e * s)
+                    h = _surrogate(SHAPE, u - threshold, param_ptr, t, channel, channels, N_PARAMS, PARAM_CHANNELS)
+                    e = grad_s * h + lam * carry
+                    if WANT_DECAY and DECAY_INPUT:
+                        acc -= e * tl.load(x_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
+                    grad_x = scale * e if DECAY_INPUT else e
+                    tl.store(gx_ptr + t * stride + offsets, grad_x.to(gx_ptr.dtype.element_ty), mask=valid)
         if WANT_DECAY:
             tl.store(partial_ptr + tl.program_id(0), tl.sum(acc, axis=0))
 
@@ -140,50 +228,63 @@ def _device_guard(tensor: Tensor):
     return torch.cuda.device(tensor.device) if tensor.is_cuda else contextlib.nullcontext()
 
 
-def _check_reset(reset: str) -> None:
+def _check(x: Tensor, reset: str) -> None:
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"the LIF kernels take fp32, bf16 or fp16 input, got {x.dtype}")
 
 
-def lif_forward(x: Tensor, lam: float, scale: float | None, threshold: float, reset: str, reset_decayed: bool,
-                fire_ge: bool, keep: bool, *, block: int = 1024) -> tuple[Tensor | None, Tensor | None]:
-    """``integrate`` (models/fused.py) for a fixed threshold: x [T, ...] fp32 -> (spikes, None), or
-    (None, pre-reset membrane u) with ``keep``; bitwise equal to it (see the module docstring)."""
-    _check_reset(reset)
-    x = x.to(torch.float32).contiguous()
-    out = torch.empty_like(x)
+def _decay_pointer(decay: Tensor) -> Tensor:
+    """lambda as one fp32 element on the device (read by the kernels: no host synchronisation)."""
+    return decay.detach().to(torch.float32).reshape(1)
+
+
+def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool, decay_input: bool,
+                fire_ge: bool, *, keep: bool = False, block: int = FORWARD_BLOCK) -> Tensor:
+    """Spikes [T, ...] in x's dtype for a fixed threshold (or, with ``keep``, the pre-reset membrane u),
+    bitwise the reference loop's (module docstring).  ``decay``: lambda, a one-element tensor."""
+    _check(x, reset)
+    x = x.contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32 if keep else x.dtype, device=x.device)
     steps, neurons = x.shape[0], x[0].numel()
     with _device_guard(x):
         _forward_kernel[(triton.cdiv(neurons, block),)](
-            x, out, steps, neurons, lam, 1.0 if scale is None else scale, threshold, RESET=reset,
-            DECAYED=reset_decayed, FIRE_GE=fire_ge, KEEP=keep, BLOCK=block, enable_fp_fusion=False)
-    return (None, out) if keep else (out, None)
+            x, _decay_pointer(decay), out, neurons, threshold, T=steps, RESET=reset, DECAYED=reset_decayed,
+            DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=keep, BLOCK=block, enable_fp_fusion=False)
+    return out
 
 
-def lif_backward(membrane: Tensor, h: Tensor, grad_spikes: Tensor, lam: float, threshold: float,
-                 thresholds_per_step: list[float] | None, reset: str, reset_decayed: bool, reset_detach: bool,
-                 fire_ge: bool, want_decay: bool, *, block: int = 1024) -> tuple[Tensor, Tensor | None]:
-    """The reverse-time recurrence of ``FusedLIFFunction.backward``: (e = dL/du [T, ...] fp32, the decay
-    gradient without the decay_input term as an fp64 scalar, or None unless ``want_decay``).
+def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, step_thresholds: Tensor | None,
+                 shape, params: Tensor, reset: str, reset_decayed: bool, reset_detach: bool, decay_input: bool,
+                 fire_ge: bool, want_decay: bool, *, block: int | None = None,
+                 chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
+    """(dL/dI [T, ...] in x's dtype, dL/dlambda as a float64 scalar or None unless ``want_decay``).
 
-    ``membrane`` is u [T, ...], ``h`` the surrogate derivative at u[t] - theta_t, ``threshold`` the
-    neuron's theta (reset terms), ``thresholds_per_step`` the firing thresholds theta_t (default theta).
+    ``x``: the saved input I; ``threshold``: theta (reset terms); ``step_thresholds``: theta_t as fp32
+    [T, 1] or [T, C] (None: theta); ``shape``: a ``triton.jit`` surrogate derivative
+    (``triton_surrogates.kernel_shape``); ``params``: its parameters, fp32 [T, 1 or C, P]
+    (``triton_surrogates.parameter_table``).  C is the channel dimension 1 of a step [B, C, ...].
     """
-    _check_reset(reset)
-    membrane, h, grad_spikes = (t.to(torch.float32).contiguous() for t in (membrane, h, grad_spikes))
-    steps, neurons = membrane.shape[0], membrane[0].numel()
-    device = membrane.device
-    if thresholds_per_step is None:
-        thresholds = torch.full((steps,), threshold, dtype=torch.float32, device=device)
-    else:
-        thresholds = torch.tensor(thresholds_per_step, dtype=torch.float32, device=device)
+    _check(x, reset)
+    x, grad_spikes = x.contiguous(), grad_spikes.contiguous()
+    steps, neurons = x.shape[0], x[0].numel()
+    channels = x.shape[2] if x.dim() > 2 else 1
+    inner = x[0, 0, 0].numel() if x.dim() > 2 else 1
+    for name, table in (("step_thresholds", step_thresholds), ("params", params)):
+        if table is not None and (table.shape[0] != steps or table.shape[1] not in (1, channels)):
+            raise ValueError(f"{name} must have T = {steps} rows of 1 or C = {channels} entries, got {tuple(table.shape)}")
+    block = block or backward_block(steps)
     programs = triton.cdiv(neurons, block)
-    grad_mem = torch.empty_like(membrane)
-    partials = torch.zeros(programs if want_decay else 1, dtype=torch.float64, device=device)
-    reset_coef = -(lam * threshold if reset_decayed else threshold)  # in float64, as fused.py's alpha
-    with _device_guard(membrane):
+    grad_x = torch.empty_like(x)
+    partials = torch.empty(programs if want_decay else 1, dtype=torch.float32, device=x.device)
+    thresholds = params if step_thresholds is None else step_thresholds.contiguous()  # unused pointer if None
+    with _device_guard(x):
         _backward_kernel[(programs,)](
-            membrane, h, grad_spikes, thresholds, grad_mem, partials, steps, neurons, lam, threshold, reset_coef,
-            RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach, FIRE_GE=fire_ge, WANT_DECAY=want_decay,
-            BLOCK=block, enable_fp_fusion=False)
-    return grad_mem, (partials.sum() if want_decay else None)
+            x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, neurons, inner,
+            channels, threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
+            DECAY_INPUT=decay_input, FIRE_GE=fire_ge, STEP_THRESHOLDS=step_thresholds is not None,
+            THRESHOLD_CHANNELS=step_thresholds is not None and step_thresholds.shape[1] > 1, SHAPE=shape,
+            N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, WANT_DECAY=want_decay, BLOCK=block,
+            enable_fp_fusion=False)
+    return grad_x, (partials.sum(dtype=torch.float64) if want_decay else None)

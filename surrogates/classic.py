@@ -1,17 +1,22 @@
 """Classic fixed-shape surrogate gradients, ``x = u - threshold``.
 
 Each factory returns a module usable as ``spike_grad=`` of ``snntorch.Leaky``.  Unlike
-snnTorch 1.0.0 (ecosystem.md A.1) the sigmoid derivative is computed from
-``torch.sigmoid`` (no NaN for very negative x) and the triangle is a real triangle.
+snnTorch 1.0.0 the sigmoid derivative is computed from the logistic function (no NaN for very
+negative x) and the triangle is a real triangle.
+
+Each ``shape`` is written in the vocabulary of ``surrogates/closed_form.py``, so the same function is
+also the derivative the GPU kernels evaluate (``models/triton_surrogates.py``).
 """
 from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from .base import FixedSurrogate
+from .closed_form import absolute, clamp_min, div, logistic, where
+
+HALF_PI = math.pi / 2
 
 
 class Rectangular(FixedSurrogate):
@@ -20,25 +25,25 @@ class Rectangular(FixedSurrogate):
 
     @staticmethod
     def shape(x: Tensor, width) -> Tensor:
-        return (x.abs() < width / 2).to(x.dtype) / width
+        return div(where(absolute(x) < width * 0.5, 1.0, 0.0), width)
 
 
 class Triangle(FixedSurrogate):
     """h(x) = (1/width) * max(0, 1 - |x|/width); peak 1/width, half-support width, area 1.
-    [published: TET's ZIF with gamma = width]"""
+    [reference code: TET's ZIF with gamma = width]"""
 
     @staticmethod
     def shape(x: Tensor, width) -> Tensor:
-        return torch.clamp(1 - x.abs() / width, min=0) / width
+        return div(clamp_min(1 - div(absolute(x), width), 0.0), width)
 
 
 class Sigmoid(FixedSurrogate):
     """h(x) = alpha * s(alpha x) * (1 - s(alpha x)), s the logistic; peak alpha/4, area 1.
-    [published: spikingjelly's Sigmoid, default alpha = 4]"""
+    [library default: spikingjelly's Sigmoid, alpha = 4]"""
 
     @staticmethod
     def shape(x: Tensor, alpha) -> Tensor:
-        s = torch.sigmoid(alpha * x)
+        s = logistic(alpha * x)
         return alpha * s * (1 - s)
 
 
@@ -48,7 +53,8 @@ class ATan(FixedSurrogate):
 
     @staticmethod
     def shape(x: Tensor, alpha) -> Tensor:
-        return (alpha / 2) / (1 + (math.pi / 2 * alpha * x) ** 2)
+        z = HALF_PI * alpha * x
+        return div(alpha * 0.5, 1 + z * z)
 
 
 class FastSigmoid(FixedSurrogate):
@@ -57,7 +63,8 @@ class FastSigmoid(FixedSurrogate):
 
     @staticmethod
     def shape(x: Tensor, slope) -> Tensor:
-        return 1 / (1 + slope * x.abs()) ** 2
+        d = 1 + slope * absolute(x)
+        return div(1.0, d * d)
 
 
 def rectangular(width: float = 1.0) -> Rectangular:
