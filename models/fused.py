@@ -13,7 +13,7 @@ theta = the neuron's fixed threshold (used by the reset), theta_t = the firing t
     R[t] = u[t] * (1 - s[t]) (zero) | u[t] - theta * s[t] (subtract, decayed) | u[t] (otherwise)
     s[t] = H(u[t] - theta_t)
 
-Saved for backward: the input I[T, ...] (fp32; one tensor, the same size as the membrane) and, per
+Saved for backward: the input I[T, ...] (one tensor, the same size as the membrane) and, per
 step, theta_t and the surrogate parameters ``surrogate.call_params(u[t] - theta_t, **context)``
 captured at forward time (small).  ``backward`` first replays the forward from I with the saved
 thresholds (same operations, so u and s are bitwise the forward's; no surrogate or ``fire_context``
@@ -32,8 +32,9 @@ step graph from the saved I with ``neurons.charge`` and the core ``SpikeFunction
 and parameters) and differentiates it, so second derivatives equal the reference loop's.
 
 The fused forward is bitwise equal to the reference loop (same floating-point operations in the
-same order: products with a 0/1 spike are exact, so ``addcmul`` and ``sub(alpha=theta)`` round as
-the reference's separate operations, and ``u >= theta`` equals ``u - theta >= 0`` in IEEE
+same order: products with a 0/1 spike are exact, so the CPU's ``addcmul`` and ``sub(alpha=theta)`` round
+as the reference's separate operations; off the CPU the zero reset uses separate operations, since
+CUDA's ``addcmul`` contracts lambda u + c I into one FMA, and ``u >= theta`` equals ``u - theta >= 0`` in IEEE
 arithmetic), so spikes are identical; gradients agree to float rounding (tests/test_fused.py).
 
 Per-call side effects run as in the reference loop: the forward calls ``surrogate.observe`` (observers,
@@ -59,9 +60,13 @@ that require gradients (other than a TLSG's rho), the TLSG with ``learn=asgl_mix
 masks), and tracing by ``torch.compile`` (the reference loop is traceable and inductor fuses its
 elementwise steps; this is the intended path under compile, not logged).
 
-Backends: device-agnostic torch code (above), and on CUDA, for a fixed threshold and fixed surrogate
-parameters without observers, the Triton kernels of ``models/triton_lif.py`` for both time loops (the
-surrogate derivative is evaluated by torch on all steps at once between them), chosen automatically;
+Backends: device-agnostic torch code (above), and the Triton kernels of ``models/triton_lif.py``, chosen
+automatically on CUDA when no observer, recorded potential, fp16 margin or learned sharpness is involved
+and the surrogate's ``shape`` is written in the closed-form vocabulary (``surrogates/closed_form.py``):
+the backward kernel replays u from I in registers and evaluates that same ``shape`` in the kernel, with
+the saved theta_t and surrogate parameters as small [T, 1 or C] tables (DS-ATGO's thresholds and TGO
+widths, MPD-AGL's widths); for a fixed threshold and fixed surrogate parameters the forward is a kernel
+too, otherwise the torch forward below runs (it fires the same spikes: both round as ``neurons.charge``).
 ``LIF(triton=False)`` keeps the torch code.  The kernels are tested in the Triton interpreter on CPU
 (``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
@@ -146,6 +151,8 @@ class FusedLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, decay: Tensor, k: Tensor | None, neuron) -> Tensor:
+        from .neurons import LIF
+
         config = StepConfig(float(neuron.threshold), neuron.reset, neuron.reset_decayed, neuron.reset_detach,
                             neuron.decay_input, neuron.fire_ge)
         surrogate = neuron.surrogate
@@ -176,7 +183,7 @@ class FusedLIFFunction(torch.autograd.Function):
         kernel_shape = None
         if not observed and not recording and not half and neuron.triton and k is None:
             kernel_shape = kernel_shape_of(surrogate, x)
-        if kernel_shape is not None and fixed_params and type(neuron).fire_context is lif_fire_context():
+        if kernel_shape is not None and fixed_params and type(neuron).fire_context is LIF.fire_context:
             # fixed threshold and parameters: nothing to compute between steps, the forward kernel runs
             spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                             config.decay_input, config.fire_ge)
@@ -296,12 +303,6 @@ def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Te
         grad_decay = grad_decay - torch.dot(grad_mem.flatten(), x.flatten())
     grad_input = grad_mem.mul_(1 - decay.detach().float()) if ctx.config.decay_input else grad_mem
     return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), grad_k, None
-
-
-def lif_fire_context():
-    from .neurons import LIF
-
-    return LIF.fire_context
 
 
 def kernel_shape_of(surrogate: Surrogate, x: Tensor):

@@ -57,8 +57,12 @@ except ImportError:  # triton_available() is False and the kernels below are not
     triton = None
 
 RESETS = ("zero", "subtract", "none")
-FORWARD_BLOCK = 512  # 4 warps x 32 lanes x 4 fp32 per lane (16-byte loads)
 CHUNK = 32  # steps replayed into registers at once
+
+
+def forward_block(dtype: torch.dtype) -> int:
+    """4 warps x 32 lanes x 16 bytes of input per lane (4 fp32 or 8 bf16 / fp16: 16-byte loads)."""
+    return 128 * (16 // torch.empty((), dtype=dtype).element_size())
 
 
 def backward_block(steps: int) -> int:
@@ -241,13 +245,14 @@ def _decay_pointer(decay: Tensor) -> Tensor:
 
 
 def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool, decay_input: bool,
-                fire_ge: bool, *, keep: bool = False, block: int = FORWARD_BLOCK) -> Tensor:
+                fire_ge: bool, *, keep: bool = False, block: int | None = None) -> Tensor:
     """Spikes [T, ...] in x's dtype for a fixed threshold (or, with ``keep``, the pre-reset membrane u),
     bitwise the reference loop's (module docstring).  ``decay``: lambda, a one-element tensor."""
     _check(x, reset)
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.float32 if keep else x.dtype, device=x.device)
     steps, neurons = x.shape[0], x[0].numel()
+    block = block or forward_block(x.dtype)
     with _device_guard(x):
         _forward_kernel[(triton.cdiv(neurons, block),)](
             x, _decay_pointer(decay), out, neurons, threshold, T=steps, RESET=reset, DECAYED=reset_decayed,

@@ -20,8 +20,10 @@ import itertools
 import math
 import os
 import random
+import runpy
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,7 +57,7 @@ kernels_run_here = pytest.mark.skipif(
 def test_kernels_in_triton_interpreter():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not in_triton_interpreter and not "
-         "cpu_reference_loop and not flips and not outside_the_vocabulary", __file__],
+         "cpu_reference_loop and not flips and not outside_the_vocabulary and not compile", __file__],
         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     output = result.stdout[-6000:] + result.stderr[-3000:]
     assert result.returncode == 0, output
@@ -369,3 +371,20 @@ def test_cuda_kernels_against_the_cpu_reference_loop():
     assert int((out.cpu() != ref_out).sum()) <= x.numel() // 100_000
     torch.testing.assert_close(grad_x.cpu(), ref_grad_x, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(grad_decay.cpu(), ref_grad_decay, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(INTERPRETED, reason="compiles the real kernels (the interpreter only runs them)")
+def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp_path):
+    """Compiled offline for an H100/H200 (Triton's ptxas, no GPU needed), forward and backward (T = 5 replayed
+    in chunks of 2), fp32 and bf16: no FMA in the LIF arithmetic, IEEE division in the surrogate, no register
+    spills (benchmarks/kernel_resources.py reports the same at T = 4 and 32)."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("this triton wheel ships no NVIDIA tools")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_resources.py"))["main"]
+        rows = main(["--steps", "5", "--chunk", "2", "--surrogates", "atan", "--output", str(tmp_path / "k.json")])
+    assert [(row["kernel"], row["dtype"]) for row in rows] == [("forward", "fp32"), ("backward", "fp32"),
+                                                             ("forward", "bf16"), ("backward", "bf16")]
+    for row in rows:
+        assert row["fma"] == 0 and row["approx_div"] == 0 and row["spill_bytes"] == 0, row
