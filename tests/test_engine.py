@@ -128,10 +128,18 @@ def test_nonfinite_loss_stops_or_skips_and_never_saves_nan(tmp_path, monkeypatch
     config = dataclasses.replace(TINY, epochs=2, limit_train_batches=3, limit_eval_batches=1, nonfinite=mode,
                                  output_dir=str(tmp_path), model_options={"width": 0.125})
     if mode == "stop":
-        with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*checkpoint\.pt \(epoch 1\)"):
+        with pytest.raises(FloatingPointError, match=r"epoch 2, step 2 .*checkpoint\.pt \(epoch 1\).*Lower --lr, set "
+                                                     r"--grad_clip, or pass --nonfinite skip; then continue with --resume"):
             train(config)
+        assert load_checkpoint(tmp_path / "checkpoint.pt")["epoch"] == 1
+        # the advice, followed: a resume may change the fields it names, and records the change
+        summary = train(dataclasses.replace(config, resume=True, nonfinite="skip", lr=0.01))
+        change = {"epoch": 2, "lr": [0.05, 0.01], "nonfinite": ["stop", "skip"]}
+        rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+        assert summary["config_changes"] == [change] and rows[1]["config_changes"] == change
+        assert "config_changes" not in rows[0] and rows[1]["lr"] == pytest.approx(0.01 * lr_factor(1, config))
         state = load_checkpoint(tmp_path / "checkpoint.pt")
-        assert state["epoch"] == 1
+        assert state["epoch"] == 2
     else:
         summary = train(config)
         rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
