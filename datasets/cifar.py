@@ -1,4 +1,4 @@
-"""CIFAR-10 and CIFAR-100 (common.md section 11) read from the official python pickles.
+"""CIFAR-10 and CIFAR-100 (docs/methods.md section "Data") read from the official python pickles.
 
 Layout under ``root`` (what torchvision's downloader extracts): ``cifar-10-batches-py/data_batch_1..5``
 and ``test_batch``; ``cifar-100-python/train`` and ``test``.  ``download=True`` fetches and

@@ -1,4 +1,4 @@
-"""CIFAR10-DVS (common.md section 11, ecosystem.md D.4): 10 classes of 128x128 DVS recordings read
+"""CIFAR10-DVS (docs/methods.md section "Data"): 10 classes of 128x128 DVS recordings read
 with tonic 1.7's CIFAR10-DVS reader (``tonic.io.read_aedat4``, needs the ``aedat`` package).
 
 - Layout: ``<root>/CIFAR10DVS/<class>/*.aedat4`` (what tonic's ``CIFAR10DVS(save_to=root)`` unpacks).

@@ -1,12 +1,12 @@
 """Image-folder classification datasets: Tiny-ImageNet and ImageNet (ILSVRC-2012).
 
-- ``tiny_imagenet`` (common.md section 6, mpd_agl.md recipe) [reconstructed]: the official archive
+- ``tiny_imagenet`` (MPD-AGL's Tiny-ImageNet setting) [reconstructed]: the official archive
   layout ``<root>/tiny-imagenet-200/`` with ``wnids.txt``, ``train/<wnid>/images/*.JPEG`` and
   ``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``; split ``test`` = the official val
   (100000 / 10000 images of 64x64, 200 classes).  Classes are the sorted wnids.  Train: RandomCrop(64,
   padding 4) + flip (+ AutoAugment ImageNet policy with ``auto_augment='imagenet'``); both splits:
   ToTensor + Normalize (ImageNet statistics [reconstructed]).  ``download=True`` fetches the archive.
-- ``imagenet`` (common.md section 7): ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*``
+- ``imagenet`` (docs/methods.md section "Data"): ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*``
   (val sorted into class folders, e.g. with the usual ``valprep.sh``); split ``test`` = val.  Train:
   RandomResizedCrop(224) + flip; eval: Resize(256) + CenterCrop(224); ImageNet normalisation.  Never
   downloaded (licence); a missing copy raises an error saying how to get it.

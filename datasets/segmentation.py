@@ -1,4 +1,4 @@
-"""Semantic segmentation: PASCAL VOC2012 and ADE20K (ecosystem.md C.6) [reconstructed recipes].
+"""Semantic segmentation: PASCAL VOC2012 and ADE20K (docs/methods.md section "Data") [reconstructed recipes].
 
 - ``voc2012``: torchvision ``VOCSegmentation`` layout ``<root>/VOCdevkit/VOC2012/`` with
   ``JPEGImages/<id>.jpg``, ``SegmentationClass/<id>.png`` (palette indices 0..20, 255 = boundary,

@@ -97,8 +97,8 @@ def image_transform(spatial: list, mean: Sequence[float], std: Sequence[float], 
 
 def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], num_frames: int,
                      size: int | None = None, resize: str = "pil") -> torch.Tensor:
-    """Structured events (fields t, x, y, p) -> float frames [T, P, size, size] (TET preprocessing,
-    common.md section 11):
+    """Structured events (fields t, x, y, p) -> float frames [T, P, size, size] (TET's preprocessing
+    [reference code]; docs/methods.md section "Data"):
 
     1. tonic ``ToFrame(sensor_size=(W, H, P), n_event_bins=T)``: T slices of equal event count
        floor(N / T) (tonic drops the last N mod T events; spikingjelly's ``split_by='number'`` puts

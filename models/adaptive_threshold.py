@@ -1,4 +1,4 @@
-"""DS-ATGO's adaptive-threshold (AT) neuron (ds_atgo.md sections 1, 3.1 and 3.3).
+"""DS-ATGO's adaptive-threshold (AT) neuron (Jiang et al., AAAI 2026, Eqs. 5-6; docs/methods.md section "DS-ATGO").
 
 A hard-reset LIF (preset ``reference``: fires on ``>=``, reset not detached, learnable decay
 sigmoid(w) with init 0.2) whose threshold at step t is computed from the charged, pre-reset

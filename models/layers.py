@@ -54,7 +54,8 @@ class SeqToANN(nn.Sequential):
 
 
 class TDBatchNorm(nn.Module):
-    """Threshold-dependent BN (tdBN) [published: Zheng et al. AAAI 2021], common.md section 3:
+    """Threshold-dependent BN (tdBN) [published: Zheng et al. AAAI 2021]
+    (docs/methods.md section "Batch normalisation"):
     y = scale * gamma_c * x_hat + beta_c with per-channel statistics over the folded (T*B, H, W).
 
     ``scale`` = alpha * V_th stays a separate constant (MPD-AGL's width reads mean(gamma),

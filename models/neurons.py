@@ -1,5 +1,5 @@
 """Multi-step leaky integrate-and-fire neurons with both snnTorch's and the reference codes'
-conventions (common.md section 2).
+conventions (docs/methods.md section "Neuron conventions").
 
 One step, x = input current I[t], lambda = decay, theta = threshold, s~ = previous spike
 (detached if ``reset_detach``)::
@@ -12,7 +12,7 @@ One step, x = input current I[t], lambda = decay, theta = threshold, s~ = previo
 with c = 1 - lambda if ``decay_input`` (spikingjelly's LIF) else 1, u[-1] = 0, s[-1] = 0.
 ``u`` is the pre-reset membrane, as snnTorch returns it.
 
-Presets [reconstructed naming, common.md section 2]:
+Presets [reconstructed naming]:
 - ``snntorch``: strict ``>``, detached reset, lambda = clamp(beta, 0, 1), subtract after decay.
   Numerically equal to ``snntorch.Leaky`` (tested).
 - ``reference`` (MPD-AGL / DS-ATGO code): ``>=``, reset not detached, lambda = sigmoid(w).
@@ -268,7 +268,10 @@ def lif(**kwargs) -> LIF:
 
 
 def plif(decay: float = 0.5, preset: str = "reference", **kwargs) -> LIF:
-    """Parametric LIF: learnable decay lambda = sigmoid(w), one per layer [published: Fang et al.
-    2021]; the reference codes (MPD-AGL, DS-ATGO) use this with lambda0 = 0.2."""
+    """Parametric LIF with a learnable decay, one per layer, in the reference codes' form:
+    lambda = sigmoid(w), u[t] = lambda u[t-1] + I[t] [reference code: MPD-AGL, DS-ATGO, with lambda0 = 0.2].
+    Fang et al. (ICCV 2021) learn 1/tau = sigmoid(a) and scale the input, u[t] = (1 - 1/tau) u[t-1] + I[t]/tau
+    [published]; that form is ``plif(decay_input=True)`` (lambda = 1 - 1/tau), and it fires differently
+    (docs/methods.md section "Neuron conventions")."""
     kwargs.setdefault("decay_param", "sigmoid")
     return LIF(decay=decay, preset=preset, decay_learnable=True, **kwargs)

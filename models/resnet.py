@@ -1,6 +1,6 @@
 """Spiking ResNets, time-first [T, B, C, H, W] -> logits [T, B, K].
 
-ResNet-19, SEW-ADD [reference code, MPD-AGL and DS-ATGO], common.md section 4::
+ResNet-19, SEW-ADD [reference code, MPD-AGL and DS-ATGO] (docs/methods.md section "Backbones")::
 
     stem   conv3x3 3->128 + BN + SN
     B1-B3  BasicBlock 128, B4 128->256 s2 (+downsample), B5-B6 256,
@@ -130,7 +130,7 @@ def time_first_input(x: Tensor, num_steps: int, in_channels: int) -> Tensor:
 
 def resnet19(make_neuron: Callable[[], nn.Module], num_classes: int = 10, num_steps: int = 4, in_channels: int = 3,
              block: str = "sew_add", width: float = 1.0, bn_scale: float = 1.0) -> SpikingResNet:
-    """ResNet-19 (common.md section 4).  ``width`` scales every channel count (1.0 = the paper's
+    """ResNet-19 (module docstring).  ``width`` scales every channel count (1.0 = the paper's
     128/256/512 with a 256-unit head, about 12.6M parameters); smaller widths are for CPU runs."""
     c = [max(1, round(ch * width)) for ch in (128, 256, 512, 256)]
     return SpikingResNet([(c[0], 3, 1), (c[1], 3, 2), (c[2], 2, 2)], make_neuron, num_classes, in_channels,
@@ -139,7 +139,7 @@ def resnet19(make_neuron: Callable[[], nn.Module], num_classes: int = 10, num_st
 
 def resnet18(make_neuron: Callable[[], nn.Module], num_classes: int = 1000, num_steps: int = 4, in_channels: int = 3,
              stem: str = "imagenet", block: str = "sew_add", width: float = 1.0, bn_scale: float = 1.0) -> SpikingResNet:
-    """Spiking ResNet-18 [reconstructed, common.md section 7; ecosystem.md C.2]: stages 64/128/256/512 x 2
+    """Spiking ResNet-18 [reconstructed; docs/methods.md section "Backbones"]: stages 64/128/256/512 x 2
     BasicBlocks, strides 1/2/2/2, head GAP -> Linear(512 -> K).  ``stem="imagenet"``: conv7x7/2 + BN + SN +
     max-pool 3x3/2 (224x224 input); ``stem="cifar"``: conv3x3/1, no pool (the TET/ASGL CIFAR variant).
     ``block="sew_add"`` (default, as ResNet-19) or ``"spiking"`` (SN after the add, plain spiking ResNet)."""

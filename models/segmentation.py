@@ -1,5 +1,5 @@
 """Spiking semantic segmentation on segmentation-models-pytorch (smp) 0.6.0 decoders
-[reconstructed; ecosystem.md C.6 and E].
+[reconstructed; docs/models.md section "Spiking segmentation"].
 
 - **Encoder**: our spiking ResNet-18 (``resnet18`` with the ImageNet stem, SEW-ADD blocks by default),
   registered in smp through its custom-encoder contract as ``spiking_resnet18``.  It returns the

@@ -1,5 +1,5 @@
 """Spikformer (Zhou et al., ICLR 2023; github.com/ZK-Zhou/spikformer), time-first
-[T, B, C, H, W] -> logits [T, B, K].  common.md section 8, ecosystem.md C.4.
+[T, B, C, H, W] -> logits [T, B, K].  docs/models.md section "Spikformer".
 
 SPS, spiking patch splitting [published; layout from the reference code]::
 
@@ -19,7 +19,7 @@ SSA, spiking self-attention [published]::
 MLP [published]:  SN(BN(Linear(D -> r D))) -> SN(BN(Linear(r D -> D))).
 Head [published]: mean over tokens -> Linear(D -> K) at every step (the prediction is the mean over T).
 
-Every BN normalises per channel over the folded T*B*N tokens (ecosystem.md C.4; BN1d on
+Every BN normalises per channel over the folded T*B*N tokens ([reference code]; BN1d on
 [T*B*N, D] here, identical statistics to the reference code's BN1d on [T*B, D, N]).
 
 Presets [reference code]:

@@ -1,10 +1,10 @@
-"""Spiking VGGs, time-first [T, B, C, H, W] -> logits [T, B, K]; every conv is 3x3, stride 1,
-padding 1, no bias, followed by BN + SN; "A" is a 2x2 average pool (no neuron).
+"""Spiking VGGs (docs/methods.md section "Backbones"), time-first [T, B, C, H, W] -> logits [T, B, K];
+every conv is 3x3, stride 1, padding 1, no bias, followed by BN + SN; "A" is a 2x2 average pool (no neuron).
 
-- ``vggsnn`` [reference code, TET / MPD-AGL], common.md section 5: input 2x48x48 event frames, T=10,
+- ``vggsnn`` [reference code, TET / MPD-AGL]: input 2x48x48 event frames, T=10,
   64-128-A-256-256-A-512-512-A-512-512-A -> flatten 512*3*3 = 4608 -> Linear(4608 -> 10, bias).
   8 spiking layers.
-- ``vgg13`` [reconstructed], common.md section 6 (Tiny-ImageNet): 3x64x64,
+- ``vgg13`` [reconstructed] (Tiny-ImageNet): 3x64x64,
   64-64-A-128-128-A-256-256-A-512-512-A-512-512-A -> 512*2*2 = 2048 -> Linear(2048 -> 200).
   Results with it are a deviation from the (unknown) paper setup.
 """

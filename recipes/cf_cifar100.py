@@ -1,4 +1,5 @@
-"""Circulate-firing on CIFAR-100: the CIFAR-10 recipe on CIFAR-100 data [reconstructed].  ``--vanilla``: baseline."""
+"""Circulate-firing on CIFAR-100: the CIFAR-10 recipe on CIFAR-100 data [reconstructed].  ``--vanilla``: the
+ablation ladder's first rung (docs/methods.md section "Circulate-firing ablation ladder")."""
 import dataclasses
 
 from cf_cifar10 import SMOKE, VANILLA, config as cifar10

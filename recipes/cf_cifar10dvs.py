@@ -1,6 +1,6 @@
 """Circulate-firing on CIFAR10-DVS: VGGSNN 48x48, T=10, ordered 9:1 split, SGD 0.1, wd 5e-4, cosine 200
 epochs, batch 100, CE + PNB [reconstructed].  The 87% attributed to the paper is unverified and its setup
-unknown (circulate_firing.md section 7).  ``--vanilla``: baseline."""
+unknown (docs/methods.md section "Circulate-firing recipes").  ``--vanilla``: the ladder's first rung."""
 import dataclasses
 
 from cf_cifar10 import VANILLA, config as cifar10

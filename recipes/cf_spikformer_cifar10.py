@@ -1,10 +1,11 @@
-"""Circulate-firing in Spikformer-4-384 on CIFAR-10, T=4 (circulate_firing.md sections 5-6 with common.md
-section 8's Spikformer recipe) [reconstructed].
+"""Circulate-firing in Spikformer-4-384 on CIFAR-10, T=4 (Zhou et al., arXiv 2605.27412, with the Spikformer
+CIFAR recipe [reference code]; docs/methods.md section "Circulate-firing recipes") [reconstructed].
 
 Every LIF (SPS, Q/K/V, attention output at theta = 0.5, MLP) becomes a CF neuron with its own TLSG
 sharpness; the reset is detached inside Spikformer, as its baseline.  Deviation: mixup, random erasing and
 timm RandAugment are not in our pipeline (torchvision RandAugment stands in).  ``--vanilla``: the plain
-Spikformer (spikingjelly-style LIF, sigmoid(alpha=4) SG, LS-CE).
+Spikformer (spikingjelly-style LIF, sigmoid(alpha=4) SG, LS-CE), the baseline with published numbers,
+not the CNN recipes' ladder rung.
 """
 from repro.cli import main
 from repro.config import Config

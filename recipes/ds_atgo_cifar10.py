@@ -1,4 +1,4 @@
-"""DS-ATGO on CIFAR-10: ResNet-19, T=2 (ds_atgo.md section 6; published 96.91 +- 0.12).
+"""DS-ATGO on CIFAR-10: ResNet-19, T=2 (Jiang et al., AAAI 2026, Table 1; published 96.91 +- 0.12).
 
     accelerate launch recipes/ds_atgo_cifar10.py --download          # the paper's setup
     accelerate launch recipes/ds_atgo_cifar10.py --vanilla           # the vanilla baseline (AT and TGO off)
@@ -19,7 +19,8 @@ config = Config(
     schedule="cosine", min_lr=0.0,                               # [reference code] T_max = 400, per epoch
     seed=2025, output_dir="runs/ds_atgo_cifar10",               # [reference code] seed 2025
 )
-# [published] ablation: vanilla = the same PLIF network with theta = V0 and a fixed width-1 rectangle
+# [reconstructed] vanilla = the same PLIF network with theta = V0 and a fixed width-1 rectangle (the paper's
+# Fig. 6 ablation has a vanilla arm but does not say what it keeps; docs/methods.md section "DS-ATGO")
 VANILLA = {"neuron_options": {**config.neuron_options, "at": False}, "surrogate_options": {"tgo": False}}
 SMOKE = {"model_options": {"width": 0.125}}
 

@@ -1,4 +1,4 @@
-"""DS-ATGO on CIFAR-100: ResNet-19, T=2 (ds_atgo.md section 6; published 80.59 +- 0.17).
+"""DS-ATGO on CIFAR-100: ResNet-19, T=2 (Jiang et al., AAAI 2026, Table 1; published 80.59 +- 0.17).
 
 The CIFAR-10 recipe with CIFAR-100 data and normalisation [reconstructed: the released code covers
 CIFAR-10 only].  ``--vanilla`` runs the baseline.

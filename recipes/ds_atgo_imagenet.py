@@ -1,4 +1,4 @@
-"""DS-ATGO on ImageNet: spiking ResNet-18, T=4 (ds_atgo.md section 6; published 68.86 +- 0.25).
+"""DS-ATGO on ImageNet: spiking ResNet-18, T=4 (Jiang et al., AAAI 2026, Table 1; published 68.86 +- 0.25).
 
 Recipe [reconstructed]: SGD 0.1, wd 1e-4, cosine, 100 epochs, batch 256 (global; per process here),
 LS-CE 0.1, RandomResizedCrop 224 + flip.  ImageNet is never downloaded: put the ImageFolder layout

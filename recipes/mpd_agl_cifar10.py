@@ -1,5 +1,5 @@
-"""MPD-AGL on CIFAR-10: ResNet-19, T=2 (mpd_agl.md section 6; published 96.18, and 96.35 at T=4,
-as reported in DS-ATGO's Table 1).
+"""MPD-AGL on CIFAR-10: ResNet-19, T=2 (docs/methods.md section "MPD-AGL"; published 96.18, and 96.35 at
+T=4, as reported in DS-ATGO's Table 1).
 
     accelerate launch recipes/mpd_agl_cifar10.py --download
     accelerate launch recipes/mpd_agl_cifar10.py --num_steps 4
@@ -19,7 +19,7 @@ config = Config(
     optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=1e-4,         # [reference code] wd also on BN gamma, w
     schedule="cosine", seed=2025, output_dir="runs/mpd_agl_cifar10",
 )
-VANILLA = {"surrogate_options": {"width": "fixed"}}                   # mpd_agl.md section 9, arm (a)
+VANILLA = {"surrogate_options": {"width": "fixed"}}  # [reconstructed] fixed width-1 rectangle (paper's vanilla unknown)
 SMOKE = {"model_options": {"bn_scale": 0.5, "width": 0.125}}
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """MPD-AGL on Tiny-ImageNet: VGG-13, T=4 [reconstructed: no code or number was released; results are a
-deviation, mpd_agl.md section 6].  Put the standard tiny-imagenet-200 folder under --data_root.
+deviation; docs/methods.md section "Backbones"].  Put the standard tiny-imagenet-200 folder under --data_root.
 """
 import dataclasses
 

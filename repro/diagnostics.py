@@ -1,5 +1,5 @@
-"""Diagnostics collected while a model runs (a2sg.md, ds_atgo.md, mpd_agl.md, circulate_firing.md
-section 8; common.md sections 10 and 12).
+"""Diagnostics collected while a model runs (docs/diagnostics.md sections "Firing rate",
+"Gradient-window occupancy", "Membrane-potential histograms", "Method state" and "Energy").
 
 - ``FiringRateMonitor``: per spiking layer, firing rate = sum |S| / (neurons x T x samples)
   (|S| so multi-level and signed spikes count their events); with ``per_step=True`` also per
@@ -151,7 +151,7 @@ class WindowMonitor:
     the module docstring) and averages every numeric per-call surrogate parameter.  A neuron that
     calls its surrogate several times per step (circulate firing: one call per level and sign, x with
     a leading level dimension) counts as inside when it is inside any of the windows, so the
-    proportion is "inside the support of some bump" (circulate_firing.md section 8.5).  With
+    proportion is "inside the support of some bump" [reconstructed].  With
     ``histograms=True`` it also histograms the pre-fire membrane u (``neuron.potentials``, recorded
     through ``record_potentials``) over ``value_range`` with ``bins`` bins: all u, the u inside the
     window, the counts below / above the range, and the mean threshold u - x.

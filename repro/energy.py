@@ -1,5 +1,5 @@
-"""Energy estimate of a spiking network from measured input rates (common.md section 10,
-ecosystem.md D.3) [reconstructed; the usual convention].
+"""Energy estimate of a spiking network from measured input rates (docs/diagnostics.md section "Energy")
+[reconstructed; the usual convention].
 
     E_SNN = E_MAC * FLOPs_enc * (T if enc_times_T else 1)  +  E_AC * sum_l SOP_l
     SOP_l = fr_in,l * T * FLOPs_l          (Conv / Linear, per image)
@@ -158,7 +158,7 @@ class EnergyMeter:
             images: samples seen while the meter was on.
             num_steps: T.
             e_mac_pj, e_ac_pj: energy per MAC / AC in pJ.
-            enc_times_T: count the encoder's MACs T times instead of once (common.md ``energy.enc_times_T``).
+            enc_times_T: count the encoder's MACs T times instead of once.
             encoder_layers: names of the layers computed as MACs; default: the first Conv/Linear called.
         """
         if images < 1 or num_steps < 1:

@@ -497,7 +497,7 @@ def _energy_section(runs: list[Run], results: dict[str, dict]) -> list[str]:
     lines = ["## Energy", "",
              f"E_SNN = E_MAC x FLOPs_enc {'x T ' if first['enc_times_T'] else ''}+ E_AC x sum_l SOP_l, "
              f"SOP_l = fr_in,l x T x FLOPs_l; E_ANN = E_MAC x sum_l FLOPs_l (same layers); E_MAC = "
-             f"{first['e_mac_pj']} pJ, E_AC = {first['e_ac_pj']} pJ; BN and pooling free (common.md section 10). "
+             f"{first['e_mac_pj']} pJ, E_AC = {first['e_ac_pj']} pJ; BN and pooling free (docs/diagnostics.md). "
              "Per image.", ""]
     lines += _table(["run", "SNN energy (mJ)", "ANN energy (mJ)", "ANN / SNN", "SOPs (M)", "encoder MACs (M)"],
                     [[label, e["snn_energy_mj"], e["ann_energy_mj"], e["ann_over_snn"], e["total_sops"] / 1e6,

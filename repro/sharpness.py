@@ -1,4 +1,4 @@
-"""Sharpness of the loss at the trained weights (a2sg.md section 8.3, ds_atgo.md section 8.4).
+"""Sharpness of the loss at the trained weights (docs/diagnostics.md section "Sharpness").
 
 - Top Hessian eigenvalue by power iteration on Hessian-vector products [reconstructed, standard]:
       v <- H v / ||H v||,   lambda = v . H v   (Rayleigh quotient; converges to the eigenvalue of

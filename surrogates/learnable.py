@@ -1,6 +1,7 @@
-"""TLSG: a surrogate gradient with a learnable sharpness per (layer, timestep)
-(circulate_firing.md sections 2, 3 and 9).  All details are [reconstructed]; the paper states only
-that the surrogate has learnable parameters at each timestep [published].
+"""TLSG: a surrogate gradient with a learnable sharpness per (layer, timestep) (Zhou et al., arXiv
+2605.27412; docs/methods.md section "Circulate-firing neurons, learnable surrogate, balanced loss").  All
+details are [reconstructed]; the paper states only that the surrogate has learnable parameters at each
+timestep [published].
 
 Per level crossing x (x = u - threshold for a binary neuron; x = H - j*theta, -H - j*theta, ... for the
 circulate-firing neuron, which sums one call per crossing), with the sharpness k = k[l, t]:
@@ -272,7 +273,7 @@ def learnable(shape: str = "sigmoid", granularity: str = "per_layer_t", learn: s
               k_min: float = 0.5, k_max: float = 20.0, init: str = "const", lr_mult: float = 1.0,
               freeze_epochs: int = 0, asgl_p: float = 0.5, num_steps: int | None = None,
               decay: float | None = None) -> TimestepLearnableSurrogate:
-    """TLSG surrogate (module docstring); defaults are circulate_firing.md's."""
+    """TLSG surrogate (module docstring), with our defaults [reconstructed]."""
     if shape not in SHAPES:
         raise ValueError(f"learnable surrogate: shape must be one of {tuple(SHAPES)}, got {shape!r}")
     return SHAPES[shape](granularity, learn, k0, k_min, k_max, init, lr_mult, freeze_epochs, asgl_p, num_steps, decay)

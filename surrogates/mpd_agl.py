@@ -1,5 +1,6 @@
 """MPD-AGL: a rectangular surrogate whose width is the predicted spread of the membrane
-potential, computed from parameters (mpd_agl.md sections 2, 3 and 9).
+potential, computed from parameters (Jiang et al., IJCAI 2025, and its released code; docs/methods.md
+section "MPD-AGL").
 
     h(x)    = (1/kappa_t) * 1[|x| < kappa_t/2],   x = U - V_th     (area 1, centred on V_th)
     kappa_1 = 2 * alpha * gbar * V_th                               first step         [reference code]

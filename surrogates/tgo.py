@@ -1,5 +1,6 @@
 """DS-ATGO's threshold-driven gradient optimisation (TGO): a rectangular surrogate whose width
-follows the spread of the membrane potential (ds_atgo.md section 3.2).
+follows the spread of the membrane potential (Jiang et al., AAAI 2026, Eqs. 4 and 7; docs/methods.md
+section "DS-ATGO").
 
     h(x) = (1/k_t) * 1[|x| < k_t/2],   x = U - theta_t                        [published, Eq. 4]
     k_t  = k0 * (1 - tanh(V0 - s_t))   if s_t <  V0                           [published, Eq. 7]

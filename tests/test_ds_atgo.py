@@ -1,5 +1,6 @@
 """DS-ATGO: the adaptive-threshold neuron and the TGO surrogate against closed forms, an independent
-plain-PyTorch loop of ds_atgo.md section 3.3, the normal CDF (Fig. 5 / Theorem 1) and stock snnTorch."""
+plain-PyTorch loop of the paper's Eqs. 5-7 (docs/methods.md section "DS-ATGO"), the normal CDF (Fig. 5 /
+Theorem 1) and stock snnTorch."""
 import dataclasses
 import math
 
@@ -25,7 +26,7 @@ def tgo_width_piecewise(s: float, k0: float = 1.0, V0: float = 1.0) -> float:
 
 
 def ds_atgo_loop(inputs, w, at, tgo, tgo_stat="std", V0=1.0, k0=1.0, f_c=1.0, k_min=0.05):
-    """ds_atgo.md 3.3 in training mode, one scalar statistic per layer and step."""
+    """DS-ATGO's neuron in training mode (Eqs. 5-6), one scalar statistic per layer and step."""
     tau = torch.sigmoid(w)
     u_post = torch.zeros_like(inputs[0])
     spikes, thresholds, widths = [], [], []
@@ -81,7 +82,7 @@ def test_tgo_derivative_values_and_area_one(std):
     torch.testing.assert_close(probe.grad, torch.tensor([1.0, 2.0, 3.0]) / k)
 
 
-ARMS = {  # ds_atgo.md section 9: neuron and surrogate options of each arm
+ARMS = {  # the four ablation arms of docs/methods.md section "DS-ATGO": neuron and surrogate options
     "vanilla": ({"at": False}, {"tgo": False}),
     "at": ({"at": True}, {"tgo": False}),
     "tgo": ({"at": False}, {"tgo": True}),
