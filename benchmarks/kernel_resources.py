@@ -5,8 +5,8 @@ and in the PTX the count of fused multiply-adds (``fma``; the LIF arithmetic mus
 ``neurons.charge`` rounding by rounding), approximate divisions (``div.full``/``div.approx``; the surrogate
 vocabulary uses IEEE ``div.rn``) and global load/store instructions (vectorised: pointers and N are
 compiled as 16-byte aligned / multiples of 16, as a launch on such tensors specialises them).  The sigmoid
-surrogate's FMAs are inside libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).  Uses Triton's own ``ptxas``/``cuobjdump``
-(shipped in the triton wheel); no CUDA device or driver is needed.
+surrogate's FMAs are inside libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).
+Uses Triton's own ``ptxas``/``cuobjdump`` (shipped in the triton wheel); no CUDA device or driver is needed.
 
     python benchmarks/kernel_resources.py                        # T = 4, 32; fp32, bf16; atan, sigmoid; sm_90
     python benchmarks/kernel_resources.py --steps 64 --arch 100  # another T / architecture

@@ -21,12 +21,17 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
   a fused torch op with a hand-written backward) and with a Python ATan subclass (which forces its
   autograd reference loop).  Skipped if spikingjelly is not installed (``pip install -e ".[benchmarks]"``).
 
+``--dtypes fp32 bf16`` runs every table with fp32 and with bf16 input (and upstream gradient); the
+bf16 rows also give ``x fp32``, their time over the same layer's with fp32 input at the same T.
+``x sj`` is the time over ``spikingjelly_auto``'s.
+
 Time: median (and min) over ``--repeats`` interleaved runs after ``--warmup`` runs.  Memory: bytes of
 the tensors the layer saves for backward (unique storages, through
 ``repro.diagnostics.saved_tensor_bytes``); on CUDA also the peak allocated memory of fwd + bwd.
 
     OMP_NUM_THREADS=2 python benchmarks/neuron.py                     # CPU defaults: B=32, T=4 and 10
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 10 32
+    python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16   # the issue's layer table
     python benchmarks/neuron.py --batch 8 --channels 64 --size 16     # quicker
 
 Writes a JSON file (``--output``, default benchmarks/results/neuron.json).
@@ -200,11 +205,14 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]
                         for (key, _, fmt), w in zip(columns, widths)))
 
 
-def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def benchmark_steps(steps: int, args, device: torch.device, dtype: str = "fp32") -> list[dict]:
     shape = (steps, args.batch, args.channels, args.size, args.size)
     generator = torch.Generator().manual_seed(args.seed)
-    inputs = (torch.randn(shape, generator=generator) * 0.8 + 0.6).to(device).requires_grad_()
-    upstream = torch.randn(shape, generator=generator).to(device)
+    inputs = (torch.randn(shape, generator=generator) * 0.8 + 0.6).to(device, DTYPES[dtype]).requires_grad_()
+    upstream = torch.randn(shape, generator=generator).to(device, DTYPES[dtype])
     factories = layer_factories(not args.no_spikingjelly, args.compile, steps)
     layers = {name: make().to(device) for name, make in factories.items()}
     if args.only:
@@ -218,7 +226,7 @@ def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
 
     rows = []
     for name, layer in layers.items():
-        row = {"layer": name, "steps": steps, "shape": list(shape), "saved_MB": None}
+        row = {"layer": name, "steps": steps, "dtype": dtype, "shape": list(shape), "saved_MB": None}
         if name != "ours_compiled":  # saved-tensor hooks do not see inside compiled graphs
             output, saved = saved_tensor_bytes(lambda: layer(inputs))
             row["saved_MB"] = saved / 2 ** 20
@@ -236,12 +244,14 @@ def benchmark_steps(steps: int, args, device: torch.device) -> list[dict]:
     floor = statistics.median(times["ann_relu"])
     reference = {name: statistics.median(times[name]) for name in times}
     fused = reference["ours_fused"] if "ours_fused" in reference else None
+    spikingjelly = reference.get("spikingjelly_auto")
     loop_saved = {row["layer"]: row["saved_MB"] for row in rows}
     for row in rows:
         row.update(summarize(times[row["layer"]]))
         median = reference[row["layer"]]
         row["x_ann"] = median / floor
         row["x_fused"] = median / fused if fused else None  # time relative to ours_fused
+        row["x_sj"] = median / spikingjelly if spikingjelly else None
         if row["layer"].startswith("ours_fused"):
             loop = loop_saved.get(row["layer"].replace("fused", "loop").removesuffix("_fp16"))
             row["saved_vs_loop"] = row["saved_MB"] / loop if loop else None
@@ -255,6 +265,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--channels", type=int, default=128, help="C (ResNet-19 stage 1: 128)")
     parser.add_argument("--size", type=int, default=32, help="H = W (ResNet-19 stage 1: 32)")
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
+    parser.add_argument("--dtypes", nargs="+", default=["fp32"], choices=sorted(DTYPES), help="input dtypes")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: OMP_NUM_THREADS or torch's)")
@@ -273,15 +284,22 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine_info(device)
     results = {"machine": info, "args": vars(args), "tables": []}
     columns = [("layer", "layer", "s"), ("median_ms", "median ms", ".1f"), ("min_ms", "min ms", ".1f"),
-               ("x_ann", "x ANN", ".2f"), ("x_fused", "x ours_fused", ".2f"), ("saved_MB", "saved MB", ".0f"),
+               ("x_ann", "x ANN", ".2f"), ("x_fused", "x ours_fused", ".2f"), ("x_sj", "x sj", ".2f"),
+               ("x_fp32", "x fp32", ".2f"), ("saved_MB", "saved MB", ".0f"),
                ("saved_vs_loop", "saved/loop", ".2f")]
     if device.type == "cuda":
         columns.append(("peak_MB", "peak MB", ".0f"))
     for steps in args.steps:
-        rows = benchmark_steps(steps, args, device)
-        results["tables"].append(rows)
-        print_table(f"T={steps}, input {rows[0]['shape']} on {device}, fwd+bwd, {args.repeats} interleaved runs "
-                    f"({info['torch_threads']} threads)", rows, columns)
+        fp32_medians = {}
+        for dtype in args.dtypes:
+            rows = benchmark_steps(steps, args, device, dtype)
+            for row in rows:
+                if dtype == "fp32":
+                    fp32_medians[row["layer"]] = row["median_ms"]
+                row["x_fp32"] = row["median_ms"] / fp32_medians[row["layer"]] if row["layer"] in fp32_medians else None
+            results["tables"].append(rows)
+            print_table(f"T={steps}, {dtype} input {rows[0]['shape']} on {device}, fwd+bwd, {args.repeats} interleaved "
+                        f"runs ({info['torch_threads']} threads)", rows, columns)
     if hasattr(os, "getloadavg"):
         info["load_average_end"] = os.getloadavg()
     print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")

@@ -13,6 +13,12 @@ measured interleaved in one run for every (T, B):
   (inductor; our neurons then trace their reference loop, whose elementwise steps inductor fuses).
   Compilation happens in the warm-up runs (minutes on a small CPU) and is not timed.
 
+``--recipes NAME...`` gives the per-method table instead: for every recipe (``recipes/NAME.py``) its own
+model options, neuron and surrogate at its own T (``recipe:NAME``; ``recipe_compiled:NAME`` with
+``--compile``), against ``ann_relu`` (and ``ann_compiled``) and ``spikingjelly`` at the same T, one table
+per T; the step calls the surrogates' ``after_optimizer_step`` as the engine does (A2SG's controller
+steps, TLSG clamping).  ``x ANN compiled`` is the time over the compiled ANN's.
+
 Throughput = B / step time (images per second; every variant processes each image T times).
 Memory: bytes of the distinct storages the forward graph saves for backward (the stored activations);
 on CUDA also the peak allocated memory of a step.  Loss: CE of the T-averaged logits.
@@ -20,6 +26,8 @@ on CUDA also the peak allocated memory of a step.  Loss: CE of the T-averaged lo
     OMP_NUM_THREADS=1 python benchmarks/train_step.py                  # T = 2, 4, 8 at B = 4; B = 2, 8 at T = 4
     python benchmarks/train_step.py --steps 4 --batches 32 --repeats 5
     python benchmarks/train_step.py --device cuda --batch 128 --batches 64 256 --autocast bf16
+    python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --compile \
+        --recipes ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10     # the per-method table
 
 Writes a JSON file (``--output``, default benchmarks/results/train_step.json).
 """
@@ -28,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import runpy
 import statistics
 from pathlib import Path
 
@@ -42,17 +51,39 @@ from repro.models import create_model, resnet19
 
 VARIANTS = ("ann_relu", "ours_fused", "ours_loop", "snntorch", "spikingjelly")
 COMPILED = ("ann_compiled", "ours_compiled")
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def recipe_config(name: str):
+    """The ``config`` of ``recipes/NAME.py`` (the recipe's ``main`` does not run)."""
+    path = RECIPES / f"{name}.py"
+    if not path.exists():
+        raise SystemExit(f"no recipe {path}; choose from {sorted(p.stem for p in RECIPES.glob('*.py'))}")
+    return runpy.run_path(str(path))["config"]
+
+
+def is_compiled(variant: str) -> bool:
+    return variant in COMPILED or variant.startswith("recipe_compiled")
 
 
 def build(variant: str, steps: int, args) -> nn.Module:
-    """ResNet-19 (CIFAR-10 head) with the variant's neurons."""
-    if variant.startswith("ours"):
+    """ResNet-19 (CIFAR-10 head) with the variant's neurons, or a recipe's model (``recipe:NAME``)."""
+    if variant.startswith("recipe"):
+        config = recipe_config(variant.split(":", 1)[1])
+        model = create_model(config.model, num_classes=10, num_steps=config.num_steps, neuron=config.neuron,
+                             surrogate=config.surrogate, neuron_kwargs=config.neuron_options,
+                             surrogate_kwargs=config.surrogate_options,
+                             **{**config.model_options, "width": args.width})
+        for module in list(model.modules()):
+            if hasattr(module, "on_model_built"):
+                module.on_model_built(model)
+    elif variant.startswith("ours"):
         model = create_model("resnet19", num_classes=10, num_steps=steps, width=args.width, neuron=args.neuron,
                              surrogate="atan", neuron_kwargs={"fused": variant == "ours_fused"})
     else:
         make = {"ann": ReLUFloor, "snntorch": SnnTorchLoop, "spikingjelly": SpikingJellyLIF}[variant.split("_")[0]]
         model = resnet19(make, num_classes=10, num_steps=steps, width=args.width)
-    if variant in COMPILED:
+    if is_compiled(variant):
         model.compile()  # in place: parameters and state_dict keys unchanged
     return model
 
@@ -61,7 +92,7 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(batch, 3, 32, 32, generator=generator).to(device)
     targets = torch.randint(0, 10, (batch,), generator=generator).to(device)
-    if any(variant in COMPILED for variant in variants):
+    if any(is_compiled(variant) for variant in variants):
         torch._dynamo.reset()  # fresh caches per (T, B): the shared forward code would hit dynamo's recompile limit
     models, optimizers = {}, {}
     for variant in variants:
@@ -78,17 +109,21 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
     def train_step(variant: str):
         optimizer = optimizers[variant]
 
+        hooked = [m for m in models[variant].modules() if hasattr(m, "after_optimizer_step")]
+
         def run() -> None:
             optimizer.zero_grad(set_to_none=True)
             loss = F.cross_entropy(forward(variant).float().mean(0), targets)
             loss.backward()
             optimizer.step()
+            for module in hooked:
+                module.after_optimizer_step(0)
         return run
 
     rows = []
     for variant in variants:
         row = {"variant": variant, "steps": steps, "batch": batch, "saved_MB": None}
-        if variant not in COMPILED:  # saved-tensor hooks do not see inside compiled graphs
+        if not is_compiled(variant):  # saved-tensor hooks do not see inside compiled graphs
             logits, saved = saved_tensor_bytes(lambda: forward(variant))
             row["saved_MB"] = saved / 2 ** 20
             del logits
@@ -102,11 +137,13 @@ def benchmark_config(steps: int, batch: int, variants: list[str], args, device: 
     times = interleaved_timing({v: train_step(v) for v in variants}, args.repeats, args.warmup, device, args.seed)
     floor = statistics.median(times["ann_relu"])
     fused = statistics.median(times["ours_fused"]) if "ours_fused" in times else None
+    compiled_floor = statistics.median(times["ann_compiled"]) if "ann_compiled" in times else None
     floor_saved = rows[variants.index("ann_relu")]["saved_MB"]
     for row in rows:
         median = statistics.median(times[row["variant"]])
         row.update(median_s=median, min_s=min(times[row["variant"]]), images_per_s=batch / median,
                    x_ann=median / floor, x_fused=median / fused if fused else None,
+                   x_ann_compiled=median / compiled_floor if compiled_floor else None,
                    saved_x_ann=None if row["saved_MB"] is None else row["saved_MB"] / floor_saved)
     return rows
 
@@ -121,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--neuron", default="lif", choices=["lif", "plif"], help="our neuron for ours_*")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of " + ", ".join(VARIANTS))
     parser.add_argument("--compile", action="store_true", help="add the compiled variants " + ", ".join(COMPILED))
+    parser.add_argument("--recipes", nargs="*", default=None,
+                        help="per-method table: these recipes (recipes/NAME.py) at their own T, with the ANN floors")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--autocast", default="none", choices=["none", "bf16"],
                         help="mixed precision of the forward (torch.autocast; our neurons keep fp32 state)")
@@ -144,18 +183,27 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     info = machine_info(device)
-    configs = [(t, args.batch) for t in args.steps]
-    configs += [(args.base_steps, b) for b in args.batches if (args.base_steps, b) not in configs]
+    configs = [(t, args.batch, variants) for t in args.steps]
+    configs += [(args.base_steps, b, variants) for b in args.batches if (args.base_steps, b, variants) not in configs]
+    if args.recipes:  # one table per recipe T: the ANN floors, spikingjelly and the recipes with that T
+        floors = [v for v in variants if v in ("ann_relu", "ann_compiled", "spikingjelly")]
+        by_steps: dict[int, list[str]] = {}
+        for name in args.recipes:
+            by_steps.setdefault(recipe_config(name).num_steps, []).extend(
+                [f"recipe:{name}"] + ([f"recipe_compiled:{name}"] if args.compile else []))
+        configs = [(steps, args.batch, floors + recipes) for steps, recipes in sorted(by_steps.items())]
     results = {"machine": info, "args": vars(args), "rows": []}
     columns = [("variant", "variant", "s"), ("median_s", "median s", ".3f"), ("min_s", "min s", ".3f"),
                ("images_per_s", "img/s", ".2f"), ("x_ann", "x ANN", ".3f"), ("x_fused", "x ours_fused", ".2f"),
+               ("x_ann_compiled", "x ANN compiled", ".2f"),
                ("saved_MB", "saved MB", ".0f"), ("saved_x_ann", "saved x ANN", ".2f")]
     if device.type == "cuda":
         columns.append(("peak_MB", "peak MB", ".0f"))
-    for steps, batch in configs:
-        rows = benchmark_config(steps, batch, variants, args, device)
+    for steps, batch, config_variants in configs:
+        rows = benchmark_config(steps, batch, config_variants, args, device)
         results["rows"].extend(rows)
-        print_table(f"ResNet-19 (width {args.width}, neuron {args.neuron}) training step, T={steps}, B={batch}, "
+        model = "recipe models" if args.recipes else f"ResNet-19 (neuron {args.neuron})"
+        print_table(f"{model}, width {args.width}, training step, T={steps}, B={batch}, "
                     f"{device}, autocast {args.autocast}, {args.repeats} interleaved runs "
                     f"({info['torch_threads']} threads)", rows, columns)
     if hasattr(os, "getloadavg"):

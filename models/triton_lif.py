@@ -278,7 +278,8 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     inner = x[0, 0, 0].numel() if x.dim() > 2 else 1
     for name, table in (("step_thresholds", step_thresholds), ("params", params)):
         if table is not None and (table.shape[0] != steps or table.shape[1] not in (1, channels)):
-            raise ValueError(f"{name} must have T = {steps} rows of 1 or C = {channels} entries, got {tuple(table.shape)}")
+            raise ValueError(f"{name} must have T = {steps} rows of 1 or C = {channels} entries, "
+                             f"got shape {tuple(table.shape)}")
     block = block or backward_block(steps)
     programs = triton.cdiv(neurons, block)
     grad_x = torch.empty_like(x)
