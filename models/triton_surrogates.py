@@ -44,6 +44,10 @@ if triton is not None:
         return tl.div_rn(a, b)
 
     @triton.jit
+    def indicator(condition):
+        return condition.to(tl.float32)
+
+    @triton.jit
     def where(condition, a, b):
         return tl.where(condition, a, b)
 

@@ -14,7 +14,7 @@ import math
 from torch import Tensor
 
 from .base import FixedSurrogate
-from .closed_form import absolute, clamp_min, div, logistic, where
+from .closed_form import absolute, clamp_min, div, indicator, logistic
 
 HALF_PI = math.pi / 2
 
@@ -25,7 +25,7 @@ class Rectangular(FixedSurrogate):
 
     @staticmethod
     def shape(x: Tensor, width) -> Tensor:
-        return div(where(absolute(x) < width * 0.5, 1.0, 0.0), width)
+        return div(indicator(absolute(x) < width * 0.5), width)
 
 
 class Triangle(FixedSurrogate):

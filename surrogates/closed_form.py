@@ -3,7 +3,7 @@
 A surrogate's ``shape(x, **params)`` (the derivative h(x), x = u - theta) written with only
 
 - Python arithmetic ``+ - *``, comparisons, and numeric literals or module-level float constants;
-- the functions below: ``absolute``, ``div``, ``where``, ``clamp_min``, ``logistic``
+- the functions below: ``absolute``, ``div``, ``indicator``, ``where``, ``clamp_min``, ``logistic``
 
 is evaluated by torch as it stands (these functions are torch's), and ``models/triton_surrogates.py``
 compiles the *same function object* for the Triton kernels by binding these names to Triton
@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-VOCABULARY = ("absolute", "div", "where", "clamp_min", "logistic")
+VOCABULARY = ("absolute", "div", "indicator", "where", "clamp_min", "logistic")
 
 
 def absolute(x: Tensor) -> Tensor:
@@ -33,6 +33,11 @@ def absolute(x: Tensor) -> Tensor:
 def div(a, b):
     """a / b (IEEE division of tensors; a Python number over a tensor is torch's reciprocal times a)."""
     return a / b
+
+
+def indicator(condition: Tensor) -> Tensor:
+    """1.0 where ``condition`` holds, else 0.0 (fp32)."""
+    return condition.to(torch.float32)
 
 
 def where(condition: Tensor, a, b) -> Tensor:
