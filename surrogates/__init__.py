@@ -1,7 +1,7 @@
 """Surrogate gradients.  ``create_surrogate(name, **kw)`` builds one by name; every object
 works as ``spike_grad=`` of a stock ``snntorch.Leaky`` and as the surrogate of our neurons."""
 from ..registry import Registry
-from .a2sg import A2SG
+from .a2sg import A2SG, a2sg_reconstructed
 from .base import FixedSurrogate, SpikeFunction, Surrogate
 from .classic import atan, fast_sigmoid, rectangular, sigmoid, triangle
 from .learnable import learnable
@@ -13,6 +13,7 @@ SURROGATES.register()(learnable)  # TLSG, surrogates/learnable.py
 for _factory in (rectangular, triangle, sigmoid, atan, fast_sigmoid, tgo, mpd_agl):
     SURROGATES.register()(_factory)
 SURROGATES.register("a2sg")(A2SG)  # the class is the factory: its signature lists every option
+SURROGATES.register()(a2sg_reconstructed)
 
 
 def create_surrogate(name: str, **kwargs) -> Surrogate:
@@ -21,6 +22,6 @@ def create_surrogate(name: str, **kwargs) -> Surrogate:
 
 
 __all__ = [
-    "A2SG", "SURROGATES", "FixedSurrogate", "SpikeFunction", "Surrogate", "create_surrogate",
+    "A2SG", "SURROGATES", "a2sg_reconstructed", "FixedSurrogate", "SpikeFunction", "Surrogate", "create_surrogate",
     "atan", "fast_sigmoid", "learnable", "rectangular", "sigmoid", "triangle", "tgo", "mpd_agl",
 ]

@@ -1,41 +1,33 @@
-"""A2SG: adaptive and asymmetric surrogate gradients (a2sg.md; fidelity: RECONSTRUCTION).
+"""A2SG: adaptive and asymmetric surrogate gradients (Kang et al., arXiv 2606.11236; docs/methods.md, "A2SG").
 
-Known [published]: the surrogate gradient (SG) window adapts across space and time, driven by a
-spatial gradient variation (SGV) and a temporal gradient consistency (TGC) statistic, and the SG
-is asymmetric, giving larger gradients to neurons with a higher membrane potential.  Everything
-else here (shapes, statistics, update rule, defaults) is [reconstructed] and switchable; none of
-it is the paper's algorithm and no result produced with it is a paper number.
+Spike function, x = u - theta: forward ``s = 1[x > 0]`` (``>=`` under the ``reference`` preset), backward
+``ds/dx := h(x; w, ...)`` with a window w > 0 per layer and timestep (shapes: ``a2sg_shapes.py``).
 
-Spike function, x = u - theta: forward ``s = 1[x > 0]`` (``>=`` under the ``reference`` preset),
-backward ``ds/dx := h(x; w, a)`` with window ``w > 0`` and asymmetry ``a`` in [0, 0.9]
-(``wR = w (1 + a)`` above threshold, ``wL = w (1 - a)`` below).  Every shape has area 1 for every
-``a`` and satisfies ``h(d) >= h(-d)`` for ``d > 0``; ``a = 0`` is the symmetric version:
+**Paper mode (the default)** [paper, via summary; the authors' code is not released]: the ``ramp`` shape
+(rising across the window [theta - w, theta + w]; the paper's ASY) and the ST-ASG window search
+(``adapt="search"``, statistics in ``a2sg_statistics.py``):
 
-=================  ==============================================================================
-``asym_triangle``  (1/w) max(0, 1 - x/wR) for x >= 0, (1/w) max(0, 1 + x/wL) for x < 0; peak 1/w
-``asym_rect``      1/w on [-wL/2, wR/2], else 0                       (w is a full width here)
-``asym_sigmoid``   (1/w) 4 s(x/c) (1 - s(x/c)), c = wR/4 (x >= 0), wL/4 (x < 0), s the logistic
-``shifted``        (1/w) max(0, 1 - |x - d|/w), d = a w/2   (symmetric triangle moved up by d)
-=================  ==============================================================================
+    SGV    = Var(delta[T]) / Mean(|delta[T]|),   TGC[t] = cos(delta[t], delta[t+1]),   delta = dL/du
+    w[T]   = argmin over the candidates of SGV,  w[t] = argmax of TGC[t]   (t < T)
 
-Windows are stored **in units of the threshold theta** (spec: w0 = 0.5 theta, w_min = 0.2 theta,
-w_max = 2 theta); the window used at a call is ``w_t[step] * theta`` with theta read from the
-``neuron`` in the call context (1 when there is none).
+The paper searches by Bayesian optimisation; here ``search="grid"`` [reconstructed] evaluates ``grid_size``
+candidates on a log grid in [w_min, w_max] exactly from the backward that already ran (no second backward),
+on every ``update_every``-th optimiser step (default every step, as the paper reportedly does), sums the
+statistics over processes, and applies the chosen windows from the next optimiser step [reconstructed].
+The paper's ablation arms: fixed ``triangle`` / ``box`` (``adapt="none"``), ST-ASG (``search`` +
+``triangle``), A2SG (``search`` + ``ramp``).  SGV/TGC in force are logged in ``sgv_ema``, ``tgc_ema``
+(mean over t) and ``tgc_t[t]`` in every mode with ``statistics="paper"``, so fixed arms report them too.
 
-Adaptive window (a2sg.md section 3), one controller per surrogate instance, i.e. per spiking layer
-(``neuron_factory`` builds a fresh surrogate per neuron), state in persistent buffers:
-``log_w_base``, ``w_t[T]``, ``sgv_ref``, ``calibrated``, ``sgv_ema``, ``tgc_ema``, ``std_ema[T]``,
-``a2sg_step`` (optimiser steps seen) and ``num_controller_steps``.  Statistics, fp32, no_grad,
-on detached tensors, taken on the forward before every ``update_every``-th optimiser step:
+**Our earlier reconstruction** [reconstructed], kept as options (``a2sg_reconstructed`` builds it with
+its defaults): shapes ``asym_triangle`` (asymmetry ``asym``), ``asym_rect``, ``asym_sigmoid``,
+``shifted``, and the ``sgv_tgc`` feedback controller on its own statistics (``statistics="reconstructed"``),
+taken on the forward before every ``update_every``-th optimiser step:
 
-- SGV = mean_t [ std(h(x_t)) / (mean(h(x_t)) + 1e-8) ], population std and mean over batch x
-  neurons, h with the window used at that call (``sgv_source="grad"``: |dL/du_t| instead of h);
-- dL/du_t from tensor hooks on the membrane ``mem`` of the context, registered only on those
-  forwards, kept normalised in bf16 until all T have fired, then reduced to the T x T cosine
-  matrix and freed;  TGC = mean_{t<t'} cos(dL/du_t, dL/du_t'),
-  c[t] = mean_{t' != t} cos(dL/du_t, dL/du_t')  (T = 1: TGC := tgc_target, c := 1);
-- mode ``sgv_tgc``: during the first ``calib_epochs`` epochs ``sgv_ref`` is the EMA of SGV
-  (no window change); then it is frozen and, every controller step::
+- SGV = mean_t [ std(h(x_t)) / (mean(h(x_t)) + 1e-8) ] over batch x neurons (``sgv_source="grad"``:
+  |dL/du_t| instead of h); TGC = mean_{t<t'} cos(dL/du_t, dL/du_t'), c[t] = mean_{t' != t} cos(...)
+  (T = 1: TGC := tgc_target, c := 1);
+- mode ``sgv_tgc``: during the first ``calib_epochs`` epochs ``sgv_ref`` is the EMA of SGV (no window
+  change); then it is frozen and, every controller step::
 
       e          = rho1 (SGV / sgv_ref - 1) + rho2 (tgc_target - TGC)
       log_w_base = clamp(log_w_base + eta_w tanh(e), log w_min, log w_max)
@@ -43,101 +35,52 @@ on detached tensors, taken on the forward before every ``update_every``-th optim
 
   (``temporal_mod=False``: gamma_t = 0);
 - mode ``memstat``: on every training forward ``std_ema[t] <- (1 - m) std_ema[t] + m std(u_t)/theta``
-  and ``w_t[t] = clamp(kappa std_ema[t], w_min, w_max)``;
-- mode ``none``: w = w0 (baselines).
+  and ``w_t[t] = clamp(kappa std_ema[t], w_min, w_max)``; mode ``none``: w = w0.
 
-SGV/TGC are measured (and logged in ``sgv_ema``/``tgc_ema``) in every mode, so the fixed arms
-report them too (a2sg.md section 8.1); only ``sgv_tgc`` acts on them.  The window used at a call
-is the one in force before that call's statistics.  Granularity: ``layer_time`` (default) keeps
-one window per timestep; ``layer`` uses one window for all timesteps (the mean over t of the
-per-step windows); ``layer_channel`` / ``layer_channel_time`` do the same per channel (statistics,
-``log_w_base``, ``sgv_ref`` per channel along ``channel_dim`` of the per-step input).
+``tgc_source="weight_grad"`` (reconstructed statistics only, diagnostic): TGC and c from the cosines
+between the per-timestep gradients of the conv / linear feeding the layer.
 
-Sizes: the [T] (and channel) dimensions of the buffers are sized from the calls (a step index
-beyond the current size appends rows at the base window; the channel count is taken from the first
-call), and ``load_state_dict`` resizes them to the checkpoint's, so a fresh model loads any
-checkpoint.  No ``num_steps`` option is needed.
-
-Context: our neurons call ``surrogate(x, mem=u, step=t, neuron=self)``.  Without ``step`` (stock
-``snntorch.Leaky`` passes only ``mem - threshold``; our LIF in single-step mode) the fixed window
-w0 (times theta, 1 without a neuron) is used and no statistics are taken; without ``mem`` the
-gradient statistics are missing and controller steps are skipped.  Training loops other than
-``repro.engine.train`` must call ``on_epoch_start(epoch)`` and ``after_optimizer_step(step)``.
-Under torch.distributed, SGV, TGC and c (and memstat's std) are all-reduced (mean), so every
-replica keeps the same windows.  With gradient accumulation the last forward before the optimiser
-step supplies the statistics.  ``tgc_source="weight_grad"`` [reconstructed, the spec's diagnostic-only
-variant]: TGC and c from the cosines between the per-timestep gradients dL/dW_t of the conv / linear
-feeding the layer (its weight rows per output channel for the per-channel granularities), taken from
-a hook on that layer's output on controller steps.  Nothing is learned by gradient descent: w and
-a get no gradient; h is written with differentiable ops, so Hessian-vector products work.
+Common to both: windows are stored **in units of the threshold theta** (the window used at a call is
+``w_t[step] * theta``); one state per surrogate instance, i.e. per spiking layer, in persistent buffers
+(``w_t``, ``log_w_base``, ``sgv_ref``, ``calibrated``, ``sgv_ema``, ``tgc_ema``, ``tgc_t``, ``std_ema``,
+``a2sg_step``, ``num_controller_steps``), sized from the calls and resized by ``load_state_dict`` to the
+checkpoint's.  Granularity: ``layer_time`` (default) one window per timestep; ``layer`` one for all
+timesteps (the mean over t of the per-step windows); ``layer_channel`` / ``layer_channel_time`` the same
+per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)``; without
+``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is used and no statistics are
+taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
+``after_optimizer_step(step)``.  With gradient accumulation the last forward before the optimiser step
+supplies the statistics.  Nothing is learned by gradient descent; h uses differentiable ops, so
+Hessian-vector products work.
 """
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import ExitStack, contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
+from .a2sg_shapes import ASYMMETRY_SHAPES, SHAPE_PARAMETERS, SHAPES
+from .a2sg_statistics import (EPS, GradientObservation, WindowSearch, coefficient_of_variation, per_step_weight_grads,
+                              world_mean)
 from .base import Surrogate
 
-EPS = 1e-8
-
-
-def asym_triangle(x: Tensor, w, a: float) -> Tensor:
-    """(1/w) max(0, 1 - x/wR) above threshold, (1/w) max(0, 1 + x/wL) below [reconstructed]."""
-    right = torch.clamp(1 - x / (w * (1 + a)), min=0)
-    left = torch.clamp(1 + x / (w * (1 - a)), min=0)
-    return torch.where(x >= 0, right, left) / w
-
-
-def asym_rect(x: Tensor, w, a: float) -> Tensor:
-    """1/w on [-wL/2, wR/2] [reconstructed]."""
-    inside = (x >= -w * (1 - a) / 2) & (x <= w * (1 + a) / 2)
-    return inside.to(x.dtype) / w
-
-
-def asym_sigmoid(x: Tensor, w, a: float) -> Tensor:
-    """(1/w) 4 s(x/c)(1 - s(x/c)), c = wR/4 above and wL/4 below threshold [reconstructed].
-    1 - s(z) is computed as s(-z), which keeps the positive tail accurate in fp32."""
-    z = x / torch.where(x >= 0, w * (1 + a) / 4, w * (1 - a) / 4)
-    return 4 * torch.sigmoid(z) * torch.sigmoid(-z) / w
-
-
-def shifted(x: Tensor, w, a: float) -> Tensor:
-    """Symmetric triangle moved up by a w/2: (1/w) max(0, 1 - |x - a w/2|/w) [reconstructed]."""
-    return torch.clamp(1 - (x - a * w / 2).abs() / w, min=0) / w
-
-
-SHAPES: dict[str, Callable[..., Tensor]] = {
-    f.__name__: f for f in (asym_triangle, asym_rect, asym_sigmoid, shifted)
-}
-ADAPT_MODES = ("none", "sgv_tgc", "memstat")
+ADAPT_MODES = ("search", "none", "sgv_tgc", "memstat")
+STATISTICS = ("paper", "reconstructed")
+SEARCHES = ("grid",)
 GRANULARITIES = ("layer", "layer_time", "layer_channel", "layer_channel_time")
 SGV_SOURCES = ("surrogate", "grad")
 TGC_SOURCES = ("membrane_grad", "weight_grad")
-WINDOW_BUFFERS = ("log_w_base", "sgv_ref", "sgv_ema", "tgc_ema", "w_t", "std_ema")
+WINDOW_BUFFERS = ("log_w_base", "sgv_ref", "sgv_ema", "tgc_ema", "tgc_t", "w_t", "std_ema")
 
 
 def _choice(name: str, value: str, allowed: tuple) -> str:
     if value not in allowed:
         raise ValueError(f"a2sg: {name} must be one of {', '.join(allowed)}; got {value!r}")
     return value
-
-
-def _coefficient_of_variation(values: Tensor) -> Tensor:
-    """std / (mean + 1e-8) along the last dim (population std)."""
-    return values.std(-1, correction=0) / (values.mean(-1) + EPS)
-
-
-def _world_mean(values: Tensor) -> Tensor:
-    """All-reduce (mean) across processes when torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-        values /= dist.get_world_size()
-    return values
 
 
 def _threshold(neuron: Any) -> float:
@@ -147,112 +90,36 @@ def _threshold(neuron: Any) -> float:
     return float(theta)
 
 
-class GradientObservation:
-    """Statistics of one training forward on a controller step.
-
-    ``add_step`` (forward, per timestep) stores the forward SGV term and registers a hook on the
-    membrane; the hooks store the normalised dL/du_t in bf16 and, once every registered hook has
-    fired, reduce them to the per-unit cosine matrix ``gram[U, T, T]`` and free them.  With
-    ``from_weights`` (``tgc_source="weight_grad"``) the membrane hooks serve SGV only (``sgv_source="grad"``)
-    and ``add_weight_grads`` gives the per-timestep weight gradients that make ``gram``.
-    """
-
-    def __init__(self, per_unit: Callable[[Tensor], Tensor], sgv_from_grad: bool, from_weights: bool = False):
-        self.per_unit, self.sgv_from_grad, self.from_weights = per_unit, sgv_from_grad, from_weights
-        self.sgv_terms: dict[int, Tensor] = {}
-        self.deltas: dict[int, Tensor] = {}
-        self.hooked: set[int] = set()
-        self.gram: Tensor | None = None
-
-    def add_step(self, step: int, h: Tensor | None, mem: Tensor | None,
-                 register: Callable[[Callable[[Tensor], None]], None] | None = None) -> None:
-        """``register``: the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``)."""
-        if h is not None:
-            self.sgv_terms[step] = _coefficient_of_variation(self.per_unit(h))
-        if self.from_weights and not self.sgv_from_grad:
-            return
-        callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
-        if register is not None:
-            self.hooked.add(step)
-            register(callback)
-        elif mem is not None and mem.requires_grad:
-            self.hooked.add(step)
-            mem.register_hook(callback)
-
-    @torch.no_grad()
-    def _on_grad(self, step: int, grad: Tensor) -> None:
-        delta = self.per_unit(grad.detach().float())
-        if self.sgv_from_grad:
-            self.sgv_terms[step] = _coefficient_of_variation(delta.abs())
-        if not self.from_weights:
-            self.deltas[step] = _unit_normalised(delta).to(torch.bfloat16)
-            if set(self.deltas) == self.hooked:
-                self.gram, self.deltas = _cosine_gram(self.deltas), {}
-
-    @torch.no_grad()
-    def add_weight_grads(self, rows: list[Tensor]) -> None:
-        """Per-timestep gradients of the feeding weight as rows [U, N] (U = output channels or 1)."""
-        self.gram = _cosine_gram({t: _unit_normalised(row) for t, row in enumerate(rows)})
-
-    def statistics(self, tgc_target: float) -> tuple[Tensor, Tensor, Tensor] | None:
-        """(SGV[U], TGC[U], c[T, U]), or None if a hook did not fire (no gradient reached u)."""
-        if self.gram is None or not self.sgv_terms or (self.hooked and set(self.sgv_terms) != self.hooked):
-            return None
-        sgv = torch.stack([self.sgv_terms[t] for t in sorted(self.sgv_terms)]).mean(0)
-        units, steps, _ = self.gram.shape
-        if steps == 1:
-            return sgv, torch.full_like(sgv, tgc_target), torch.ones(1, units, device=sgv.device)
-        upper = torch.triu_indices(steps, steps, 1)
-        tgc = self.gram[:, upper[0], upper[1]].mean(-1)
-        c = (self.gram.sum(-1) - self.gram.diagonal(dim1=1, dim2=2)) / (steps - 1)
-        return sgv, tgc, c.T
-
-
-def _unit_normalised(delta: Tensor) -> Tensor:
-    return delta / torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _cosine_gram(deltas: dict[int, Tensor]) -> Tensor:
-    """gram[U, T, T] of unit-normalised rows deltas[t][U, N] (1 on the diagonal)."""
-    steps = sorted(deltas)
-    first = deltas[steps[0]]
-    gram = torch.ones(first.shape[0], len(steps), len(steps), device=first.device)
-    for i, t in enumerate(steps):
-        for j in range(i + 1, len(steps)):
-            gram[:, i, j] = gram[:, j, i] = (deltas[t].float() * deltas[steps[j]].float()).sum(-1)
-    return gram
-
-
-def per_step_weight_grads(layer: nn.Module, inputs: Tensor, grad_output: Tensor, steps: int) -> list[Tensor]:
-    """dL/dW of each timestep's slice of the folded [T*B, ...] batch, for a Conv2d or Linear ``layer``."""
-    grads = []
-    for x, g in zip(inputs.float().chunk(steps), grad_output.float().chunk(steps)):
-        if isinstance(layer, nn.Conv2d):
-            grads.append(torch.nn.grad.conv2d_weight(x, layer.weight.shape, g, layer.stride, layer.padding,
-                                                     layer.dilation, layer.groups))
-        else:
-            grads.append(g.flatten(0, -2).T @ x.flatten(0, -2))
-    return grads
-
-
 class A2SG(Surrogate):
-    """Adaptive and asymmetric SG; see the module docstring for the equations.  [reconstructed]
+    """Adaptive and asymmetric SG; see the module docstring for the equations.  The defaults are the
+    paper's method (ramp + window search) [paper, via summary]; the search's grid, lag and defaults of
+    w0 / w_min / w_max are [reconstructed].
 
-    Ablation arms (a2sg.md section 9): fixed-symmetric ``adapt="none", asym=0``; fixed-asymmetric
-    ``adapt="none", asym=0.5``; adaptive-symmetric ``adapt="sgv_tgc", asym=0``; A2SG (default).
+    The paper's ablation arms: fixed TRI ``shape="triangle", adapt="none"``; fixed BOX ``shape="box",
+    adapt="none"``; ST-ASG ``shape="triangle"``; A2SG (default).  Our earlier 2 x 2 grid: ``asym_triangle``
+    with ``asym`` 0 / 0.5 and ``adapt`` none / sgv_tgc (``a2sg_reconstructed``).
 
     Args:
-        shape: ``asym_triangle`` | ``asym_rect`` | ``asym_sigmoid`` | ``shifted``.
-        asym: a in [0, 0.9]; 0 = symmetric.
-        adapt: ``sgv_tgc`` | ``memstat`` | ``none`` (None, as the CLI parses ``none``, means ``none``).
+        shape: ``ramp`` | ``triangle`` | ``box`` (the paper's) | ``asym_triangle`` | ``asym_rect`` |
+            ``asym_sigmoid`` | ``shifted`` (ours).
+        asym: a in [0, 0.9] for the ``asym_*`` and ``shifted`` shapes; 0 = symmetric.
+        height: the ramp's value at threshold; None: 1/(2w) (area 1) [reconstructed default].
+        clip: clip the ramp's negative values to 0 [reconstructed default]; False keeps them.
+        adapt: ``search`` (the paper's window search) | ``sgv_tgc`` | ``memstat`` | ``none`` (None, as the
+            CLI parses ``none``, means ``none``).
+        statistics: SGV/TGC definitions measured and logged: ``paper`` | ``reconstructed``; None: ``paper``
+            for ``search`` / ``none``, ``reconstructed`` for ``sgv_tgc`` / ``memstat``.
+        search: ``grid`` (``bayes`` is not provided: docs/methods.md, "A2SG", gives the measured reason).
+        grid_size: candidates on the log grid in [w_min, w_max] (``search``).
         granularity: ``layer`` | ``layer_time`` | ``layer_channel`` | ``layer_channel_time``.
         temporal_mod: apply the per-timestep factor (1 + gamma_t (1 - c[t])) (``sgv_tgc``).
         sgv_source: ``surrogate`` (h(x)) | ``grad`` (|dL/du|).
         tgc_source: ``membrane_grad`` (dL/du[t]) | ``weight_grad`` (per-timestep gradients of the feeding
             conv / linear weight, ``neuron.input_layer``; diagnostic-only, T weight-gradient products).
         w0, w_min, w_max: initial, smallest and largest window, in units of the threshold.
-        eta_w, rho1, rho2, tgc_target, gamma_t: controller constants (see the update rule).
-        update_every: K, optimiser steps between controller steps.
+        eta_w, rho1, rho2, tgc_target, gamma_t: ``sgv_tgc`` controller constants (see the update rule).
+        update_every: K, optimiser steps between statistics / controller steps; None: 1 for ``search``,
+            10 otherwise.
         calib_epochs: epochs that only calibrate ``sgv_ref``.
         ema_momentum: m of every EMA (``sgv_ref`` calibration, ``std_ema``, ``sgv_ema``, ``tgc_ema``);
             an EMA starts at its first observation, except ``std_ema``, which starts at w0/kappa.
@@ -262,9 +129,14 @@ class A2SG(Surrogate):
 
     def __init__(
         self,
-        shape: str = "asym_triangle",
-        asym: float = 0.5,
-        adapt: str | None = "sgv_tgc",
+        shape: str = "ramp",
+        asym: float = 0.0,
+        height: float | None = None,
+        clip: bool = True,
+        adapt: str | None = "search",
+        statistics: str | None = None,
+        search: str = "grid",
+        grid_size: int = 12,
         granularity: str = "layer_time",
         temporal_mod: bool = True,
         sgv_source: str = "surrogate",
@@ -277,7 +149,7 @@ class A2SG(Surrogate):
         rho2: float = 1.0,
         tgc_target: float = 0.5,
         gamma_t: float = 0.5,
-        update_every: int = 10,
+        update_every: int | None = None,
         calib_epochs: int = 1,
         ema_momentum: float = 0.1,
         kappa: float = 1.0,
@@ -290,8 +162,27 @@ class A2SG(Surrogate):
         self.granularity = _choice("granularity", granularity, GRANULARITIES)
         self.sgv_source = _choice("sgv_source", sgv_source, SGV_SOURCES)
         self.tgc_source = _choice("tgc_source", tgc_source, TGC_SOURCES)
+        if search == "bayes":
+            raise ValueError("a2sg: search='bayes' is not provided (a Gaussian-process search costs more than the "
+                             "exact grid, measured in docs/methods.md, 'A2SG'); use search='grid'")
+        self.search = _choice("search", search, SEARCHES)
+        default_statistics = "paper" if self.adapt in ("search", "none") else "reconstructed"
+        self.statistics = _choice("statistics", statistics or default_statistics, STATISTICS)
+        update_every = (1 if self.adapt == "search" else 10) if update_every is None else update_every
         checks = [
             (0.0 <= asym <= 0.9, f"asym must be in [0, 0.9] (wL = w (1 - asym) > 0), got {asym}"),
+            (asym == 0 or shape in ASYMMETRY_SHAPES,
+             f"asym applies to the shapes {', '.join(ASYMMETRY_SHAPES)}, not {shape!r}: set asym 0"),
+            ((height is None and clip is True) or shape == "ramp",
+             f"height and clip apply to the ramp shape only, not {shape!r}"),
+            (height is None or height > 0, f"height must be > 0 (or None for 1/(2w)), got {height}"),
+            (self.adapt != "search" or self.statistics == "paper",
+             "adapt='search' uses the paper's statistics: set statistics='paper'"),
+            (self.adapt != "sgv_tgc" or self.statistics == "reconstructed",
+             "adapt='sgv_tgc' uses the reconstructed statistics: set statistics='reconstructed'"),
+            (self.statistics == "reconstructed" or tgc_source == "membrane_grad",
+             "tgc_source='weight_grad' applies to statistics='reconstructed' only"),
+            (isinstance(grid_size, int) and grid_size >= 2, f"grid_size must be an int >= 2, got {grid_size!r}"),
             (0.0 < w_min <= w0 <= w_max, f"need 0 < w_min <= w0 <= w_max, got {w_min}, {w0}, {w_max}"),
             (eta_w >= 0 and rho1 >= 0 and rho2 >= 0 and gamma_t >= 0,
              f"eta_w, rho1, rho2, gamma_t must be >= 0, got {eta_w}, {rho1}, {rho2}, {gamma_t}"),
@@ -309,6 +200,9 @@ class A2SG(Surrogate):
             if not ok:
                 raise ValueError(f"a2sg: {message}")
         self.asym, self.w0, self.w_min, self.w_max = float(asym), float(w0), float(w_min), float(w_max)
+        self.height, self.clip, self.grid_size = (None if height is None else float(height)), clip, grid_size
+        # the search's candidate windows (units of theta), a log grid in [w_min, w_max]
+        self.candidates = torch.logspace(math.log10(w_min), math.log10(w_max), grid_size, dtype=torch.float64).tolist()
         self.eta_w, self.rho1, self.rho2, self.tgc_target = float(eta_w), float(rho1), float(rho2), float(tgc_target)
         self.gamma_t = float(gamma_t) if temporal_mod else 0.0
         self.temporal_mod, self.update_every, self.calib_epochs = temporal_mod, update_every, calib_epochs
@@ -320,6 +214,7 @@ class A2SG(Surrogate):
         self.register_buffer("log_w_base", torch.full(units, math.log(w0)))
         for name in ("sgv_ref", "sgv_ema", "tgc_ema"):
             self.register_buffer(name, torch.zeros(units))
+        self.register_buffer("tgc_t", torch.zeros(0, *units))  # paper statistics: TGC[t], t < T
         self.register_buffer("w_t", torch.zeros(0, *units))  # rows appended per timestep
         self.register_buffer("std_ema", torch.zeros(0, *units))
         self.register_buffer("calibrated", torch.tensor(False))
@@ -327,19 +222,24 @@ class A2SG(Surrogate):
         self.register_buffer("num_controller_steps", torch.tensor(0, dtype=torch.long))
         self._steps = 0  # mirror of a2sg_step, so that forward never synchronises with the device
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
-        self._observation: GradientObservation | None = None
+        self._observation: GradientObservation | WindowSearch | None = None
         self._frozen = False
 
     # ----------------------------------------------------------------- per-call window
     def call_params(self, x: Tensor, step: int | None = None, neuron: Any = None, **context: Any) -> dict:
         theta = _threshold(neuron)
         if step is None:
-            return {"w": self.w0 * theta, "a": self.asym}
+            return self.shape_params(self.w0 * theta)
         self._ensure_size(x, step)
         w = self.w_t[step]
         if self.per_channel:
             w = w.reshape(-1, *[1] * (x.dim() - self.channel_dim % x.dim() - 1))
-        return {"w": w.detach() * theta, "a": self.asym}  # a new tensor: later buffer updates do not reach it
+        return self.shape_params(w.detach() * theta)  # a new tensor: later buffer updates do not reach it
+
+    def shape_params(self, w) -> dict:
+        """The parameters of ``shape`` for the (absolute) window ``w``."""
+        options = {"w": w, "a": self.asym, "height": self.height, "clip": self.clip}
+        return {name: options[name] for name in SHAPE_PARAMETERS[self.shape_name]}
 
     def observe(self, x: Tensor, params: dict, context: dict) -> None:
         super().observe(x, params, context)
@@ -362,17 +262,33 @@ class A2SG(Surrogate):
     def _observe(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
         mem = context.get("mem")
         if self.adapt == "memstat" and mem is not None:
-            std = _world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
+            std = world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
             self.std_ema[step] = (1 - self.ema_momentum) * self.std_ema[step] + self.ema_momentum * std
             self._set_windows((self.kappa * self.std_ema).clamp(self.w_min, self.w_max))
         if self.tgc_source == "weight_grad" and self._weight_hook is None:
             self._hook_weight_layer(context.get("neuron"))
-        if self._controller_step_next():
+        if self._controller_step_next() and self.statistics == "paper":
+            self._observe_search(x, context, step, params, theta)
+        elif self._controller_step_next():
             if step == 0 or self._observation is None:
                 self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad",
                                                         from_weights=self.tgc_source == "weight_grad")
             h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
             self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
+
+    def _observe_search(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
+        """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search."""
+        mem = context.get("mem")
+        register_membrane = context.get("register_membrane_grad")
+        if register_membrane is None and mem is not None and mem.requires_grad:
+            register_membrane = mem.register_hook
+        register_spike = context.get("register_spike_grad")
+        if register_membrane is None or register_spike is None:
+            return
+        if step == 0 or not isinstance(self._observation, WindowSearch):
+            self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
+                                             self._per_unit)
+        self._observation.add_step(step, x, params, register_spike, register_membrane)
 
     def _controller_step_next(self) -> bool:
         return (self._steps + 1) % self.update_every == 0
@@ -423,14 +339,41 @@ class A2SG(Surrogate):
         observation, self._observation = self._observation, None
         if self._steps % self.update_every or observation is None:
             return
+        if isinstance(observation, WindowSearch):
+            reduced = observation.reduced_statistics()
+            if reduced is not None:  # None: no gradient reached u; replicas run the same graph, so all skip
+                self.search_step(*reduced)
+            return
         stats = observation.statistics(self.tgc_target)
         if stats is None:  # no gradient reached u; replicas run the same graph, so all of them skip
             return
         sgv, tgc, c = stats
         units = sgv.numel()
-        packed = _world_mean(torch.cat([sgv, tgc, c.flatten()]))
+        packed = world_mean(torch.cat([sgv, tgc, c.flatten()]))
         self.control(self._units(packed[:units]), self._units(packed[units:2 * units]),
                      self._units(packed[2 * units:].reshape(-1, units)))
+
+    @torch.no_grad()
+    def search_step(self, sgv: Tensor, tgc: Tensor) -> None:
+        """Log the paper's statistics in force and, with ``adapt="search"``, set every step's window to the
+        best candidate: sgv[K + 1, U] and tgc[T - 1, K + 1, U] over the candidates, the window in force
+        last (``WindowSearch.reduced_statistics``)."""
+        first = int(self.num_controller_steps) == 0
+        in_force_sgv, in_force_tgc = sgv[-1].nan_to_num(posinf=0.0), tgc[:, -1].nan_to_num(neginf=0.0)
+        self._ema(self.sgv_ema, self._units(in_force_sgv.float()), first)
+        self._ema(self.tgc_ema, self._units(in_force_tgc.mean(0).float()) if len(tgc) else self.tgc_ema, first)
+        if self.tgc_t.shape[0] != len(tgc):
+            self.tgc_t = self.tgc_t.new_zeros(len(tgc), *self.tgc_t.shape[1:])
+        self._ema(self.tgc_t, self._units(in_force_tgc.float()), first)
+        if self.adapt == "search":
+            grid = torch.tensor(self.candidates, dtype=sgv.dtype, device=sgv.device)
+            best_last, best_earlier = sgv[:-1].min(0), tgc[:, :-1].max(1)
+            picks = torch.cat([grid[best_earlier.indices], grid[best_last.indices][None]])
+            found = torch.cat([best_earlier.values.isfinite(), best_last.values.isfinite()[None]])
+            in_force = self.w_t[:len(picks)].reshape(picks.shape).to(picks)
+            windows = torch.where(found, picks, in_force)  # no candidate with a gradient: keep the window
+            self._set_windows(self._units(windows).to(self.w_t))
+        self.num_controller_steps += 1
 
     @torch.no_grad()
     def control(self, sgv: Tensor, tgc: Tensor, c: Tensor) -> None:
@@ -473,6 +416,7 @@ class A2SG(Surrogate):
                 self.log_w_base = self.log_w_base.new_full((channels,), math.log(self.w0))
                 self.w_t = self.w_t.new_zeros(0, channels)
                 self.std_ema = self.std_ema.new_zeros(0, channels)
+                self.tgc_t = self.tgc_t.new_zeros(0, channels)
             elif self.log_w_base.shape[0] != channels:
                 raise ValueError(f"a2sg: this layer's per-channel windows have {self.log_w_base.shape[0]} channels "
                                  f"but the input has {channels} along channel_dim={self.channel_dim}")
@@ -493,8 +437,9 @@ class A2SG(Surrogate):
         self._steps = int(self.a2sg_step)
 
     def extra_repr(self) -> str:
-        return (f"shape={self.shape_name}, asym={self.asym}, adapt={self.adapt}, granularity={self.granularity}, "
-                f"w0={self.w0}, w_min={self.w_min}, w_max={self.w_max}, update_every={self.update_every}")
+        return (f"shape={self.shape_name}, asym={self.asym}, adapt={self.adapt}, statistics={self.statistics}, "
+                f"granularity={self.granularity}, w0={self.w0}, w_min={self.w_min}, w_max={self.w_max}, "
+                f"update_every={self.update_every}")
 
 
 @contextmanager
@@ -505,3 +450,18 @@ def frozen_controllers(model: nn.Module) -> Iterator[nn.Module]:
             if isinstance(module, A2SG):
                 stack.enter_context(module.freeze_controller())
         yield model
+
+
+RECONSTRUCTED_DEFAULTS = dict(shape="asym_triangle", asym=0.5, adapt="sgv_tgc", statistics="reconstructed")
+
+
+def a2sg_reconstructed(**options: Any) -> A2SG:
+    """Our earlier reconstruction of A2SG [reconstructed]: ``asym_triangle`` with a = 0.5 and the ``sgv_tgc``
+    controller on its own statistics, every 10 optimiser steps (module docstring); options override."""
+    return A2SG(**{**RECONSTRUCTED_DEFAULTS, **options})
+
+
+# A2SG's options with these defaults, so that the registry checks option names and help lists them
+a2sg_reconstructed.__signature__ = inspect.signature(A2SG).replace(parameters=[
+    parameter.replace(default=RECONSTRUCTED_DEFAULTS.get(name, parameter.default))
+    for name, parameter in inspect.signature(A2SG).parameters.items()])

@@ -19,7 +19,7 @@ A_VALUES = (0.0, 0.25, 0.5, 0.9)
 
 
 def closed_form(shape, x, w, a):
-    """Independent piecewise formulas of a2sg.md section 2 (x a float64 grid)."""
+    """Independent piecewise formulas of the reconstructed shapes (docs/methods.md, "A2SG"; x a float64 grid)."""
     w_right, w_left = w * (1 + a), w * (1 - a)
     pos = x >= 0
     if shape == "asym_triangle":
@@ -37,7 +37,7 @@ def closed_form(shape, x, w, a):
 
 
 def fixed(shape="asym_triangle", asym=0.5, w0=0.5, **kw):
-    return create_surrogate("a2sg", shape=shape, asym=asym, w0=w0, adapt="none", **kw)
+    return create_surrogate("a2sg_reconstructed", shape=shape, asym=asym, w0=w0, adapt="none", **kw)
 
 
 @pytest.mark.parametrize("a", A_VALUES)
@@ -83,7 +83,7 @@ def test_shape_closed_form_area_and_asymmetry(shape, a):
 
 
 def test_backward_through_stock_snntorch_leaky_uses_w0_and_is_closed_form():
-    sg = create_surrogate("a2sg")  # adaptive, but snn.Leaky passes no step: fixed w0 = 0.5, a = 0.5
+    sg = create_surrogate("a2sg_reconstructed")  # adaptive, but snn.Leaky passes no step: fixed w0 = 0.5, a = 0.5
     lif = snn.Leaky(beta=0.5, threshold=1.0, spike_grad=sg, reset_mechanism="zero")
     current = torch.linspace(-0.5, 2.5, 301, requires_grad=True)
     mem0 = torch.full((301,), 0.4)  # below threshold: no reset
@@ -113,23 +113,23 @@ def test_symmetric_fixed_arm_equals_classic_triangle_and_double_backward_works()
 
 
 def test_registered_and_bad_options_say_what_to_change():
-    sg = create_surrogate("a2sg")
+    sg = create_surrogate("a2sg_reconstructed")
     assert isinstance(sg, A2SG) and (sg.shape_name, sg.asym, sg.adapt, sg.granularity) == \
         ("asym_triangle", 0.5, "sgv_tgc", "layer_time")
     assert (sg.w0, sg.w_min, sg.w_max, sg.eta_w, sg.update_every, sg.calib_epochs) == (0.5, 0.2, 2.0, 0.01, 10, 1)
     for kwargs, message in [({"asym": 0.95}, "asym must be in \\[0, 0.9\\]"),
-                            ({"shape": "box"}, "shape must be one of"),
+                            ({"shape": "hat"}, "shape must be one of"),
                             ({"w0": 3.0}, "w_min <= w0 <= w_max"), ({"adapt": "learned"}, "adapt must be one of"),
                             ({"granularity": "neuron"}, "granularity must be one of"),
                             ({"update_every": 0}, "update_every"), ({"ema_momentum": 0.0}, "ema_momentum")]:
         with pytest.raises(ValueError, match=message):
-            create_surrogate("a2sg", **kwargs)
+            create_surrogate("a2sg_reconstructed", **kwargs)
     with pytest.raises(ValueError, match="valid options: .*calib_epochs"):
-        create_surrogate("a2sg", beta=0.5)
+        create_surrogate("a2sg_reconstructed", beta=0.5)
     arm = parse_args(Config(), ["--surrogate", "a2sg", "--surrogate.adapt", "none", "--surrogate.asym", "0"])
     assert create_surrogate(arm.surrogate, **arm.surrogate_options).adapt == "none"  # the CLI parses none as None
     with pytest.raises(ValueError, match="tgc_source='membrane_grad'"):  # no feeding conv / linear known
-        create_neuron("lif", surrogate="a2sg", surrogate_kwargs={"tgc_source": "weight_grad"})(torch.ones(2, 1, 3, requires_grad=True))
+        create_neuron("lif", surrogate="a2sg_reconstructed", surrogate_kwargs={"tgc_source": "weight_grad"})(torch.ones(2, 1, 3, requires_grad=True))
 
 
 # ----------------------------------------------------------------------------- controller maths
@@ -180,7 +180,7 @@ def hand_made(T=3, shape=(16, 40), seed=0):
 
 @pytest.mark.parametrize("sgv_source", ["surrogate", "grad"])
 def test_calibration_then_update_match_plain_pytorch(sgv_source):
-    sg = create_surrogate("a2sg", update_every=2, calib_epochs=1, sgv_source=sgv_source)
+    sg = create_surrogate("a2sg_reconstructed", update_every=2, calib_epochs=1, sgv_source=sgv_source)
     sg.on_epoch_start(0)
     mems1, grads1 = hand_made(seed=1)
     mems2, grads2 = hand_made(seed=2)
@@ -216,7 +216,7 @@ def test_calibration_then_update_match_plain_pytorch(sgv_source):
 
 
 def test_per_channel_time_granularity_matches_plain_pytorch():
-    sg = create_surrogate("a2sg", update_every=1, calib_epochs=0, granularity="layer_channel_time", w0=0.6)
+    sg = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0, granularity="layer_channel_time", w0=0.6)
     sg.on_epoch_start(0)
     mems, grads = hand_made(T=2, shape=(6, 3, 4, 4), seed=3)
     run_controller_step(sg, mems, grads)  # calib_epochs=0: the first sample is sgv_ref, then the update
@@ -236,7 +236,7 @@ def test_per_channel_time_granularity_matches_plain_pytorch():
 
 
 def test_layer_granularity_shares_one_window_and_clamps_hold():
-    sg = create_surrogate("a2sg", update_every=1, calib_epochs=0, granularity="layer", eta_w=10.0, w0=1.9)
+    sg = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0, granularity="layer", eta_w=10.0, w0=1.9)
     sg.on_epoch_start(0)
     mems, grads = hand_made(T=2, seed=4)
     run_controller_step(sg, mems, [grads[0], -grads[0]])  # TGC = -1: e = 1.5 -> widen to the clamp
@@ -246,7 +246,7 @@ def test_layer_granularity_shares_one_window_and_clamps_hold():
     assert sg.log_w_base.item() == pytest.approx(math.log(0.2))  # log 2 + 10 tanh(~-0.5) is below log 0.2
     torch.testing.assert_close(sg.w_t, torch.full((2,), 0.2), atol=1e-3, rtol=0)  # c = 1 up to bf16
     # layer granularity: the mean over t of the per-step windows, with c differing per step
-    sg2 = create_surrogate("a2sg", update_every=1, calib_epochs=0, granularity="layer")
+    sg2 = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0, granularity="layer")
     sg2.on_epoch_start(0)
     mems3, grads3 = hand_made(T=3, seed=5)
     run_controller_step(sg2, mems3, grads3)
@@ -254,14 +254,14 @@ def test_layer_granularity_shares_one_window_and_clamps_hold():
     expected = (math.exp(math.log(0.5) + 0.01 * math.tanh(0.5 - tgc.item())) * (1 + 0.5 * (1 - c))).mean()
     torch.testing.assert_close(sg2.w_t.double(), expected.expand(3), atol=3e-3, rtol=0)
     # temporal_mod off: w_t = exp(log_w_base) at every step
-    sg3 = create_surrogate("a2sg", update_every=1, calib_epochs=0, temporal_mod=False)
+    sg3 = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0, temporal_mod=False)
     sg3.on_epoch_start(0)
     run_controller_step(sg3, mems3, grads3)
     torch.testing.assert_close(sg3.w_t, sg3.log_w_base.exp().expand(3))
 
 
 def test_memstat_ema_and_eval_leaves_state_alone():
-    sg = create_surrogate("a2sg", adapt="memstat", kappa=2.0, update_every=100)
+    sg = create_surrogate("a2sg_reconstructed", adapt="memstat", kappa=2.0, update_every=100)
     neuron = create_neuron("lif", surrogate="atan", threshold=0.5)
     std_ema = torch.full((2,), 0.5 / 2.0, dtype=torch.float64)  # starts at w0 / kappa
     for seed in range(3):
@@ -283,7 +283,7 @@ def test_memstat_ema_and_eval_leaves_state_alone():
 
 def test_fixed_arms_never_move_but_log_statistics():
     for asym in (0.0, 0.5):
-        sg = create_surrogate("a2sg", adapt="none", asym=asym, update_every=1, calib_epochs=0)
+        sg = create_surrogate("a2sg_reconstructed", adapt="none", asym=asym, update_every=1, calib_epochs=0)
         sg.on_epoch_start(0)
         for seed in range(2):
             run_controller_step(sg, *hand_made(seed=seed))
@@ -293,7 +293,7 @@ def test_fixed_arms_never_move_but_log_statistics():
 
 def test_buffers_are_saved_and_restored_exactly():
     def make():
-        return create_surrogate("a2sg", update_every=2, calib_epochs=0, granularity="layer_channel_time")
+        return create_surrogate("a2sg_reconstructed", update_every=2, calib_epochs=0, granularity="layer_channel_time")
 
     sg = make()
     sg.on_epoch_start(0)
@@ -301,7 +301,7 @@ def test_buffers_are_saved_and_restored_exactly():
     for mems, grads in batches[:3]:
         run_controller_step(sg, mems, grads)
     state = sg.state_dict()
-    assert set(state) == {"log_w_base", "w_t", "sgv_ref", "calibrated", "sgv_ema", "tgc_ema", "std_ema",
+    assert set(state) == {"log_w_base", "w_t", "sgv_ref", "calibrated", "sgv_ema", "tgc_ema", "tgc_t", "std_ema",
                           "a2sg_step", "num_controller_steps"}
     assert state["w_t"].shape == (3, 2) and int(state["a2sg_step"]) == 3
     restored = make()  # fresh: lazily sized buffers are resized by load_state_dict
@@ -316,13 +316,13 @@ def test_buffers_are_saved_and_restored_exactly():
     for key, value in restored.state_dict().items():
         assert torch.equal(value, sg.state_dict()[key]), key
     with pytest.raises(RuntimeError, match="size mismatch"):
-        create_surrogate("a2sg").load_state_dict(state)  # per-channel state into a per-layer controller
+        create_surrogate("a2sg_reconstructed").load_state_dict(state)  # per-channel state into a per-layer controller
 
 
 def test_freeze_controller_and_hessian_vector_product_through_a_model():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 32),
-                                create_neuron("lif", surrogate="a2sg", surrogate_kwargs={"update_every": 1}))
+                                create_neuron("lif", surrogate="a2sg_reconstructed", surrogate_kwargs={"update_every": 1}))
     sg = model[1].surrogate
     x = torch.randn(4, 8, 10) + 1.0
     with frozen_controllers(model):
@@ -341,7 +341,7 @@ def test_freeze_controller_and_hessian_vector_product_through_a_model():
 
 def _distributed_worker(rank, world, init_file, results_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    sg = create_surrogate("a2sg", update_every=1, calib_epochs=0)
+    sg = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0)
     sg.on_epoch_start(0)
     run_controller_step(sg, *hand_made(seed=10 + rank))
     torch.save((sg.w_t.tolist(), sg.sgv_ref.item(), sg.tgc_ema.item()), f"{results_dir}/{rank}.pt")
@@ -365,7 +365,7 @@ def test_two_processes_average_statistics_and_keep_the_same_windows(tmp_path):
 @pytest.mark.slow
 def test_engine_trains_quickstart_with_a2sg(tmp_path):
     config = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits", batch_size=32,
-                    eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4, seed=7, surrogate="a2sg",
+                    eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4, seed=7, surrogate="a2sg_reconstructed",
                     output_dir=str(tmp_path))  # test_engine's TINY with the A2SG defaults
     summary = train(config)
     state = load_checkpoint(tmp_path / "checkpoint.pt")["model"]
@@ -394,7 +394,7 @@ def test_weight_grad_tgc_matches_per_timestep_weight_gradients(granularity):
     torch.manual_seed(8)
     steps, batch = 3, 4
     conv_bn = SeqToANN(torch.nn.Conv2d(2, 5, 3, padding=1, bias=False), TDBatchNorm(5))
-    neuron = fed_by(conv_bn, create_neuron("lif", surrogate="a2sg", surrogate_kwargs=dict(
+    neuron = fed_by(conv_bn, create_neuron("lif", surrogate="a2sg_reconstructed", surrogate_kwargs=dict(
         tgc_source="weight_grad", granularity=granularity, update_every=2, calib_epochs=1)))
     surrogate = neuron.surrogate
     surrogate.on_epoch_start(0)

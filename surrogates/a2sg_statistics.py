@@ -1,0 +1,233 @@
+"""A2SG's gradient statistics and the paper's window search (docs/methods.md, "A2SG").
+
+Notation: delta[t] = dL/du[t], the gradient at a layer's membrane at step t (t = 1 .. T), rows [U, N]:
+one row per unit (per channel for the per-channel granularities, else one), N = batch x neurons.
+
+The paper's statistics [paper, via summary]:
+    SGV     = Var(delta[T]) / Mean(|delta[T]|)      (population variance; last step only)
+    TGC[t]  = cos(delta[t], delta[t+1]),  t = 1 .. T-1
+and its window search (ST-ASG): the window of step T minimises SGV, the window of each t < T maximises
+TGC[t].  ``WindowSearch`` evaluates every candidate window exactly from one backward [reconstructed]:
+with g[t] = dL/ds[t] (the spike's whole gradient) and f_w the surrogate with window w,
+
+    delta[t](w) = g[t] f_w(x[t]) + r[t],    r[t] = delta[t] - g[t] f_current(x[t]),
+
+where x = u - theta and r[t] (the recurrent term from delta[t+1], plus any loss on the potentials) does
+not depend on the window of step t; delta[t+1] does not either.  So SGV(w) and TGC[t](w) are sums over
+elements computed from the cached g, x and r, and summed across processes before the ratios are formed
+(every replica picks the same window).  A candidate whose gradient vanishes (no membrane inside its
+window) is never picked.
+
+Our earlier reconstruction [reconstructed] (``GradientObservation``, A2SG's ``sgv_tgc`` controller):
+SGV = mean_t CV(h(x[t])) or CV(|delta[t]|), TGC = mean_{t<t'} cos(delta[t], delta[t']).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+EPS = 1e-8
+
+def coefficient_of_variation(values: Tensor) -> Tensor:
+    """std / (mean + 1e-8) along the last dim (population std)."""
+    return values.std(-1, correction=0) / (values.mean(-1) + EPS)
+
+
+def world_mean(values: Tensor) -> Tensor:
+    """All-reduce (mean) across processes when torch.distributed is initialised."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+        values /= dist.get_world_size()
+    return values
+
+
+class GradientObservation:
+    """Statistics of one training forward on a controller step.
+
+    ``add_step`` (forward, per timestep) stores the forward SGV term and registers a hook on the
+    membrane; the hooks store the normalised dL/du_t in bf16 and, once every registered hook has
+    fired, reduce them to the per-unit cosine matrix ``gram[U, T, T]`` and free them.  With
+    ``from_weights`` (``tgc_source="weight_grad"``) the membrane hooks serve SGV only (``sgv_source="grad"``)
+    and ``add_weight_grads`` gives the per-timestep weight gradients that make ``gram``.
+    """
+
+    def __init__(self, per_unit: Callable[[Tensor], Tensor], sgv_from_grad: bool, from_weights: bool = False):
+        self.per_unit, self.sgv_from_grad, self.from_weights = per_unit, sgv_from_grad, from_weights
+        self.sgv_terms: dict[int, Tensor] = {}
+        self.deltas: dict[int, Tensor] = {}
+        self.hooked: set[int] = set()
+        self.gram: Tensor | None = None
+
+    def add_step(self, step: int, h: Tensor | None, mem: Tensor | None,
+                 register: Callable[[Callable[[Tensor], None]], None] | None = None) -> None:
+        """``register``: the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``)."""
+        if h is not None:
+            self.sgv_terms[step] = coefficient_of_variation(self.per_unit(h))
+        if self.from_weights and not self.sgv_from_grad:
+            return
+        callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
+        if register is not None:
+            self.hooked.add(step)
+            register(callback)
+        elif mem is not None and mem.requires_grad:
+            self.hooked.add(step)
+            mem.register_hook(callback)
+
+    @torch.no_grad()
+    def _on_grad(self, step: int, grad: Tensor) -> None:
+        delta = self.per_unit(grad.detach().float())
+        if self.sgv_from_grad:
+            self.sgv_terms[step] = coefficient_of_variation(delta.abs())
+        if not self.from_weights:
+            self.deltas[step] = _unit_normalised(delta).to(torch.bfloat16)
+            if set(self.deltas) == self.hooked:
+                self.gram, self.deltas = _cosine_gram(self.deltas), {}
+
+    @torch.no_grad()
+    def add_weight_grads(self, rows: list[Tensor]) -> None:
+        """Per-timestep gradients of the feeding weight as rows [U, N] (U = output channels or 1)."""
+        self.gram = _cosine_gram({t: _unit_normalised(row) for t, row in enumerate(rows)})
+
+    def statistics(self, tgc_target: float) -> tuple[Tensor, Tensor, Tensor] | None:
+        """(SGV[U], TGC[U], c[T, U]), or None if a hook did not fire (no gradient reached u)."""
+        if self.gram is None or not self.sgv_terms or (self.hooked and set(self.sgv_terms) != self.hooked):
+            return None
+        sgv = torch.stack([self.sgv_terms[t] for t in sorted(self.sgv_terms)]).mean(0)
+        units, steps, _ = self.gram.shape
+        if steps == 1:
+            return sgv, torch.full_like(sgv, tgc_target), torch.ones(1, units, device=sgv.device)
+        upper = torch.triu_indices(steps, steps, 1)
+        tgc = self.gram[:, upper[0], upper[1]].mean(-1)
+        c = (self.gram.sum(-1) - self.gram.diagonal(dim1=1, dim2=2)) / (steps - 1)
+        return sgv, tgc, c.T
+
+
+def _unit_normalised(delta: Tensor) -> Tensor:
+    return delta / torch.linalg.vector_norm(delta, dim=-1, keepdim=True).clamp_min(1e-12)
+
+
+def _cosine_gram(deltas: dict[int, Tensor]) -> Tensor:
+    """gram[U, T, T] of unit-normalised rows deltas[t][U, N] (1 on the diagonal)."""
+    steps = sorted(deltas)
+    first = deltas[steps[0]]
+    gram = torch.ones(first.shape[0], len(steps), len(steps), device=first.device)
+    for i, t in enumerate(steps):
+        for j in range(i + 1, len(steps)):
+            gram[:, i, j] = gram[:, j, i] = (deltas[t].float() * deltas[steps[j]].float()).sum(-1)
+    return gram
+
+
+def per_step_weight_grads(layer: nn.Module, inputs: Tensor, grad_output: Tensor, steps: int) -> list[Tensor]:
+    """dL/dW of each timestep's slice of the folded [T*B, ...] batch, for a Conv2d or Linear ``layer``."""
+    grads = []
+    for x, g in zip(inputs.float().chunk(steps), grad_output.float().chunk(steps)):
+        if isinstance(layer, nn.Conv2d):
+            grads.append(torch.nn.grad.conv2d_weight(x, layer.weight.shape, g, layer.stride, layer.padding,
+                                                     layer.dilation, layer.groups))
+        else:
+            grads.append(g.flatten(0, -2).T @ x.flatten(0, -2))
+    return grads
+
+
+
+def paper_sgv(delta: Tensor) -> Tensor:
+    """SGV[U] = Var(delta) / Mean(|delta|) over each row of delta[U, N] (population variance)."""
+    return delta.var(-1, correction=0) / delta.abs().mean(-1)
+
+
+def paper_tgc(delta: Tensor, delta_next: Tensor) -> Tensor:
+    """TGC[U] = cos(delta[t], delta[t+1]) of each row of two [U, N] gradients."""
+    return torch.nn.functional.cosine_similarity(delta, delta_next, dim=-1, eps=0.0)
+
+
+def _world_sum(values: Tensor) -> Tensor:
+    """All-reduce (sum) across processes when torch.distributed is initialised."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(values)
+    return values
+
+
+def sgv_from_sums(sums: Tensor) -> Tensor:
+    """SGV from sums[..., 4] = (n, sum d, sum d^2, sum |d|); +inf where the gradient vanishes."""
+    n, s1, s2, a = sums.unbind(-1)
+    mean = s1 / n
+    variance = (s2 / n - mean * mean).clamp_min(0)
+    return torch.where(a > 0, variance / (a / n), torch.full_like(a, float("inf")))
+
+
+def tgc_from_sums(sums: Tensor) -> Tensor:
+    """TGC from sums[..., 3] = (sum d d_next, sum d^2, sum d_next^2); -inf where either gradient vanishes."""
+    dot, q, p = sums.unbind(-1)
+    norms = (q * p).sqrt()
+    return torch.where(norms > 0, dot / norms, torch.full_like(dot, float("-inf")))
+
+
+class WindowSearch:
+    """The paper's statistics of one training forward, for every candidate window (module docstring).
+
+    ``add_step`` (forward, per step) caches x[t] and the window in force and registers the spike- and
+    membrane-gradient callbacks; the membrane callback of step t (in the backward, after step t+1's)
+    reduces the candidates to sums and frees what step t needed.  ``candidate_params(w)`` gives the
+    surrogate parameters of a candidate window (absolute units); ``candidates`` the grid, whose last
+    column in ``sums`` is the window in force.
+    """
+
+    def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[float], dict],
+                 candidates: list[float], per_unit: Callable[[Tensor], Tensor]):
+        self.shape, self.candidate_params, self.candidates = shape, candidate_params, candidates
+        self.per_unit = per_unit
+        self.inputs: dict[int, tuple[Tensor, dict]] = {}
+        self.spike_grads: dict[int, Tensor] = {}
+        self.next_delta: Tensor | None = None
+        self.sgv_sums: Tensor | None = None  # [K + 1, U, 4]
+        self.tgc_sums: dict[int, Tensor] = {}  # t -> [K + 1, U, 3]
+        self.registered: set[int] = set()
+
+    def add_step(self, step: int, x: Tensor, params: dict, register_spike: Callable, register_membrane: Callable) -> None:
+        self.inputs[step] = (x.detach(), params)
+        self.registered.add(step)
+        register_spike(lambda grad, step=step: self.spike_grads.__setitem__(step, grad.detach()))
+        register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
+
+    @torch.no_grad()
+    def _on_membrane_grad(self, step: int, delta: Tensor) -> None:
+        x, params = self.inputs.pop(step)
+        grad_spike = self.spike_grads.pop(step, None)
+        if grad_spike is None:  # the spikes of this step got no gradient
+            return
+        delta, grad_spike = delta.float(), grad_spike.float()
+        rest = self.per_unit(delta - grad_spike * self.shape(x.float(), **params))
+        x_rows, g_rows, delta_rows = self.per_unit(x.float()), self.per_unit(grad_spike), self.per_unit(delta)
+        columns = [g_rows * self.shape(x_rows, **self.candidate_params(w)) + rest for w in self.candidates]
+        columns.append(delta_rows)
+        if step == max(self.registered):
+            self.sgv_sums = torch.stack([_sgv_sums(d) for d in columns])
+        elif self.next_delta is not None:
+            self.tgc_sums[step] = torch.stack([_tgc_sums(d, self.next_delta) for d in columns])
+        self.next_delta = delta_rows
+
+    def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
+        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing."""
+        steps = sorted(self.registered)
+        if self.sgv_sums is None or sorted(self.tgc_sums) != steps[:-1]:
+            return None
+        tgc = torch.stack([self.tgc_sums[t] for t in steps[:-1]]) if len(steps) > 1 else \
+            self.sgv_sums.new_zeros(0, *self.sgv_sums.shape[:-1], 3)
+        packed = _world_sum(torch.cat([self.sgv_sums.flatten(), tgc.flatten()]))
+        sgv_sums, tgc_sums = packed[:self.sgv_sums.numel()], packed[self.sgv_sums.numel():]
+        return sgv_from_sums(sgv_sums.view_as(self.sgv_sums)), tgc_from_sums(tgc_sums.view_as(tgc))
+
+
+def _sgv_sums(delta: Tensor) -> Tensor:
+    """[U, 4]: (n, sum d, sum d^2, sum |d|) per row, in float64."""
+    d = delta.double()
+    return torch.stack([torch.full_like(d[:, 0], d.shape[-1]), d.sum(-1), (d * d).sum(-1), d.abs().sum(-1)], -1)
+
+
+def _tgc_sums(delta: Tensor, delta_next: Tensor) -> Tensor:
+    """[U, 3]: (sum d d_next, sum d^2, sum d_next^2) per row, in float64."""
+    d, e = delta.double(), delta_next.double()
+    return torch.stack([(d * e).sum(-1), (d * d).sum(-1), (e * e).sum(-1)], -1)

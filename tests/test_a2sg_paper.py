@@ -1,0 +1,190 @@
+"""A2SG's paper mode: the ramp / TRI / BOX shapes in closed form, the paper's SGV and TGC on hand-made
+gradients, and the grid window search against a brute-force search that reruns the backward for every
+candidate window (same objective values, same picks), on both neuron paths and across two processes."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from repro.models import create_neuron
+from repro.surrogates import A2SG, create_surrogate
+from repro.surrogates.a2sg_shapes import box, ramp, triangle
+from repro.surrogates.a2sg_statistics import (paper_sgv, paper_tgc, sgv_from_sums, tgc_from_sums, _sgv_sums,
+                                              _tgc_sums)
+
+
+# ----------------------------------------------------------------------------- shapes
+@pytest.mark.parametrize("w", [0.3, 1.0, 1.7])
+def test_ramp_edges_threshold_area_and_clipping(w):
+    edges = torch.tensor([-w, 0.0, w], dtype=torch.float64)
+    h = 0.8  # a fixed height: h - 1/2 at the lower edge, h at theta, h + 1/2 at the upper edge
+    torch.testing.assert_close(ramp(edges, w, height=h, clip=False), torch.tensor([h - 0.5, h, h + 0.5],
+                                                                                  dtype=torch.float64))
+    outside = torch.tensor([-w - 1e-9, w + 1e-9, -5.0, 5.0], dtype=torch.float64)
+    assert (ramp(outside, w) == 0).all() and (ramp(outside, w, height=h) == 0).all()
+    x = torch.linspace(-3, 3, 600_001, dtype=torch.float64)
+    assert torch.trapezoid(ramp(x, w, height=h, clip=False), x).item() == pytest.approx(2 * w * h, abs=1e-4)
+    # default h = 1/(2w): area 1; clipping adds (w - 1)^2/(4w) back for w > 1 (negative on [-w, -1])
+    assert torch.trapezoid(ramp(x, w, clip=False), x).item() == pytest.approx(1.0, abs=1e-4)
+    clipped = max(w - 1, 0) ** 2 / (4 * w)
+    assert torch.trapezoid(ramp(x, w), x).item() == pytest.approx(1.0 + clipped, abs=1e-4)
+    default = 1 / (2 * w)
+    torch.testing.assert_close(ramp(edges, w), torch.tensor([max(default - 0.5, 0), default, default + 0.5],
+                                                            dtype=torch.float64))
+    low = 0.2  # h < 1/2: negative on [-w, -2 w h): clipped to 0 by default, kept with clip=False
+    below = torch.tensor([-w, -0.7 * w], dtype=torch.float64)
+    assert (ramp(below, w, height=low) == 0).all()
+    torch.testing.assert_close(ramp(below, w, height=low, clip=False), below / (2 * w) + low)
+    assert (ramp(x, w, height=low) >= 0).all()
+    d = torch.linspace(1e-3, w, 100, dtype=torch.float64)
+    assert (ramp(d, w) > ramp(-d, w)).all()  # more gradient above threshold
+
+
+def test_triangle_and_box_are_area_one_with_half_width_w():
+    x = torch.linspace(-3, 3, 600_001, dtype=torch.float64)
+    for w in (0.4, 1.3):
+        assert torch.trapezoid(triangle(x, w), x).item() == pytest.approx(1.0, abs=1e-4)
+        assert torch.trapezoid(box(x, w), x).item() == pytest.approx(1.0, abs=1e-4)
+        points = torch.tensor([0.0, w / 2, w, w + 1e-9, -w, -w - 1e-9], dtype=torch.float64)
+        torch.testing.assert_close(triangle(points, w), torch.tensor([1 / w, 0.5 / w, 0, 0, 0, 0], dtype=torch.float64))
+        torch.testing.assert_close(box(points, w), torch.tensor([1, 1, 1, 0, 1, 0], dtype=torch.float64) / (2 * w))
+
+
+def test_paper_defaults_and_bad_options():
+    sg = create_surrogate("a2sg")
+    assert (sg.shape_name, sg.adapt, sg.statistics, sg.search, sg.update_every) == ("ramp", "search", "paper", "grid", 1)
+    assert len(sg.candidates) == 12 and sg.candidates[0] == pytest.approx(0.2) and sg.candidates[-1] == pytest.approx(2.0)
+    assert sg.shape_params(0.5) == {"w": 0.5, "height": None, "clip": True}
+    for kwargs, message in [({"asym": 0.5}, "asym applies to the shapes"), ({"shape": "box", "height": 0.5}, "ramp"),
+                            ({"search": "bayes"}, "not provided"), ({"adapt": "sgv_tgc", "statistics": "paper"}, "statistics='reconstructed'"),
+                            ({"statistics": "reconstructed"}, "statistics='paper'"), ({"grid_size": 1}, "grid_size")]:
+        with pytest.raises(ValueError, match=message):
+            create_surrogate("a2sg", **kwargs)
+
+
+# ----------------------------------------------------------------------------- statistics
+def test_sgv_and_tgc_definitions_on_hand_made_gradients():
+    delta = torch.tensor([[1.0, -1.0, 3.0, 1.0]])  # mean 1, Var = (0 + 4 + 4 + 0)/4 = 2, Mean|d| = 6/4
+    assert paper_sgv(delta).item() == pytest.approx(2 / 1.5)
+    assert paper_tgc(torch.tensor([[1.0, 0.0, 1.0]]), torch.tensor([[1.0, 1.0, 0.0]])).item() == pytest.approx(0.5)
+    assert paper_tgc(torch.tensor([[1.0, 2.0]]), torch.tensor([[-2.0, -4.0]])).item() == pytest.approx(-1.0)
+    g = torch.Generator().manual_seed(0)
+    d, e = torch.randn(3, 1000, generator=g), torch.randn(3, 1000, generator=g)
+    torch.testing.assert_close(sgv_from_sums(_sgv_sums(d)).float(), paper_sgv(d))  # the sums the search reduces
+    torch.testing.assert_close(tgc_from_sums(_tgc_sums(d, e)).float(), paper_tgc(d, e))
+    zero = torch.zeros(1, 5)  # a vanishing gradient is never picked
+    assert sgv_from_sums(_sgv_sums(zero)).item() == float("inf")
+    assert tgc_from_sums(_tgc_sums(zero, e[:1, :5])).item() == float("-inf")
+
+
+# ----------------------------------------------------------------------------- search vs brute force
+T, B, N = 4, 24, 40
+
+
+def tiny_layer(shape: str, preset: str, reset: str, fused: bool, adapt: str = "search", seed: int = 0):
+    torch.manual_seed(seed)
+    first, last = torch.nn.Linear(N, N), torch.nn.Linear(N, 5)
+    torch.nn.init.normal_(first.weight, std=0.6)
+    neuron = create_neuron("lif", preset=preset, reset=reset, fused=fused, surrogate="a2sg",
+                           surrogate_kwargs=dict(shape=shape, adapt=adapt, w_min=0.05, w_max=3.0, grid_size=7))
+    return first, neuron, last
+
+
+def batch(seed: int, size: int = B):
+    g = torch.Generator().manual_seed(100 + seed)
+    return torch.randn(T, size, N, generator=g) * 1.5, torch.randint(0, 5, (size,), generator=g)
+
+
+def loss_of(layers, x, y, reduction="mean"):
+    first, neuron, last = layers
+    return F.cross_entropy(last(neuron(first(x))).mean(0), y, reduction=reduction)
+
+
+def brute_force(shape, preset, reset, x, y, windows, candidates):
+    """SGV of step T and TGC[t] of each t < T for every candidate window of that step, each from its own
+    forward and backward (reference loop, membrane gradients read with retain_grad)."""
+    sgv, tgc = [], [[] for _ in range(T - 1)]
+    for step in range(T):
+        for w in candidates:
+            layers = tiny_layer(shape, preset, reset, fused=False, adapt="none")
+            sg = layers[1].surrogate
+            sg.w_t = torch.tensor(windows, dtype=torch.float32)
+            sg.w_t[step] = w
+            layers[1].record_potentials = True
+            with sg.freeze_controller():
+                loss = loss_of(layers, x, y)
+                for u in layers[1].potentials:
+                    u.retain_grad()
+                loss.backward()
+            deltas = [u.grad.reshape(1, -1) for u in layers[1].potentials]
+            if step == T - 1:
+                sgv.append(paper_sgv(deltas[-1]).item())
+            else:
+                tgc[step].append(paper_tgc(deltas[step], deltas[step + 1]).item())
+    return torch.tensor(sgv, dtype=torch.float64), torch.tensor(tgc, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("shape,preset,reset,fused", [
+    ("ramp", "snntorch", "zero", True), ("ramp", "reference", "zero", False),
+    ("triangle", "reference", "subtract", True), ("box", "snntorch", "zero", True)])
+def test_grid_search_matches_brute_force_backward_per_candidate(shape, preset, reset, fused):
+    layers = tiny_layer(shape, preset, reset, fused)
+    sg = layers[1].surrogate
+    x, y = batch(0)
+    loss_of(layers, x, y).backward()
+    statistics = sg._observation.reduced_statistics()
+    sg.after_optimizer_step(0)
+    sgv, tgc = (s.squeeze(-1) for s in statistics)  # [K + 1], [T - 1, K + 1]; the last column: in force
+    expected_sgv, expected_tgc = brute_force(shape, preset, reset, x, y, [0.5] * T, sg.candidates)
+    torch.testing.assert_close(sgv[:-1], expected_sgv, rtol=1e-4, atol=0)
+    torch.testing.assert_close(tgc[:, :-1], expected_tgc, rtol=0, atol=1e-5)
+    grid = torch.tensor(sg.candidates)
+    picks = torch.cat([grid[expected_tgc.argmax(1)], grid[expected_sgv.argmin()][None]]).float()
+    torch.testing.assert_close(sg.w_t, picks)  # the same window for every step as the brute-force search
+    inside = (picks > grid.min()) & (picks < grid.max())
+    print(f"\n{shape}/{preset}/{reset}: windows {[round(v, 3) for v in sg.w_t.tolist()]} (interior: {inside.tolist()})")
+    assert sg.sgv_ema.item() == pytest.approx(sgv[-1].item()) and sg.tgc_t.shape == (T - 1,)
+
+
+def test_windows_apply_from_the_next_step_and_only_on_search_steps():
+    layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
+    sg = layers[1].surrogate
+    sg.update_every = 2
+    for step in range(2):
+        x, y = batch(step)
+        loss_of(layers, x, y).backward()
+        before = sg.w_t.clone()
+        sg.after_optimizer_step(step)
+        if step == 0:  # not a search step: nothing registered, windows unchanged
+            assert torch.equal(sg.w_t, before) and int(sg.num_controller_steps) == 0
+    assert int(sg.num_controller_steps) == 1 and not torch.equal(sg.w_t, torch.full((T,), 0.5))
+    fixed = tiny_layer("triangle", "snntorch", "zero", fused=True, adapt="none")
+    fixed[1].surrogate.update_every = 1  # (10 by default for the fixed arms)
+    loss_of(fixed, *batch(0)).backward()
+    fixed[1].surrogate.after_optimizer_step(0)
+    assert torch.equal(fixed[1].surrogate.w_t, torch.full((T,), 0.5))  # fixed arm: statistics logged only
+    assert fixed[1].surrogate.sgv_ema.item() > 0 and int(fixed[1].surrogate.num_controller_steps) == 1
+
+
+def _two_process_worker(rank, world, init_file, results_dir):
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it would hang)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
+    x, y = batch(0, size=2 * B)
+    half = slice(rank * B, (rank + 1) * B)
+    loss_of(layers, x[:, half], y[half], reduction="sum").backward()
+    layers[1].surrogate.after_optimizer_step(0)
+    torch.save(layers[1].surrogate.w_t, f"{results_dir}/{rank}.pt")
+    torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(tmp_path):
+    torch.multiprocessing.start_processes(_two_process_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
+                                          nprocs=2, start_method="fork")
+    per_rank = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
+    loss_of(layers, *batch(0, size=2 * B), reduction="sum").backward()  # sums: the same dL/du as the two halves
+    layers[1].surrogate.after_optimizer_step(0)
+    assert torch.equal(per_rank[0], per_rank[1])
+    torch.testing.assert_close(per_rank[0], layers[1].surrogate.w_t)
+    assert isinstance(layers[1].surrogate, A2SG)
