@@ -58,7 +58,10 @@ overrides ``step`` or ``fire`` (override ``fire_context`` instead to stay fused)
 surrogate, a surrogate that overrides ``Surrogate.forward`` (other than the TLSG) or has parameters
 that require gradients (other than a TLSG's rho), the TLSG with ``learn=asgl_mix`` in training (random
 masks), and tracing by ``torch.compile`` (the reference loop is traceable and inductor fuses its
-elementwise steps; this is the intended path under compile, not logged).
+elementwise steps; this is the intended path under compile, not logged), except where the kernels apply
+with a fixed threshold and fixed surrogate parameters (``compiled_kernels_apply``): there the layer is
+traced as the operator ``repro::lif_spikes`` (``models/triton_lif.py``, forward and backward kernel, no
+graph break; no double backward through it).
 
 Backends: device-agnostic torch code (above), and the Triton kernels of ``models/triton_lif.py``, chosen
 automatically on CUDA when no observer, recorded potential, fp16 margin or learned sharpness is involved
@@ -105,6 +108,8 @@ def unfused_reason(neuron, x: Tensor) -> str | None:
     for method in ("step", "fire"):
         if getattr(cls, method) is not getattr(LIF, method):
             return f"{cls.__name__} overrides {method}() (override fire_context() to keep the fused path)"
+    if torch.compiler.is_compiling() and compiled_kernels_apply(neuron, x):
+        return None
     return surrogate_unfused_reason(neuron.surrogate)
 
 
@@ -125,6 +130,27 @@ def surrogate_unfused_reason(surrogate) -> str | None:
     return None
 
 
+def compiled_kernels_apply(neuron, x: Tensor) -> bool:
+    """Under torch.compile, whether ``neuron`` runs as the ``repro::lif_spikes`` operator (the Triton kernels):
+    as the eager kernel forward, a fixed threshold and fixed surrogate parameters, no observer, no recorded
+    potentials, the exact saved input."""
+    from .neurons import LIF
+
+    surrogate = neuron.surrogate
+    return (neuron.triton and not neuron.record_potentials and neuron.saved_precision == "fp32"
+            and type(neuron).fire_context is LIF.fire_context and isinstance(surrogate, FixedSurrogate)
+            and type(surrogate).call_params is FixedSurrogate.call_params
+            and type(surrogate).observe is Surrogate.observe and not surrogate.observers
+            and triton_lif.triton_available(x.device) and kernel_shape_name(surrogate.shape) is not None)
+
+
+@torch.compiler.assume_constant_result
+def kernel_shape_name(shape: Callable) -> str | None:
+    """The name of ``shape`` for the ``repro::lif_spikes`` operator if it compiles for the kernels, else None
+    (a constant for torch.compile, which does not trace this)."""
+    return triton_lif.shape_name(shape) if triton_surrogates.kernel_shape(shape) is not None else None
+
+
 def report_fallback(neuron, reason: str) -> None:
     """Log each (neuron class, fallback reason) once per process."""
     key = (type(neuron).__name__, reason)
@@ -137,6 +163,11 @@ def fused_lif(neuron, x: Tensor, decay: Tensor) -> Tensor:
     """Spikes [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedLIFFunction``; a learned
     TLSG's k[t] enters as an input; with ``record_potentials`` the pre-fire u[t] go to ``neuron.potentials``."""
     surrogate = neuron.surrogate
+    if torch.compiler.is_compiling():  # unfused_reason let it through: the kernels as one operator
+        params = [surrogate.params[name] for name in triton_surrogates.shape_parameters(surrogate.shape)]
+        return torch.ops.repro.lif_spikes(x, decay, neuron.threshold, params,
+                                          kernel_shape_name(surrogate.shape), neuron.reset, neuron.reset_decayed,
+                                          neuron.reset_detach, neuron.decay_input, neuron.fire_ge)
     k = surrogate.sharpness_per_step(x.shape[0]) if learns_sharpness(surrogate) else None
     if not neuron.record_potentials:
         return FusedLIFFunction.apply(x, decay, k, neuron)

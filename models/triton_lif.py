@@ -45,10 +45,13 @@ run on a GPU.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 
 import torch
 from torch import Tensor
+
+from .triton_surrogates import kernel_shape, parameter_table, shape_parameters
 
 try:
     import triton
@@ -294,3 +297,63 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
             N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, WANT_DECAY=want_decay, BLOCK=block,
             enable_fp_fusion=False)
     return grad_x, (partials.sum(dtype=torch.float64) if want_decay else None)
+
+
+def shape_name(shape) -> str:
+    """``module:qualname`` of a surrogate's ``shape`` function (how the custom ops name it)."""
+    return f"{shape.__module__}:{shape.__qualname__}"
+
+
+def shape_of(name: str):
+    """The function ``shape_name`` names."""
+    module, qualname = name.split(":")
+    target = importlib.import_module(module)
+    for part in qualname.split("."):
+        target = getattr(target, part)
+    return target
+
+
+@torch.library.custom_op("repro::lif_spikes", mutates_args=())
+def lif_spikes(x: Tensor, decay: Tensor, threshold: float, params: list[float], shape: str, reset: str,
+               reset_decayed: bool, reset_detach: bool, decay_input: bool, fire_ge: bool) -> Tensor:
+    """Spikes of a fixed-threshold LIF with a fixed surrogate (``shape`` named by ``shape_name``, ``params``
+    its parameters) as one operator with its autograd formula: what ``torch.compile`` traces in place of
+    ``models/fused.py``'s autograd Function (opaque to inductor, no graph break)."""
+    return lif_forward(x, decay, threshold, reset, reset_decayed, decay_input, fire_ge)
+
+
+@lif_spikes.register_fake
+def _(x, decay, threshold, params, shape, reset, reset_decayed, reset_detach, decay_input, fire_ge):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("repro::lif_grads", mutates_args=())
+def lif_grads(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, params: list[float], shape: str,
+              reset: str, reset_decayed: bool, reset_detach: bool, decay_input: bool,
+              fire_ge: bool) -> tuple[Tensor, Tensor]:
+    """(dL/dI, dL/dlambda as a float64 scalar) of ``lif_spikes`` through ``lif_backward``."""
+    function = shape_of(shape)
+    table = parameter_table([dict(zip(shape_parameters(function), params))] * x.shape[0],
+                            shape_parameters(function), x[0].shape, x.device)
+    return lif_backward(x, grad_spikes, decay, threshold, None, kernel_shape(function), table, reset, reset_decayed,
+                        reset_detach, decay_input, fire_ge, True)
+
+
+@lif_grads.register_fake
+def _(x, grad_spikes, decay, threshold, params, shape, reset, reset_decayed, reset_detach, decay_input, fire_ge):
+    return torch.empty_like(x), x.new_empty((), dtype=torch.float64)
+
+
+def _save_for_lif_grads(ctx, inputs, output) -> None:
+    x, decay, *switches = inputs
+    ctx.save_for_backward(x, decay)
+    ctx.switches = switches
+
+
+def _lif_spikes_backward(ctx, grad_spikes):
+    x, decay = ctx.saved_tensors
+    grad_x, grad_decay = torch.ops.repro.lif_grads(x, grad_spikes, decay, *ctx.switches)
+    return (grad_x, grad_decay.to(decay.dtype)) + (None,) * len(ctx.switches)
+
+
+lif_spikes.register_autograd(_lif_spikes_backward, setup_context=_save_for_lif_grads)

@@ -388,3 +388,40 @@ def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp
                                                              ("forward", "bf16"), ("backward", "bf16")]
     for row in rows:
         assert row["fma"] == 0 and row["approx_div"] == 0 and row["spill_bytes"] == 0, row
+
+
+@kernels_run_here
+def test_kernel_operators_pass_opcheck():
+    """``repro::lif_spikes`` / ``repro::lif_grads`` (what torch.compile traces): schema, fake (meta) outputs,
+    autograd registration and dispatch consistent (``torch.library.opcheck``)."""
+    x = make_input(random.Random("opcheck"), 4, False, 0.5, 1.0)
+    decay = torch.tensor(0.5, device=DEVICE)
+    switches = (1.0, [2.0], triton_lif.shape_name(create_surrogate("atan").shape), "zero", True, False, False, True)
+    torch.library.opcheck(torch.ops.repro.lif_spikes.default,
+                          (x.clone().requires_grad_(), decay.clone().requires_grad_(), *switches))
+    torch.library.opcheck(torch.ops.repro.lif_grads.default, (x, torch.randn_like(x), decay, *switches))
+
+
+@kernels_run_here
+@pytest.mark.parametrize("preset", ["snntorch", "reference"])
+def test_torch_compile_keeps_the_kernels_without_graph_breaks(preset):
+    """Under torch.compile (fullgraph: no graph break) a fixed-threshold LIF is the ``repro::lif_spikes``
+    operator in the graph; spikes equal the reference loop's, gradients to float tolerance."""
+    graphs = []
+
+    def recording_backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+
+    torch._dynamo.reset()
+    make = lambda fused: LIF(surrogate="atan", preset=preset, decay_learnable=preset == "reference",  # noqa: E731
+                             fused=fused).to(DEVICE)
+    compiled, loop = torch.compile(make(True), backend=recording_backend, fullgraph=True), make(False)
+    x = make_input(random.Random(preset), 5, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, device=DEVICE)
+    out, grads = grads_of(compiled, x, upstream)
+    ref_out, ref_grads = grads_of(loop, x, upstream)
+    assert any("repro.lif_spikes" in str(node.target) for graph in graphs for node in graph.graph.nodes)
+    assert torch.equal(out, ref_out)
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
