@@ -81,8 +81,8 @@ def shape_parameters(shape: Callable) -> tuple[str, ...]:
 @functools.cache
 def kernel_shape(shape: Callable):
     """The Triton compilation of ``shape`` (a ``triton.jit`` function of (x, *params)), or None when
-    triton is missing or ``shape`` uses a name outside the closed-form vocabulary."""
-    if triton is None or not isinstance(shape, types.FunctionType):
+    triton is missing or ``shape`` uses a name outside the closed-form vocabulary (or a closure)."""
+    if triton is None or not isinstance(shape, types.FunctionType) or shape.__code__.co_freevars:
         return None
     bound = {"tl": tl}  # the interpreter looks for triton.language among the globals
     for name in _global_names(shape.__code__):
@@ -112,6 +112,8 @@ def parameter_table(params: list[dict], names: tuple[str, ...], step_shape: torc
                     device: torch.device) -> Tensor | None:
     """fp32 [T, C, P] from the per-step parameter dicts (floats, or tensors holding one value or one per
     channel, shaped to broadcast over a step [B, C, ...] = ``step_shape``); None if a value does not fit."""
+    if any(name not in step for step in params for name in names):
+        return None
     if not names:
         return torch.zeros(len(params), 1, 0, device=device)
     if all(isinstance(step[name], (int, float)) for step in params for name in names):

@@ -192,9 +192,12 @@ def test_every_kernel_surrogate_is_its_torch_closed_form():
 
 
 def test_shapes_outside_the_vocabulary_are_not_compiled():
-    """The learned-sharpness TLSG (its shape calls another class) keeps the torch backward."""
+    """The learned-sharpness TLSG (its shape calls another class), torch functions and closures keep the
+    torch backward."""
     assert kernel_shape(type(create_surrogate("learnable", num_steps=2)).shape) is None
     assert kernel_shape(lambda x, w: torch.tanh(x) / w) is None
+    width = 0.5
+    assert kernel_shape(lambda x: x * width) is None  # a closure
 
 
 def neuron_pair(make):
