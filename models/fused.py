@@ -160,8 +160,10 @@ def report_fallback(neuron, reason: str) -> None:
 
 
 def fused_lif(neuron, x: Tensor, decay: Tensor) -> Tensor:
-    """Spikes [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedLIFFunction``; a learned
-    TLSG's k[t] enters as an input; with ``record_potentials`` the pre-fire u[t] go to ``neuron.potentials``."""
+    """Spikes [T, B, ...] of ``neuron`` on input ``x`` through ``FusedLIFFunction`` (or, under torch.compile,
+    the kernels' operator); a learned TLSG's k[t] enters as an input; with ``record_potentials`` the pre-fire
+    u[t] go to ``neuron.potentials``.  ``x`` may be fp32, bf16 or fp16: the kernels read and save it in its own
+    dtype and write spikes (and dL/dI) in it; the torch code computes in fp32 and returns fp32 spikes."""
     surrogate = neuron.surrogate
     if torch.compiler.is_compiling():  # unfused_reason let it through: the kernels as one operator
         params = [surrogate.params[name] for name in triton_surrogates.shape_parameters(surrogate.shape)]
@@ -220,7 +222,7 @@ class FusedLIFFunction(torch.autograd.Function):
                                             config.decay_input, config.fire_ge)
             thresholds, params = [config.threshold] * x.shape[0], [surrogate.params] * x.shape[0]
         else:
-            spikes, membrane = integrate(x, decay, config, threshold_at, keep=recording)
+            spikes, membrane = integrate(x.float(), decay, config, threshold_at, keep=recording)
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
@@ -245,6 +247,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 x, grad_spikes, decay, config.threshold, step_thresholds, shape, params, config.reset,
                 config.reset_decayed, config.reset_detach, config.decay_input, config.fire_ge, want_decay)
             return grad_x, (grad_decay.to(decay.dtype) if want_decay else None), None, None
+        x = x if ctx.half else x.float()  # the torch code runs in fp32 (the kernels read I in its own dtype)
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[2] else None
 
         def surrogate_vjp(t: int, shifted: Tensor, grad_s: Tensor, out: Tensor) -> None:
@@ -377,10 +380,10 @@ def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None,
     parameters) or the TLSG's straight-through term (saved k)."""
     from .neurons import charge
 
-    config = ctx.config
-    mem, spk, out, mems = torch.zeros_like(x[0]), torch.zeros_like(x[0]), [], []
+    config, inputs = ctx.config, x.float()
+    mem, spk, out, mems = torch.zeros_like(inputs[0]), torch.zeros_like(inputs[0]), [], []
     for t in range(x.shape[0]):
-        mem = charge(x[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
+        mem = charge(inputs[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
                      config.reset_detach, config.decay_input)
         for callback in ctx.callbacks.get(t, ()):
             mem.register_hook(callback)

@@ -333,6 +333,32 @@ def test_half_input_read_and_written_in_its_own_dtype(dtype):
         assert torch.equal(grad_x, grad_x32.to(dtype))
 
 
+@kernels_run_here
+@pytest.mark.parametrize("make", [lambda: LIF(surrogate="atan", preset="reference", decay_learnable=True),
+                                  lambda: AdaptiveThresholdLIF(num_steps=6)], ids=["plif", "adaptive_threshold"])
+def test_fused_path_keeps_bf16_input_in_its_own_dtype(make):
+    """``fused_lif`` on bf16 input (what ``LIF.forward`` would pass without its fp32 upcast): the layer saves
+    the bf16 input itself, and its spikes and gradients are those of the fp32 upcast input (input gradient
+    rounded once to bf16; within one bf16 ulp in the interpreter)."""
+    from repro.models.fused import fused_lif
+
+    x = make_input(random.Random("bf16"), 6, False, 0.2, 1.0).bfloat16()
+    upstream = torch.randn(x.shape, device=DEVICE).bfloat16().float()  # the same in both dtypes
+    results = []
+    for inputs in (x.clone().requires_grad_(), x.float().requires_grad_()):
+        neuron = make().to(DEVICE)
+        out = fused_lif(neuron, inputs, neuron.decay.float())
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None and t.numel() > 1]
+        assert [t.data_ptr() for t in saved] == [inputs.data_ptr()]
+        grads = torch.autograd.grad(out, (inputs, neuron.decay_raw), upstream.to(out.dtype))
+        results.append((out, *grads))
+    (out, grad_x, grad_decay), (ref_out, ref_grad_x, ref_grad_decay) = results
+    assert torch.equal(out.float(), ref_out) and grad_x.dtype == torch.bfloat16
+    ulp = ref_grad_x.abs().clamp_min(2 ** -126) * 2 ** -7
+    assert ((grad_x.float() - ref_grad_x).abs() <= ulp).all()
+    torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-6)
+
+
 def fma_membrane(x, lam: float, theta: float):
     """Zero-reset LIF with u[t] = fma(lambda, u[t-1] (1 - s[t-1]), I[t]): one rounding, as a contracted
     multiply-add (CUDA's addcmul) gives, emulated in float64 then rounded to fp32."""
