@@ -441,9 +441,9 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
             fired = mask if spikes is None else spikes[t - 1]  # s[t-1] for subtract
             if zero and on_cpu:  # lambda * u * (1 - s) + c I; the CPU's addcmul is fma(lambda u, mask, c I)
                 torch.addcmul(current, prev, mask, value=lam_value, out=u)  # = the separate ops (mask 0/1)
-            elif zero:  # CUDA's addcmul contracts lambda u + c I into one FMA: separate ops, as neurons.charge
+            elif zero:  # CUDA's addcmul is fma(value, t1 t2, self): round lambda u first, as neurons.charge
                 torch.mul(prev, lam, out=u)
-                u.mul_(mask).add_(current)
+                torch.addcmul(current, u, mask, out=u)  # fma(1, (lambda u) mask, c I): mask 0/1, one rounding
             elif subtract and config.reset_decayed:  # lambda * (u - theta s) + c I
                 torch.sub(prev, fired, alpha=config.threshold, out=u)
                 u.mul_(lam).add_(current)
