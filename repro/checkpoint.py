@@ -89,9 +89,10 @@ def lock_run_directory(directory: str | Path, holder: bool = True):
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.seek(0)
+            holder_pid = lock.read().strip()  # empty while the holder is still writing it
             raise FileExistsError(
-                f"{directory} is in use by another run (pid {lock.read().strip() or '?'}); wait for it or choose "
-                "another --output_dir. Two processes that each run alone on it usually come from launching "
+                f"{directory} is in use by another run{f' (pid {holder_pid})' if holder_pid else ''}; wait for it "
+                "or choose another --output_dir. Two processes that each run alone on it usually come from launching "
                 "several processes without a distributed backend: on CPU use ACCELERATE_USE_CPU=true "
                 "accelerate launch --multi_gpu --num_processes N") from None
         lock.truncate(0)

@@ -17,7 +17,8 @@ import os
 import sys
 
 from .checkpoint import CorruptCheckpointError
-from .config import CommandLine, Config, ConfigError, apply_command_line, apply_smoke, read_command_line
+from .config import (CommandLine, Config, ConfigError, apply_command_line, apply_smoke, read_command_line,
+                     with_file)
 from .datasets import EMBEDDED, CorruptFileError, modality_of
 from .engine import train
 
@@ -34,7 +35,7 @@ def say(message: str) -> None:
 
 def resolve(defaults: Config, line: CommandLine, vanilla: dict | None = None, smoke: dict | None = None) -> Config:
     """The run's config from the recipe's ``defaults`` and the parsed command line."""
-    base = Config.from_dict({**defaults.to_dict(), **line.file}, source="--config") if line.file else defaults
+    base = with_file(defaults, line)
     asked = apply_command_line(base, line)
     if asked.vanilla and not line.file.get("vanilla"):  # a --config file holds a resolved config
         if vanilla is None:

@@ -39,15 +39,15 @@ class Config:
     neuron: str = field(default="lif", metadata={"help": "neuron name (repro.models.NEURONS)"})
     surrogate: str = field(default="atan", metadata={"help": "surrogate name (repro.surrogates.SURROGATES)"})
     loss: str = field(default="ce", metadata={"help": "loss name (repro.losses.LOSSES)"})
-    model_options: dict = field(default_factory=dict, metadata={"help": "extra model kwargs, --model.KEY VALUE"})
-    neuron_options: dict = field(default_factory=dict, metadata={"help": "neuron kwargs, --neuron.KEY VALUE"})
-    surrogate_options: dict = field(default_factory=dict, metadata={"help": "surrogate kwargs, --surrogate.KEY VALUE"})
-    loss_options: dict = field(default_factory=dict, metadata={"help": "loss kwargs, --loss.KEY VALUE"})
+    model_options: dict = field(default_factory=dict, metadata={"help": "extra model kwargs"})
+    neuron_options: dict = field(default_factory=dict, metadata={"help": "neuron kwargs"})
+    surrogate_options: dict = field(default_factory=dict, metadata={"help": "surrogate kwargs"})
+    loss_options: dict = field(default_factory=dict, metadata={"help": "loss kwargs"})
     # data
     dataset: str = field(default="digits", metadata={"help": "dataset name (repro.datasets.DATASETS)"})
     data_root: str = field(default="data", metadata={"help": "where datasets are stored / downloaded to"})
     download: bool = field(default=False, metadata={"help": "allow downloading missing datasets"})
-    dataset_options: dict = field(default_factory=dict, metadata={"help": "dataset kwargs, --dataset.KEY VALUE"})
+    dataset_options: dict = field(default_factory=dict, metadata={"help": "dataset kwargs"})
     batch_size: int = field(default=128, metadata={"help": "per-process training batch size"})
     eval_batch_size: int = field(default=256, metadata={"help": "per-process evaluation batch size"})
     num_workers: int = field(default=-1, metadata={"help": "DataLoader workers; -1 = automatic"})
@@ -204,14 +204,11 @@ class _OneLineParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the recipe docstring's line breaks and shows each option's default."""
-
-
 def build_parser(defaults: Config, description: str | None = None) -> argparse.ArgumentParser:
     """Flags for every plain field (``--name`` and ``--name-with-dashes``), ``--config`` and ``--debug``;
     option dictionaries are read as ``--GROUP.KEY VALUE`` and listed in their own help section."""
-    parser = _OneLineParser(description=description, formatter_class=_HelpFormatter, allow_abbrev=False)
+    parser = _OneLineParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            allow_abbrev=False)  # the recipe docstring keeps its line breaks
     parser.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="JSON or YAML file of fields (e.g. a run's config.json); flags given here override it")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
@@ -235,19 +232,18 @@ def build_parser(defaults: Config, description: str | None = None) -> argparse.A
 
 @dataclass
 class CommandLine:
-    """What the command line asked for: ``fields`` given explicitly, dotted ``options`` per group,
-    ``file`` values from ``--config``, and ``debug``."""
+    """What the command line asked for: ``fields`` given explicitly, dotted ``options`` per group and
+    ``file`` values from ``--config``."""
     fields: dict
     options: dict
     file: dict
-    debug: bool = False
 
 
 def read_command_line(defaults: Config, argv: list[str], description: str | None = None) -> CommandLine:
     parser = build_parser(defaults, description)
     args, rest = parser.parse_known_args(argv)
     explicit = vars(args)
-    debug = explicit.pop("debug", False)
+    explicit.pop("debug", None)  # read by repro.cli, which must see it even when parsing fails
     types = field_types()
     explicit = {name: coerce(name, text, types[name]) if name != "config" else text for name, text in explicit.items()}
     file = load_config_file(explicit.pop("config")) if "config" in explicit else {}
@@ -266,26 +262,28 @@ def read_command_line(defaults: Config, argv: list[str], description: str | None
             inline, i = rest[i + 1], i + 1
         options[group][option] = _parse_literal(inline)
         i += 1
-    return CommandLine(explicit, options, file, debug)
+    return CommandLine(explicit, options, file)
 
 
 def apply_command_line(base: Config, line: CommandLine) -> Config:
     """``base`` with the explicit fields and dotted options on top.  A new model/neuron/surrogate/loss/dataset
-    name starts from no options (the base's were meant for its own choice) unless the options are given too."""
+    name starts from no options (the base's were meant for its own choice)."""
     values = {**base.to_dict(), **line.fields}
     for group in OPTION_GROUPS:
-        options = dict(values[f"{group}_options"])
-        if values[group] != getattr(base, group) and f"{group}_options" not in line.fields:
-            options = {}
+        options = {} if values[group] != getattr(base, group) else values[f"{group}_options"]
         values[f"{group}_options"] = {**options, **line.options[group]}
     return Config.from_dict(values)
+
+
+def with_file(defaults: Config, line: CommandLine) -> Config:
+    """``defaults`` with the fields of ``--config FILE`` on top."""
+    return Config.from_dict({**defaults.to_dict(), **line.file}, source="--config") if line.file else defaults
 
 
 def parse_args(defaults: Config, argv: list[str] | None = None, description: str | None = None) -> Config:
     """``defaults`` (a recipe's config) with ``--config FILE`` and then the command line on top."""
     line = read_command_line(defaults, argv or [], description)
-    base = Config.from_dict({**defaults.to_dict(), **line.file}, source="--config") if line.file else defaults
-    return apply_command_line(base, line)
+    return apply_command_line(with_file(defaults, line), line)
 
 
 def apply_smoke(config: Config, embedded_dataset: str, **overrides) -> Config:

@@ -15,8 +15,14 @@ Method hooks (duck-typed, so methods plug in without touching the engine):
 - a parameter may carry ``no_weight_decay = True`` and/or ``lr_mult = float``.
 
 Determinism and resume: all random generators are re-seeded from (seed, epoch) at the start of
-every epoch, and the learning rate is a pure function of the epoch, so a run resumed from the
-checkpoint of epoch e continues exactly as the uninterrupted run would.
+every epoch, the sample order is a function of (seed, epoch) and each sample's augmentation of (seed,
+epoch, index) (``repro.datasets.sampling``), and the learning rate is a pure function of the epoch, so
+a run resumed from the checkpoint of epoch e continues exactly as the uninterrupted run would, and N
+processes see the same global batches as one.
+
+Failures: a bad setting raises ``ConfigError`` (a ValueError) before anything is built; a NaN/inf loss or
+gradient stops the run (or skips the step), non-finite weights or optimiser state always stop it, and no
+checkpoint with a non-finite value is written.
 """
 from __future__ import annotations
 
@@ -361,11 +367,12 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     if config.resume and start_epoch and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])
-    hooks = [*accelerator.unwrap_model(model).modules(), loss_fn]
+    bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # state_dict keys as built
+    hooks = [*bare_model.modules(), loss_fn]
     epoch_hooks = [m.on_epoch_start for m in hooks if hasattr(m, "on_epoch_start")]
     step_hooks = [m.after_optimizer_step for m in hooks if hasattr(m, "after_optimizer_step")]
     if hasattr(loss_fn, "bind"):
-        loss_fn.bind(accelerator.unwrap_model(model))
+        loss_fn.bind(bare_model)
 
     if main:
         save_json(output_dir / "config.json", config.to_dict())
@@ -386,7 +393,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
             train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, task, accelerator, config, epoch,
                                           step_hooks, modality)
             if main:
-                bad = first_nonfinite({"model": accelerator.unwrap_model(model).state_dict(),
+                bad = first_nonfinite({"model": bare_model.state_dict(),
                                        "optimizer": optimizer.state_dict()})
                 if bad:
                     raise FloatingPointError(f"{bad} is non-finite after epoch {epoch + 1}")
@@ -405,11 +412,11 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         history.append(row)
         if main and config.diagnostics_every and (epoch + 1) % config.diagnostics_every == 0:
             save_json(output_dir / "diagnostics" / f"epoch_{epoch + 1:04d}.json",
-                      run_diagnostics(accelerator.unwrap_model(model), test_set, modality, config))
+                      run_diagnostics(bare_model, test_set, modality, config))
         if config.report_to != "none":
             accelerator.log(tracker_metrics(row), step=epoch + 1)
         if main:
-            weights = accelerator.unwrap_model(model).state_dict()
+            weights = bare_model.state_dict()
             if improved:
                 save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
                                                                 "config": config.to_dict()})
@@ -432,7 +439,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         "epochs": last["epoch"],
         "firing_rate": last["firing_rate"], "firing_rate_per_layer": last["firing_rate_per_layer"],
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 2),
-        "num_parameters": sum(p.numel() for p in accelerator.unwrap_model(model).parameters()),
+        "num_parameters": sum(p.numel() for p in bare_model.parameters()),
         **runtime, "config_changes": changes,
         "model": config.model, "neuron": config.neuron, "surrogate": config.surrogate, "loss": config.loss,
         "dataset": config.dataset, "num_steps": config.num_steps, "seed": config.seed,
@@ -442,7 +449,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         save_json(output_dir / "summary.json", summary)
         plot_training_curves(history, output_dir / "training_curves.png", title=f"{config.model} on {config.dataset}")
         if task.primary == "test_miou":
-            save_segmentation_examples(accelerator.unwrap_model(model), test_set, output_dir / "examples.png")
+            save_segmentation_examples(bare_model, test_set, output_dir / "examples.png")
         print(results_table(history, summary))
     if config.report_to != "none":
         accelerator.end_training()
@@ -493,7 +500,9 @@ def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config
         global_step = epoch * math.ceil(total / accumulation) + step // accumulation + 1
         logging = log_every and (step + 1) % log_every == 0
         # firing rate of a logged step (hooks would recompile a compiled model)
-        monitor = FiringRateMonitor(accelerator.unwrap_model(model)) if logging and not config.compile else None
+        compiled = config.compile or accelerator.state.dynamo_plugin.backend.value.lower() != "no"
+        monitor = FiringRateMonitor(accelerator.unwrap_model(model, keep_torch_compile=False)) \
+            if logging and not compiled else None
         with accelerator.accumulate(model), monitor or contextlib.nullcontext():
             outputs = model(to_model_input(inputs, modality))
             loss = loss_fn(outputs, targets)
@@ -570,7 +579,7 @@ def evaluate(model, loader, task, accelerator, config: Config, modality: str = "
     model.eval()
     sums, seen = 0, 0
     total = min(len(loader), config.limit_eval_batches or len(loader))
-    with FiringRateMonitor(accelerator.unwrap_model(model)) as monitor:
+    with FiringRateMonitor(accelerator.unwrap_model(model, keep_torch_compile=False)) as monitor:
         for step, (inputs, targets) in enumerate(loader):
             if step >= total:
                 break
