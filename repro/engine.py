@@ -398,9 +398,10 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                 if bad:
                     raise FloatingPointError(f"{bad} is non-finite after epoch {epoch + 1}")
         except FloatingPointError as error:
-            advice = "then continue with --resume" if epoch > 0 else "then start again without --resume"
-            raise FloatingPointError(f"{error}; the last good checkpoint is {last_good}. Lower --lr, set "
-                                     f"--grad_clip, or pass --nonfinite skip; {advice}") from None
+            remedies = "Lower --lr, set --grad_clip, or pass --nonfinite skip" if config.nonfinite == "stop" \
+                else "Lower --lr or set --grad_clip"
+            then = "then continue with --resume" if epoch > 0 else "then start again without --resume"
+            raise FloatingPointError(f"{error}; the last good checkpoint is {last_good}. {remedies}; {then}") from None
         test_stats = evaluate(model, test_loader, task, accelerator, config, modality)
         improved = test_stats[task.primary] >= best.get(task.primary, -math.inf)
         best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}

@@ -168,6 +168,7 @@ def test_skip_stops_on_non_finite_weights_and_writes_no_checkpoint(tmp_path, mon
     """The step after the one that broke the weights stops the run, also with --nonfinite skip."""
     monkeypatch.setattr(engine, "create_loss", lambda name, **kw: WeightsToInfAtStep(bad_step=1))
     with pytest.raises(FloatingPointError, match=r"weights are non-finite after the optimiser step before epoch 1, "
-                                                 r"step 2 .*last good checkpoint is none yet.*start again without"):
+                                                 r"step 2 .*last good checkpoint is none yet\. Lower --lr or set --grad_clip; "
+                                                 r"then start again without --resume"):
         engine.train(dataclasses.replace(SMALL, nonfinite="skip", output_dir=str(tmp_path)))
     assert not (tmp_path / "checkpoint.pt").exists() and (tmp_path / "metrics.jsonl").read_text() == ""
