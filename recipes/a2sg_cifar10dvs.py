@@ -1,5 +1,5 @@
 """A2SG on CIFAR10-DVS: VGGSNN 48x48, T=10, SGD 0.1, wd 5e-4, cosine 200 epochs, batch 100, flip + roll
-[reconstructed, a2sg.md section 6].  ``--vanilla``: baseline."""
+[reconstructed; docs/methods.md, "A2SG"].  ``--vanilla``: the fixed triangle (TRI)."""
 import dataclasses
 
 from a2sg_cifar100 import VANILLA, config as cifar100

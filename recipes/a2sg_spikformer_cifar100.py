@@ -10,7 +10,7 @@ from repro.config import Config
 config = Config(
     model="spikformer", model_options={"preset": "cifar"}, num_steps=4,   # [reference code] 4-384, T=4
     neuron="lif",                                       # the model fills in spikingjelly's LIF options
-    surrogate="a2sg", surrogate_options={"shape": "asym_triangle", "asym": 0.5, "adapt": "sgv_tgc", "w0": 0.5},
+    surrogate="a2sg", surrogate_options={"shape": "ramp", "adapt": "search", "w0": 0.5},  # [paper, via summary]
     loss="ls_ce", loss_options={"label_smoothing": 0.1},                  # [reference code]
     dataset="cifar100", dataset_options={"auto_augment": "randaugment"},
     batch_size=128, epochs=300,                                           # [reference code]

@@ -11,8 +11,8 @@ Spike function, x = u - theta: forward ``s = 1[x > 0]`` (``>=`` under the ``refe
     w[T]   = argmin over the candidates of SGV,  w[t] = argmax of TGC[t]   (t < T)
 
 The paper searches by Bayesian optimisation; here ``search="grid"`` [reconstructed] evaluates ``grid_size``
-candidates on a log grid in [w_min, w_max] exactly from the backward that already ran (no second backward),
-on every ``update_every``-th optimiser step (default every step, as the paper reportedly does), sums the
+candidates on a log grid in [w_min, w_max] exactly from the backward that already ran (no second backward;
+on an evenly strided sample of ``search_sample`` elements per layer), on every ``update_every``-th optimiser step (default every step, as the paper reportedly does), sums the
 statistics over processes, and applies the chosen windows from the next optimiser step [reconstructed].
 The paper's ablation arms: fixed ``triangle`` / ``box`` (``adapt="none"``), ST-ASG (``search`` +
 ``triangle``), A2SG (``search`` + ``ramp``).  SGV/TGC in force are logged in ``sgv_ema``, ``tgc_ema``
@@ -111,6 +111,8 @@ class A2SG(Surrogate):
             for ``search`` / ``none``, ``reconstructed`` for ``sgv_tgc`` / ``memstat``.
         search: ``grid`` (``bayes`` is not provided: docs/methods.md, "A2SG", gives the measured reason).
         grid_size: candidates on the log grid in [w_min, w_max] (``search``).
+        search_sample: elements per unit (evenly strided) on which the paper's statistics are evaluated;
+            None: all (exact) [reconstructed].
         granularity: ``layer`` | ``layer_time`` | ``layer_channel`` | ``layer_channel_time``.
         temporal_mod: apply the per-timestep factor (1 + gamma_t (1 - c[t])) (``sgv_tgc``).
         sgv_source: ``surrogate`` (h(x)) | ``grad`` (|dL/du|).
@@ -137,6 +139,7 @@ class A2SG(Surrogate):
         statistics: str | None = None,
         search: str = "grid",
         grid_size: int = 12,
+        search_sample: int | None = 8192,
         granularity: str = "layer_time",
         temporal_mod: bool = True,
         sgv_source: str = "surrogate",
@@ -183,6 +186,8 @@ class A2SG(Surrogate):
             (self.statistics == "reconstructed" or tgc_source == "membrane_grad",
              "tgc_source='weight_grad' applies to statistics='reconstructed' only"),
             (isinstance(grid_size, int) and grid_size >= 2, f"grid_size must be an int >= 2, got {grid_size!r}"),
+            (search_sample is None or (isinstance(search_sample, int) and search_sample >= 2),
+             f"search_sample must be an int >= 2 or None (all elements), got {search_sample!r}"),
             (0.0 < w_min <= w0 <= w_max, f"need 0 < w_min <= w0 <= w_max, got {w_min}, {w0}, {w_max}"),
             (eta_w >= 0 and rho1 >= 0 and rho2 >= 0 and gamma_t >= 0,
              f"eta_w, rho1, rho2, gamma_t must be >= 0, got {eta_w}, {rho1}, {rho2}, {gamma_t}"),
@@ -201,6 +206,7 @@ class A2SG(Surrogate):
                 raise ValueError(f"a2sg: {message}")
         self.asym, self.w0, self.w_min, self.w_max = float(asym), float(w0), float(w_min), float(w_max)
         self.height, self.clip, self.grid_size = (None if height is None else float(height)), clip, grid_size
+        self.search_sample = search_sample
         # the search's candidate windows (units of theta), a log grid in [w_min, w_max]
         self.candidates = torch.logspace(math.log10(w_min), math.log10(w_max), grid_size, dtype=torch.float64).tolist()
         self.eta_w, self.rho1, self.rho2, self.tgc_target = float(eta_w), float(rho1), float(rho2), float(tgc_target)
@@ -268,7 +274,7 @@ class A2SG(Surrogate):
         if self.tgc_source == "weight_grad" and self._weight_hook is None:
             self._hook_weight_layer(context.get("neuron"))
         if self._controller_step_next() and self.statistics == "paper":
-            self._observe_search(x, context, step, params, theta)
+            self._observe_search(x, context, step, theta)
         elif self._controller_step_next():
             if step == 0 or self._observation is None:
                 self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad",
@@ -276,7 +282,7 @@ class A2SG(Surrogate):
             h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
             self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
 
-    def _observe_search(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
+    def _observe_search(self, x: Tensor, context: dict, step: int, theta: float) -> None:
         """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search."""
         mem = context.get("mem")
         register_membrane = context.get("register_membrane_grad")
@@ -287,8 +293,9 @@ class A2SG(Surrogate):
             return
         if step == 0 or not isinstance(self._observation, WindowSearch):
             self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
-                                             self._per_unit)
-        self._observation.add_step(step, x, params, register_spike, register_membrane)
+                                             self._per_unit, self.search_sample)
+        window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
+        self._observation.add_step(step, x, window, register_spike, register_membrane)
 
     def _controller_step_next(self) -> bool:
         return (self._steps + 1) % self.update_every == 0

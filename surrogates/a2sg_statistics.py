@@ -168,46 +168,55 @@ def tgc_from_sums(sums: Tensor) -> Tensor:
 class WindowSearch:
     """The paper's statistics of one training forward, for every candidate window (module docstring).
 
-    ``add_step`` (forward, per step) caches x[t] and the window in force and registers the spike- and
-    membrane-gradient callbacks; the membrane callback of step t (in the backward, after step t+1's)
-    reduces the candidates to sums and frees what step t needed.  ``candidate_params(w)`` gives the
-    surrogate parameters of a candidate window (absolute units); ``candidates`` the grid, whose last
-    column in ``sums`` is the window in force.
+    ``add_step`` (forward, per step) caches a sample of x[t] and registers the spike- and membrane-gradient
+    callbacks; the membrane callback of step t (in the backward, after step t+1's) evaluates all candidates
+    at once on the same sample of g[t], delta[t] and delta[t+1], reduces them to sums and frees step t's
+    tensors.  The sample is every ``stride``-th element of each unit's row, stride = ceil(N / ``sample``)
+    (``sample=None``: every element, exact) [reconstructed: the paper's search cost is not given].
+    ``candidate_params(w)`` gives the surrogate parameters for windows ``w`` in units of theta (a tensor
+    broadcasting to the rows); the last column of the sums is the window in force.
     """
 
-    def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[float], dict],
-                 candidates: list[float], per_unit: Callable[[Tensor], Tensor]):
-        self.shape, self.candidate_params, self.candidates = shape, candidate_params, candidates
-        self.per_unit = per_unit
-        self.inputs: dict[int, tuple[Tensor, dict]] = {}
+    def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
+                 candidates: list[float], per_unit: Callable[[Tensor], Tensor], sample: int | None):
+        self.shape, self.candidate_params, self.per_unit, self.sample = shape, candidate_params, per_unit, sample
+        self.candidates = torch.tensor(candidates)
+        self.inputs: dict[int, tuple[Tensor, Tensor]] = {}  # t -> (x rows, window in force [U, 1])
         self.spike_grads: dict[int, Tensor] = {}
         self.next_delta: Tensor | None = None
         self.sgv_sums: Tensor | None = None  # [K + 1, U, 4]
         self.tgc_sums: dict[int, Tensor] = {}  # t -> [K + 1, U, 3]
         self.registered: set[int] = set()
 
-    def add_step(self, step: int, x: Tensor, params: dict, register_spike: Callable, register_membrane: Callable) -> None:
-        self.inputs[step] = (x.detach(), params)
+    def rows(self, values: Tensor) -> Tensor:
+        """The sampled [U, S] rows (fp32, own memory) of a per-step tensor."""
+        rows = self.per_unit(values.detach())
+        stride = 1 if self.sample is None else -(-rows.shape[-1] // self.sample)
+        return rows[:, ::stride].float().contiguous()
+
+    def add_step(self, step: int, x: Tensor, window: Tensor, register_spike: Callable,
+                 register_membrane: Callable) -> None:
+        """``window``: the window in force at this step, in units of theta, [U, 1]."""
+        self.inputs[step] = (self.rows(x), window)
         self.registered.add(step)
-        register_spike(lambda grad, step=step: self.spike_grads.__setitem__(step, grad.detach()))
+        register_spike(lambda grad, step=step: self.spike_grads.__setitem__(step, self.rows(grad)))
         register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
 
     @torch.no_grad()
     def _on_membrane_grad(self, step: int, delta: Tensor) -> None:
-        x, params = self.inputs.pop(step)
+        x, window = self.inputs.pop(step)
         grad_spike = self.spike_grads.pop(step, None)
         if grad_spike is None:  # the spikes of this step got no gradient
             return
-        delta, grad_spike = delta.float(), grad_spike.float()
-        rest = self.per_unit(delta - grad_spike * self.shape(x.float(), **params))
-        x_rows, g_rows, delta_rows = self.per_unit(x.float()), self.per_unit(grad_spike), self.per_unit(delta)
-        columns = [g_rows * self.shape(x_rows, **self.candidate_params(w)) + rest for w in self.candidates]
-        columns.append(delta_rows)
+        delta = self.rows(delta)
+        rest = delta - grad_spike * self.shape(x, **self.candidate_params(window))
+        windows = self.candidates.to(x.device)[:, None, None]  # [K, 1, 1]
+        columns = torch.cat([grad_spike * self.shape(x, **self.candidate_params(windows)) + rest, delta[None]])
         if step == max(self.registered):
-            self.sgv_sums = torch.stack([_sgv_sums(d) for d in columns])
+            self.sgv_sums = _sgv_sums(columns)
         elif self.next_delta is not None:
-            self.tgc_sums[step] = torch.stack([_tgc_sums(d, self.next_delta) for d in columns])
-        self.next_delta = delta_rows
+            self.tgc_sums[step] = _tgc_sums(columns, self.next_delta)
+        self.next_delta = delta
 
     def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
         """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing."""
@@ -222,12 +231,12 @@ class WindowSearch:
 
 
 def _sgv_sums(delta: Tensor) -> Tensor:
-    """[U, 4]: (n, sum d, sum d^2, sum |d|) per row, in float64."""
+    """[..., 4]: (n, sum d, sum d^2, sum |d|) over the last dim, in float64."""
     d = delta.double()
-    return torch.stack([torch.full_like(d[:, 0], d.shape[-1]), d.sum(-1), (d * d).sum(-1), d.abs().sum(-1)], -1)
+    return torch.stack([torch.full_like(d[..., 0], d.shape[-1]), d.sum(-1), (d * d).sum(-1), d.abs().sum(-1)], -1)
 
 
 def _tgc_sums(delta: Tensor, delta_next: Tensor) -> Tensor:
-    """[U, 3]: (sum d d_next, sum d^2, sum d_next^2) per row, in float64."""
-    d, e = delta.double(), delta_next.double()
+    """[..., 3]: (sum d d_next, sum d^2, sum d_next^2) over the last dim, in float64."""
+    d, e = torch.broadcast_tensors(delta.double(), delta_next.double())
     return torch.stack([(d * e).sum(-1), (d * d).sum(-1), (e * e).sum(-1)], -1)
