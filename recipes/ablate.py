@@ -3,6 +3,7 @@
     python recipes/ablate.py                                   # vanilla + the four methods, 3 seeds, digits
     python recipes/ablate.py --neurons lif plif --surrogates atan triangle --losses ce tet --seeds 1 2
     python recipes/ablate.py --base recipes/mpd_agl_cifar10.py --arms vanilla mpd_agl --epochs 150
+    python recipes/ablate.py --base recipes/a2sg_cifar100.py --full_budget --arms a2sg_paper  # the A2SG paper's arms
     python recipes/ablate.py --smoke                           # seconds: two arms, one seed, tiny budget
 
 Each run writes its own run directory under ``--output_dir``; a finished run (summary.json) is never
@@ -27,16 +28,25 @@ from repro.config import Config, apply_smoke
 from repro.engine import train
 
 # The method arms, as changes to the base recipe [reconstructed for the embedded data: each method's
-# neuron / surrogate / loss with its spec defaults; the vanilla arm is the base recipe's own setup].
+# neuron / surrogate / loss with its documented defaults; the vanilla arm is the base recipe's own setup].
+# A2SG's arms are the paper's (docs/methods.md, "A2SG"): fixed TRI and BOX (window 0.5 theta
+# [reconstructed]), ST-ASG (window search, TRI) and A2SG (window search, ramp), plus our earlier reconstruction.
 ARMS = {
     "vanilla": {},
     "a2sg": {"surrogate": "a2sg", "surrogate_options": {}},
+    "a2sg_fixed_tri": {"surrogate": "a2sg", "surrogate_options": {"shape": "triangle", "adapt": "none"}},
+    "a2sg_fixed_box": {"surrogate": "a2sg", "surrogate_options": {"shape": "box", "adapt": "none"}},
+    "a2sg_st_asg": {"surrogate": "a2sg", "surrogate_options": {"shape": "triangle"}},
+    "a2sg_reconstructed": {"surrogate": "a2sg_reconstructed", "surrogate_options": {}},
     "ds_atgo": {"neuron": "adaptive_threshold", "neuron_options": {}, "surrogate": "tgo", "surrogate_options": {}},
     "mpd_agl": {"neuron": "plif", "neuron_options": {"decay": 0.2, "threshold": 0.5}, "surrogate": "mpd_agl",
                 "surrogate_options": {}, "model_options_update": {"bn_scale": 0.5}},
     "circulate_firing": {"neuron": "circulate_firing", "neuron_options": {}, "surrogate": "learnable",
                          "surrogate_options": {}, "loss": "pnb", "loss_options": {}},
 }
+# Named groups of arms for --arms; the default is "methods"
+ARM_GROUPS = {"methods": ["vanilla", "a2sg", "ds_atgo", "mpd_agl", "circulate_firing"],
+              "a2sg_paper": ["a2sg_fixed_tri", "a2sg_fixed_box", "a2sg_st_asg", "a2sg"]}
 # Budget of the default grid on embedded data: 5 arms x 3 seeds in under 20 minutes on 2 CPU cores.
 EMBEDDED_BUDGET = {"epochs": 3, "model_options": {"width": 0.125}, "num_steps": 2, "batch_size": 32,
                    "limit_train_batches": 30}
@@ -59,10 +69,11 @@ def grid(args, base: Config) -> dict[str, Config]:
                                                  **({"surrogate_options": {}} if s != base.surrogate else {}),
                                                  **({"loss_options": {}} if l != base.loss else {})})
                 for n, s, l in combos}
-    unknown = sorted(set(args.arms) - set(ARMS))
+    arms = [arm for name in args.arms for arm in ARM_GROUPS.get(name, [name])]
+    unknown = sorted(set(arms) - set(ARMS))
     if unknown:
-        raise SystemExit(f"unknown arm(s) {unknown}; choose from: {', '.join(ARMS)}")
-    return {name: arm_config(base, ARMS[name]) for name in args.arms}
+        raise SystemExit(f"unknown arm(s) {unknown}; choose from: {', '.join([*ARMS, *ARM_GROUPS])}")
+    return {name: arm_config(base, ARMS[name]) for name in arms}
 
 
 def run_grid(configs: dict[str, Config], seeds: list[int], output_dir: Path) -> list[dict]:
@@ -135,7 +146,9 @@ def main(argv=None) -> str:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default=str(Path(__file__).with_name("quickstart.py")),
                         help="recipe whose `config` is the base of every run")
-    parser.add_argument("--arms", nargs="+", default=list(ARMS), help=f"method arms: {', '.join(ARMS)}")
+    parser.add_argument("--arms", nargs="+", default=["methods"],
+                        help=f"arms: {', '.join(ARMS)}; or groups: " + "; ".join(f"{k} = {' '.join(v)}"
+                                                                                for k, v in ARM_GROUPS.items()))
     parser.add_argument("--neurons", nargs="+", help="factorial grid instead of arms: neuron names")
     parser.add_argument("--surrogates", nargs="+", help="factorial grid: surrogate names")
     parser.add_argument("--losses", nargs="+", help="factorial grid: loss names")
@@ -151,7 +164,7 @@ def main(argv=None) -> str:
     base: Config = runpy.run_path(args.base)["config"]
     if args.smoke:
         base = apply_smoke(base, base.dataset)
-        args.arms, args.seeds = args.arms[:2], args.seeds[:1]
+        args.arms, args.seeds = [arm for name in args.arms for arm in ARM_GROUPS.get(name, [name])][:2], args.seeds[:1]
     elif not args.full_budget:
         base = dataclasses.replace(base, **{**EMBEDDED_BUDGET,
                                             "model_options": {**base.model_options, **EMBEDDED_BUDGET["model_options"]}})

@@ -47,7 +47,8 @@ from .surrogates.classic import Rectangular, Triangle
 WINDOW_RULES = ("auto", "support", "fraction")
 COMPACT_SUPPORT_SHAPES = (Rectangular, Triangle)
 COMPACT_SUPPORT_CLASS_NAMES = ("RectTLSG",)  # surrogates/learnable.py
-COMPACT_SUPPORT_SHAPE_NAMES = ("asym_triangle", "asym_rect", "shifted")  # surrogates/a2sg.py ``shape_name``
+# A2SG's compact shapes, by ``shape_name`` (surrogates/a2sg_shapes.py)
+COMPACT_SUPPORT_SHAPE_NAMES = ("ramp", "triangle", "box", "asym_triangle", "asym_rect", "shifted")
 MEASURES = ("firing_rate", "window", "histogram", "method_state", "energy", "sharpness", "landscape")
 DEFAULT_MEASURES = ("firing_rate", "window", "histogram", "method_state", "energy")
 MODES = ("eval", "train")

@@ -33,6 +33,8 @@ from .diagnostics import DEFAULT_MEASURES, collect_diagnostics  # noqa: E402
 from .losses import create_loss  # noqa: E402
 from .models import create_model  # noqa: E402
 from .sharpness import model_landscape, model_sharpness  # noqa: E402
+from .surrogates import A2SG  # noqa: E402
+from .surrogates.a2sg_statistics import STATISTICS_DEFINITIONS  # noqa: E402
 
 CHECKPOINTS = {"best": "best_model.pt", "last": "checkpoint.pt"}
 DPI = 110
@@ -464,6 +466,7 @@ def write_report(runs: list[Run], results: dict[str, dict], out_dir: Path, args:
         lines += _table(["name", "value"], [[f"`{k}`", _compact(v)] for k, v in state.items()])
         lines += ["</details>", ""]
 
+    lines += a2sg_statistics_section(runs)
     trajectories = {run.label: state_trajectories(run.path) for run in runs}
     if any(trajectories.values()):
         lines += ["## Method state over training", "",
@@ -489,6 +492,23 @@ def write_report(runs: list[Run], results: dict[str, dict], out_dir: Path, args:
     path = out_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def a2sg_statistics_section(runs: list[Run]) -> list[str]:
+    """Per A2SG layer of each run: the SGV / TGC in force (EMA over statistics steps, with the definitions the
+    run used) and the windows w_t (units of theta)."""
+    lines = []
+    for run in runs:
+        layers = [(name, m) for name, m in run.model.named_modules() if isinstance(m, A2SG)]
+        if not layers:
+            continue
+        kinds = sorted({m.statistics for _, m in layers})
+        lines += [f"## A2SG gradient statistics: `{run.label}`", ""]
+        lines += [f"- {kind}: {STATISTICS_DEFINITIONS[kind]}" for kind in kinds] + [""]
+        lines += _table(["layer", "adapt", "statistics", "SGV", "TGC (mean over t)", "TGC[t]", "window w_t (x theta)"],
+                        [[f"`{name}`", m.adapt, m.statistics, float(m.sgv_ema), float(m.tgc_ema),
+                          _compact(m.tgc_t.tolist()), _compact(m.w_t.tolist())] for name, m in layers])
+    return lines
 
 
 def _energy_section(runs: list[Run], results: dict[str, dict]) -> list[str]:

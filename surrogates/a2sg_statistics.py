@@ -30,6 +30,13 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 EPS = 1e-8
+# the definitions behind A2SG's logged sgv_ema / tgc_ema / tgc_t, by ``A2SG.statistics`` (reports print them)
+STATISTICS_DEFINITIONS = {
+    "paper": "SGV = Var(delta[T]) / Mean(|delta[T]|) at the last step, TGC[t] = cos(delta[t], delta[t+1]), "
+             "delta = dL/du [paper, via summary]",
+    "reconstructed": "SGV = mean over t of std/mean of h(x[t]) (or of |delta[t]|), TGC = mean over t < t' of "
+                     "cos(delta[t], delta[t']), delta = dL/du [reconstructed]",
+}
 
 def coefficient_of_variation(values: Tensor) -> Tensor:
     """std / (mean + 1e-8) along the last dim (population std)."""

@@ -188,3 +188,17 @@ def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(t
     assert torch.equal(per_rank[0], per_rank[1])
     torch.testing.assert_close(per_rank[0], layers[1].surrogate.w_t)
     assert isinstance(layers[1].surrogate, A2SG)
+
+
+def test_report_section_states_the_definitions_and_the_layer_statistics():
+    from types import SimpleNamespace
+
+    from repro.report import a2sg_statistics_section
+
+    layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
+    loss_of(layers, *batch(0)).backward()
+    layers[1].surrogate.after_optimizer_step(0)
+    text = "\n".join(a2sg_statistics_section([SimpleNamespace(label="run", model=torch.nn.Sequential(*layers))]))
+    sg = layers[1].surrogate
+    assert "Var(delta[T]) / Mean(|delta[T]|)" in text and "[paper, via summary]" in text
+    assert f"| `1.surrogate` | search | paper | {sg.sgv_ema.item():.4g} | {sg.tgc_ema.item():.4g} |" in text

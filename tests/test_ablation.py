@@ -1,4 +1,4 @@
-"""The ablation runner: a 2x2 grid, its table, and resuming a half-finished grid."""
+"""The ablation runner: a 2x2 grid, its table, resuming a half-finished grid, and the A2SG paper's arms."""
 import csv
 import json
 import runpy
@@ -44,6 +44,21 @@ def test_two_by_two_grid_table_and_resume(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamps.items())
     assert (fresh / "summary.json").exists() and (resumed / "summary.json").exists()
     assert (resumed / "checkpoint.pt").stat().st_mtime_ns == checkpoint_stamp  # resumed, not retrained
+
+
+def test_a2sg_paper_arms_build_the_papers_surrogates(tmp_path):
+    from argparse import Namespace
+
+    from repro.config import Config
+    from repro.surrogates import create_surrogate
+
+    configs = ABLATE["grid"](Namespace(arms=["a2sg_paper", "a2sg_reconstructed"], neurons=None, surrogates=None,
+                                       losses=None), Config())
+    built = {name: create_surrogate(c.surrogate, **c.surrogate_options) for name, c in configs.items()}
+    assert {name: (s.shape_name, s.adapt, s.statistics) for name, s in built.items()} == {
+        "a2sg_fixed_tri": ("triangle", "none", "paper"), "a2sg_fixed_box": ("box", "none", "paper"),
+        "a2sg_st_asg": ("triangle", "search", "paper"), "a2sg": ("ramp", "search", "paper"),
+        "a2sg_reconstructed": ("asym_triangle", "sgv_tgc", "reconstructed")}
 
 
 def pytest_approx(value):
