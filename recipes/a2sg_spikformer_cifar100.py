@@ -1,4 +1,5 @@
-"""A2SG on Spikformer-4-384, CIFAR-100, T=4 (a2sg.md section 6 with common.md section 8's Spikformer recipe).
+"""A2SG on Spikformer-4-384, CIFAR-100, T=4 (docs/methods.md, "A2SG"; the Spikformer recipe as in
+"Circulate-firing recipes").
 
 Deviation: the reference recipe's mixup, random erasing and timm RandAugment are not in our data
 pipeline; torchvision's RandAugment stands in.  The neuron is Spikformer's own (spikingjelly-style LIF,

@@ -6,7 +6,7 @@ works as ``spike_grad=`` of a stock ``snntorch.Leaky`` (which calls it with ``me
 only) and as the surrogate of our own neurons (which also pass context such as the
 timestep, the membrane or the preceding BN).
 
-Rules every surrogate follows (ecosystem.md A.4):
+Rules every surrogate follows (docs/methods.md, "Classic surrogates"):
 - per-call parameters are computed in ``forward`` from detached context and captured
   then; ``backward`` never reads mutable module state;
 - ``h`` is evaluated in fp32 (exp-based shapes overflow in fp16/bf16) and written with
