@@ -1,10 +1,11 @@
 """Datasets by name: ``create_dataset(name, split, root=..., download=..., **kw)``.
 
 Every dataset object has ``num_classes``, ``in_channels`` and ``modality`` (``static``,
-``event`` or ``segmentation``); ``in_memory = True`` marks cheap items (no loader workers).
+``event``, ``segmentation`` or ``text``); ``in_memory = True`` marks cheap items (no loader workers).
 Items: static ``(float [C, H, W], int)``; event ``(float [T, C, H, W], int)`` (batches are
 ``[B, T, ...]``; :func:`to_model_input` makes them time-first); segmentation
-``(float [3, H, W], long [H, W])`` with 255 = ignore.  Embedded stand-ins (:data:`EMBEDDED`) need no
+``(float [3, H, W], long [H, W])`` with 255 = ignore; text ``(long [L] token ids, int)``, padded with id 0,
+whose ``in_channels`` is the vocabulary size.  Embedded stand-ins (:data:`EMBEDDED`) need no
 root and no network; the others read ``root`` and download only with ``download=True``.
 """
 from __future__ import annotations
@@ -20,13 +21,16 @@ from .folders import ImageNet, TinyImageNet
 from .nd_digits import NDDigits
 from .segmentation import ADE20K, VOC2012
 from .shapes_seg import ShapesSeg
+from .text import HUB_DATASETS
+from .text_embedded import SentimentEmbedded
 
 DATASETS = Registry("dataset")
-MODALITIES = ("static", "event", "segmentation")
-EMBEDDED = {"static": "digits", "event": "nd_digits", "segmentation": "shapes_seg"}
+MODALITIES = ("static", "event", "segmentation", "text")
+EMBEDDED = {"static": "digits", "event": "nd_digits", "segmentation": "shapes_seg", "text": "sentiment_embedded"}
 for _name, _dataset in {"cifar10": CIFAR10, "cifar100": CIFAR100, "cifar10_dvs": CIFAR10DVS,
                         "tiny_imagenet": TinyImageNet, "imagenet": ImageNet, "voc2012": VOC2012,
-                        "ade20k": ADE20K, "nd_digits": NDDigits, "shapes_seg": ShapesSeg}.items():
+                        "ade20k": ADE20K, "nd_digits": NDDigits, "shapes_seg": ShapesSeg,
+                        "sentiment_embedded": SentimentEmbedded, **HUB_DATASETS}.items():
     DATASETS.register(_name)(_dataset)
 del _name, _dataset
 
@@ -51,7 +55,8 @@ def modality_of(name: str) -> str:
 
 def to_model_input(batch: torch.Tensor, modality: str) -> torch.Tensor:
     """A collated input batch as the models take it: event batches [B, T, C, H, W] become time-first
-    [T, B, C, H, W]; static and segmentation batches [B, C, H, W] are returned unchanged."""
+    [T, B, C, H, W]; static and segmentation batches [B, C, H, W] and text batches [B, L] are returned
+    unchanged."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose one of {list(MODALITIES)}")
     if modality != "event":
@@ -62,5 +67,6 @@ def to_model_input(batch: torch.Tensor, modality: str) -> torch.Tensor:
 
 
 __all__ = ["ADE20K", "CIFAR10", "CIFAR100", "CIFAR10DVS", "DATASETS", "EMBEDDED", "CorruptFileError",
-           "DatasetNotFoundError", "Digits", "ImageNet", "NDDigits", "ShapesSeg", "TinyImageNet", "VOC2012",
+           "DatasetNotFoundError", "Digits", "ImageNet", "NDDigits", "SentimentEmbedded", "ShapesSeg", "TinyImageNet",
+           "VOC2012",
            "create_dataset", "modality_of", "to_model_input"]

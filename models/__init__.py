@@ -15,6 +15,7 @@ from .layers import SeqToANN, TDBatchNorm, fold, unfold
 from .neurons import LIF, SpikingNeuron, lif, plif
 from .resnet import SpikingResNet, resnet18, resnet19
 from .spikformer import SPIKINGJELLY_LIF, Spikformer, spikformer
+from .spikformer_text import SpikformerText
 from .vgg import SpikingVGG, vgg13, vggsnn
 
 NEURONS = Registry("neuron")
@@ -24,6 +25,8 @@ NEURONS.register()(circulate_firing)
 NEURONS.register("adaptive_threshold")(AdaptiveThresholdLIF)
 
 MODELS = Registry("model")
+# SpikeBERT's spikingjelly LIFNode(tau=10, detach_reset=True) [reference code]: decay 1 - 1/tau = 0.9
+SPIKEBERT_LIF = {**SPIKINGJELLY_LIF, "decay": 0.9}
 
 
 def create_neuron(name: str, surrogate: str = "atan", surrogate_kwargs: dict | None = None, **kwargs) -> nn.Module:
@@ -89,8 +92,38 @@ def _spikformer(num_classes: int = 10, num_steps: int = 4, in_channels: int = 3,
     With ``neuron="lif"`` the LIF options not given default to spikingjelly's LIF (``SPIKINGJELLY_LIF``);
     the surrogate defaults to sigmoid (alpha = 4).  The neuron after Q K^T V gets its threshold option
     ``attn_threshold_option`` (``theta`` for circulate_firing) set to ``attn_threshold``."""
+    make, make_attn = spikformer_neurons(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps,
+                                         SPIKINGJELLY_LIF, attn_threshold, attn_threshold_option)
+    return spikformer(make, make_attn, num_classes, in_channels, num_steps, preset, bn_scale, depth=depth, dim=dim,
+                      heads=heads, mlp_ratio=mlp_ratio, pool_stages=pool_stages, qkv_bias=qkv_bias,
+                      attn_scale=attn_scale)
+
+
+@MODELS.register("spikformer_text")
+def _spikformer_text(num_classes: int = 2, num_steps: int = 32, in_channels: int = 28996, depth: int = 6,
+                     dim: int = 768, heads: int = 8, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                     attn_scale: float = 0.125, max_length: int = 64, position: bool = True,
+                     attn_threshold: float = 0.5, attn_threshold_option: str = "threshold", bn_scale: float = 1.0,
+                     neuron: str = "lif", surrogate: str = "atan", neuron_kwargs: dict | None = None,
+                     surrogate_kwargs: dict | None = None) -> SpikformerText:
+    """Spiking text Transformer (models/spikformer_text.py) on token ids; ``in_channels`` is the vocabulary
+    size (the engine passes the text dataset's ``in_channels``; 28996 = bert-base-cased).  Defaults: the
+    SpikeBERT reference code's config; with ``neuron="lif"`` the LIF options not given default to its
+    spikingjelly LIF (``SPIKEBERT_LIF``: tau = 10), surrogate atan (alpha = 2).  The attention neuron's
+    threshold option as in ``spikformer``."""
+    make, make_attn = spikformer_neurons(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps,
+                                         SPIKEBERT_LIF, attn_threshold, attn_threshold_option)
+    return SpikformerText(make, make_attn, in_channels, num_classes, num_steps, depth, dim, heads, mlp_ratio,
+                          qkv_bias, attn_scale, max_length, position, bn_scale)
+
+
+def spikformer_neurons(neuron: str, surrogate: str, neuron_kwargs: dict | None, surrogate_kwargs: dict | None,
+                       num_steps: int, lif_defaults: dict, attn_threshold: float, attn_threshold_option: str
+                       ) -> tuple[Callable[[], nn.Module], Callable[[], nn.Module]]:
+    """Neuron factories of a Spikformer: every SN, and the one after Q K^T V with its threshold option
+    ``attn_threshold_option`` set to ``attn_threshold``; ``lif_defaults`` fill the LIF options not given."""
     if neuron == "lif":
-        neuron_kwargs = {**SPIKINGJELLY_LIF, **(neuron_kwargs or {})}
+        neuron_kwargs = {**lif_defaults, **(neuron_kwargs or {})}
     make = neuron_factory(neuron, surrogate, neuron_kwargs, surrogate_kwargs, num_steps)
     try:
         make_attn = neuron_factory(neuron, surrogate, {**(neuron_kwargs or {}), attn_threshold_option: attn_threshold},
@@ -98,9 +131,7 @@ def _spikformer(num_classes: int = 10, num_steps: int = 4, in_channels: int = 3,
     except ValueError as error:
         raise ValueError(f"{error}; the attention neuron's threshold goes to the neuron option named by the model "
                          f"option attn_threshold_option (now {attn_threshold_option!r})") from error
-    return spikformer(make, make_attn, num_classes, in_channels, num_steps, preset, bn_scale, depth=depth, dim=dim,
-                      heads=heads, mlp_ratio=mlp_ratio, pool_stages=pool_stages, qkv_bias=qkv_bias,
-                      attn_scale=attn_scale)
+    return make, make_attn
 
 
 @MODELS.register("spiking_unet")
@@ -143,6 +174,6 @@ def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 __all__ = [
-    "CFNeuron", "circulate_firing", "AdaptiveThresholdLIF", "freeze_running_thresholds", "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "Spikformer", "TDBatchNorm", "create_model", "create_neuron",
+    "CFNeuron", "circulate_firing", "AdaptiveThresholdLIF", "freeze_running_thresholds", "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "Spikformer", "SpikformerText", "TDBatchNorm", "create_model", "create_neuron",
     "fold", "lif", "neuron_factory", "plif", "resnet19", "spiking_layers", "spikformer", "unfold",
 ]

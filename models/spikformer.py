@@ -127,8 +127,15 @@ class SpikingSelfAttention(nn.Module):
         out = (q @ k.transpose(-2, -1)) @ v * self.attn_scale
         return out.transpose(2, 3).flatten(-2)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(self.attn_neuron(self.attention(self.q(x), self.k(x), self.v(x))))
+    def forward(self, x: Tensor, tokens=None) -> Tensor:
+        """``tokens``: with packed tokens of padded sequences (``PackedTokens``, models/spikformer_text.py),
+        Q K^T V is taken within each sequence, padding left out."""
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        if tokens is None:
+            mixed = self.attention(q, k, v)
+        else:
+            mixed = tokens.pack(self.attention(tokens.unpack(q), tokens.unpack(k), tokens.unpack(v)))
+        return self.proj(self.attn_neuron(mixed))
 
     def extra_repr(self) -> str:
         return f"heads={self.heads}, attn_scale={self.attn_scale}"
@@ -149,8 +156,8 @@ class SpikformerBlock(nn.Module):
         super().__init__()
         self.attention, self.mlp = attention, mlp
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.attention(x)
+    def forward(self, x: Tensor, tokens=None) -> Tensor:
+        x = x + self.attention(x, tokens)
         return x + self.mlp(x)
 
 
@@ -221,4 +228,5 @@ def spikformer(make_neuron: Callable[[], nn.Module], make_attn_neuron: Callable[
     return Spikformer(make_neuron, make_attn_neuron, num_classes, in_channels, num_steps, bn_scale=bn_scale, **config)
 
 
-__all__ = ["PRESETS", "SPIKINGJELLY_LIF", "Spikformer", "SpikingSelfAttention", "spikformer"]
+__all__ = ["PRESETS", "SPIKINGJELLY_LIF", "LinearBNNeuron", "Spikformer", "SpikformerBlock", "SpikingMLP",
+           "SpikingSelfAttention", "spikformer"]
