@@ -348,7 +348,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
             model.load_state_dict(state["model"])
         except RuntimeError as error:
             raise ConfigError(f"checkpoint {checkpoint_path} does not fit model {config.model!r} "
-                              f"({str(error).splitlines()[1].strip()}); resume with the settings it was "
+                              f"({str(error).strip().splitlines()[-1].strip()}); resume with the settings it was "
                               "trained with") from None
         peak_lrs = [group["peak_lr"] for group in optimizer.param_groups]
         optimizer.load_state_dict(state["optimizer"])
