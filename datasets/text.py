@@ -121,8 +121,11 @@ HUB_TEXT = {
 
 def read_columns(path: Path, text: str, label: str) -> tuple[list[str], list[int]]:
     """The text and label columns of one published file (JSON lines or parquet, by extension)."""
-    import pyarrow.json
-    import pyarrow.parquet
+    try:
+        import pyarrow.json
+        import pyarrow.parquet
+    except ImportError as error:
+        raise ImportError(f"reading {path.name} needs pyarrow: pip install -e \".[text]\"") from error
 
     read = pyarrow.json.read_json if path.suffix == ".jsonl" else pyarrow.parquet.read_table
     try:
@@ -156,11 +159,11 @@ def hub_text_dataset(name: str, split: str, root: str | Path, download: bool, to
         raise ValueError(f"{directory / spec.files[split]}: labels {bad[:5]} outside 0..{spec.num_classes - 1}; "
                          "this file has no usable labels (e.g. a hidden test split): use the hub's labelled file")
     if tokenizer == "trained":
-        tokenizer_ = train_word_level(read_columns(directory / spec.files["train"], spec.text, spec.label)[0],
-                                     vocab_size)
+        text_tokenizer = train_word_level(read_columns(directory / spec.files["train"], spec.text, spec.label)[0],
+                                          vocab_size)
     else:
-        tokenizer_ = hub_tokenizer(tokenizer, download)
-    return TokenizedText(texts, labels, spec.num_classes, tokenizer_, max_length)
+        text_tokenizer = hub_tokenizer(tokenizer, download)
+    return TokenizedText(texts, labels, spec.num_classes, text_tokenizer, max_length)
 
 
 def _hub_factory(name: str):

@@ -131,6 +131,30 @@ def test_output_shapes_and_padding_invariance(embedded, neuron, options):
         model(ids.float())
 
 
+@pytest.mark.parametrize("neuron, surrogate, loss", [
+    ("plif", "triangle", "tet"), ("adaptive_threshold", "tgo", "ce"), ("plif", "mpd_agl", "ls_ce"),
+    ("lif", "a2sg", "pnb")])
+def test_any_neuron_surrogate_and_loss_train_it(embedded, neuron, surrogate, loss):
+    """One training step of each method's neuron / surrogate / loss: finite loss, a gradient down to the
+    embedding rows of the batch's tokens and none on the padding row."""
+    from repro.losses import create_loss
+
+    train, _ = embedded
+    model = create_model("spikformer_text", in_channels=train.in_channels, num_steps=4, neuron=neuron,
+                         surrogate=surrogate, **TINY)
+    for module in list(model.modules()):
+        if hasattr(module, "on_model_built"):
+            module.on_model_built(model)
+    loss_fn = create_loss(loss)
+    if hasattr(loss_fn, "bind"):
+        loss_fn.bind(model)
+    value = loss_fn(model(train.tokens[:8]), train.targets[:8])
+    value.backward()
+    used = train.tokens[:8].unique()
+    grad = model.embedding.weight.grad
+    assert torch.isfinite(value) and grad[used[used != PAD_ID]].abs().sum(1).gt(0).all() and not grad[PAD_ID].any()
+
+
 def test_firing_rates_and_energy_count_real_tokens_only(embedded):
     """Every neuron sees the M real tokens only (T * M * D outputs, the mean |S| as the rate); the token
     encoder, fed by the real-valued embedding, is the energy meter's MAC layer with M D^2 MACs per step."""
