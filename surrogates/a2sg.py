@@ -282,6 +282,9 @@ class A2SG(Surrogate):
             h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
             self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
 
+    def wants_spike_grad(self) -> bool:
+        return self.statistics == "paper" and self.training and not self._frozen and self._controller_step_next()
+
     def _observe_search(self, x: Tensor, context: dict, step: int, theta: float) -> None:
         """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search."""
         mem = context.get("mem")

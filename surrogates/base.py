@@ -71,13 +71,19 @@ class Surrogate(nn.Module):
     def forward(self, x: Tensor, fire_ge: bool = False, **context: Any) -> Tensor:
         params = self.call_params(x, **context)
         spike_hooks: list = []
-        if x.requires_grad and "register_spike_grad" not in context:
+        if x.requires_grad and self.wants_spike_grad() and "register_spike_grad" not in context:
             context["register_spike_grad"] = spike_hooks.append
         self.observe(x, params, context)
         spikes = SpikeFunction.apply(x, self.shape, params, fire_ge)
         for hook in spike_hooks:
             spikes.register_hook(hook)
         return spikes
+
+    def wants_spike_grad(self) -> bool:
+        """Whether this call's ``observe`` may register a spike-gradient callback (A2SG's window search);
+        the reference path then offers ``register_spike_grad`` (False by default: nothing for
+        torch.compile to trace)."""
+        return False
 
     def observe(self, x: Tensor, params: dict, context: dict) -> None:
         """The side effects of one call, given the parameters actually used: the observers here,
