@@ -41,6 +41,7 @@ from repro.models.triton_lif import lif_backward, lif_forward, triton_available 
 from repro.models.triton_surrogates import kernel_shape, parameter_table, shape_parameters  # noqa: E402
 from repro.surrogates import SURROGATES, create_surrogate  # noqa: E402
 from repro.surrogates import a2sg  # noqa: E402
+from repro.surrogates.closed_form import absolute, clamp_min, div, indicator, logistic, where  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
@@ -166,6 +167,7 @@ def registered_surrogates():
 
 
 @kernels_run_here
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the tails (x = +-1e30) overflow to inf, as intended
 def test_every_kernel_surrogate_is_its_torch_closed_form():
     """One closed form: wherever a surrogate's ``shape`` compiles for the kernels, the kernel's h equals
     torch's on window edges, zeros, tails and bf16-rounded points: bitwise for the rational shapes with fp32
@@ -189,6 +191,19 @@ def test_every_kernel_surrogate_is_its_torch_closed_form():
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=atol, msg=name)
         torch.testing.assert_close(got, shape(x, **params), rtol=1e-6, atol=atol, msg=name)
     assert compiled >= KERNEL_SURROGATES, f"not compiled for the kernels: {KERNEL_SURROGATES - compiled}"
+
+
+def every_word(x, w):
+    """A made-up shape that uses every word of the closed-form vocabulary."""
+    return where(x > 0, div(indicator(absolute(x) < w), w), clamp_min(logistic(x * w), 0.25))
+
+
+@kernels_run_here
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # the tails (x = +-1e30) overflow to inf, as intended
+def test_every_vocabulary_word_compiles_to_the_same_values():
+    x = probe_points({"w": 0.7})
+    expected = every_word(x, torch.tensor(0.7, device=DEVICE))
+    torch.testing.assert_close(kernel_values(every_word, x, {"w": 0.7}), expected, rtol=1e-6, atol=1e-7)
 
 
 def test_shapes_outside_the_vocabulary_are_not_compiled():
