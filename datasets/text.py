@@ -7,7 +7,8 @@ token ids.  docs/methods.md, "Circulate-firing recipes" (the SpikeBERT text setu
   from the repository root, where our ``datasets/`` package shadows it).  ``download=True`` fetches
   missing files with ``huggingface_hub``.
 - Splits: the hub's ``train`` / ``validation`` / ``test``.  SST-2 is the sentence-level SST binary set
-  (6920 / 872 / 1821, labelled test), as in SpikeBERT's tables, not GLUE's phrase-level set (hidden test).
+  (6920 / 872 / 1821, labelled test), not GLUE's phrase-level set, whose test labels are hidden
+  [reconstructed: which SST-2 split the papers report on is not stated in our sources].
 - Tokens: ``tokenizer`` is a hub tokenizer (``bert-base-cased``, the SpikeBERT setup [reference code];
   fetched only with ``download=True``, then read from the Hugging Face cache) or ``"trained"``: a
   word-level vocabulary trained with ``tokenizers`` on the training split (offline).  Every sequence is

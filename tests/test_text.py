@@ -70,10 +70,23 @@ def test_hub_datasets_read_the_published_files(tmp_path):
         create_dataset("sst2", "test", root=str(tmp_path), tokenizer="trained")
 
 
-def test_hub_tokenizer_is_never_fetched_without_download(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_tokenizer_comes_from_the_cache_and_is_never_fetched_without_download(tmp_path, monkeypatch):
+    """A tokenizer.json in the Hugging Face cache layout (models--ORG--NAME/snapshots/REV, refs/main) is read
+    offline; a name not in the cache is an error saying how to get it."""
+    import huggingface_hub.constants
+
+    from repro.datasets.text import train_word_level
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    snapshot = tmp_path / "models--org--bert-like" / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (tmp_path / "models--org--bert-like" / "refs").mkdir()
+    (tmp_path / "models--org--bert-like" / "refs" / "main").write_text("0123abcd")
+    train_word_level(["a fine film", "a dull film"]).save(str(snapshot / "tokenizer.json"))
+    tokenizer = hub_tokenizer("org/bert-like")
+    assert tokenizer.encode("a fine day").tokens == ["[CLS]", "a", "fine", "[UNK]", "[SEP]"]
     with pytest.raises(FileNotFoundError, match="--download.*--dataset.tokenizer trained"):
-        hub_tokenizer("snn-repro/no-such-tokenizer")
+        hub_tokenizer("org/no-such-tokenizer")
 
 
 def test_embedded_text_needs_word_order(embedded):
