@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Issue 19's checks on a CUDA machine, in stages that each fit a 10-minute slot (docs/performance.md, "GPU kernels").
+#
+#   bash benchmarks/gpu_check.sh tests     # CUDA tests of the kernels and the fused paths (in-process, no interpreter)
+#   bash benchmarks/gpu_check.sh layer     # one LIF layer at T = 4 and 32, fp32 and bf16 input, B = 128 (x sj, x fp32)
+#   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
+#   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (compilation is untimed but slow)
+#
+# Results go to benchmarks/results/*_cuda*.json; the tables print as they finish.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1
+RECIPES="ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10"
+case "${1:-}" in
+  tests)
+    python -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_fused.py tests/test_fused_cf.py ;;
+  layer)
+    python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16 --repeats 5 \
+      --output benchmarks/results/neuron_cuda.json ;;
+  methods)
+    python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
+      --recipes $RECIPES --output benchmarks/results/train_step_cuda_methods.json ;;
+  compiled)
+    python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
+      --compile --variants ann_relu --recipes $RECIPES --output benchmarks/results/train_step_cuda_compiled.json ;;
+  *)
+    echo "usage: bash benchmarks/gpu_check.sh tests|layer|methods|compiled" >&2; exit 2 ;;
+esac
