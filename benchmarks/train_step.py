@@ -1,6 +1,6 @@
 """Benchmark one ResNet-19 training step (forward, backward, SGD step) (issue 8; docs/performance.md).
 
-Variants, all built by the same ResNet-19 builder (``repro.models.resnet19``, common.md section 4) and
+Variants, all built by the same ResNet-19 builder (``repro.models.resnet19``, docs/methods.md "Backbones") and
 measured interleaved in one run for every (T, B):
 
 - ``ours_fused`` / ``ours_loop``: ``create_model("resnet19", neuron=NEURON)`` (``--neuron``: ``lif``, the
