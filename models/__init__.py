@@ -15,7 +15,7 @@ from .layers import SeqToANN, TDBatchNorm, fold, unfold
 from .neurons import LIF, SpikingNeuron, lif, plif
 from .resnet import SpikingResNet, resnet18, resnet19
 from .spikformer import SPIKINGJELLY_LIF, Spikformer, spikformer
-from .spikformer_text import SpikformerText
+from .spikformer_text import SPIKEBERT_LIF, SpikformerText
 from .vgg import SpikingVGG, vgg13, vggsnn
 
 NEURONS = Registry("neuron")
@@ -25,8 +25,6 @@ NEURONS.register()(circulate_firing)
 NEURONS.register("adaptive_threshold")(AdaptiveThresholdLIF)
 
 MODELS = Registry("model")
-# SpikeBERT's spikingjelly LIFNode(tau=10, detach_reset=True) [reference code]: decay 1 - 1/tau = 0.9
-SPIKEBERT_LIF = {**SPIKINGJELLY_LIF, "decay": 0.9}
 
 
 def create_neuron(name: str, surrogate: str = "atan", surrogate_kwargs: dict | None = None, **kwargs) -> nn.Module:

@@ -30,9 +30,12 @@ import torch
 from torch import Tensor, nn
 
 from .layers import SeqToANN
-from .spikformer import LinearBNNeuron, SpikformerBlock, SpikingMLP, SpikingSelfAttention, check_options
+from .spikformer import (SPIKINGJELLY_LIF, LinearBNNeuron, SpikformerBlock, SpikingMLP, SpikingSelfAttention,
+                         check_options)
 
 PAD_ID = 0
+# SpikeBERT's spikingjelly LIFNode(tau=10, detach_reset=True) [reference code]: decay 1 - 1/tau = 0.9
+SPIKEBERT_LIF = {**SPIKINGJELLY_LIF, "decay": 0.9}
 
 
 class PackedTokens:
@@ -110,4 +113,4 @@ class SpikformerText(nn.Module):
         return self.head(tokens.mean(x))
 
 
-__all__ = ["PAD_ID", "PackedTokens", "SpikformerText"]
+__all__ = ["PAD_ID", "SPIKEBERT_LIF", "PackedTokens", "SpikformerText"]

@@ -112,7 +112,8 @@ def test_tokenizer_round_trip(embedded):
     assert train.tokenizer.get_vocab() == test.tokenizer.get_vocab()  # trained on the same split: same ids
     for text, ids in zip(test.texts, test.tokens):
         length = int((ids != PAD_ID).sum())
-        assert ids[0] == train.tokenizer.token_to_id("[CLS]") and ids[length - 1] == train.tokenizer.token_to_id("[SEP]")
+        cls, sep = train.tokenizer.token_to_id("[CLS]"), train.tokenizer.token_to_id("[SEP]")
+        assert ids[0] == cls and ids[length - 1] == sep
         assert train.tokenizer.decode(ids.tolist()) == text
     assert train.tokenizer.encode("the movie is superb").tokens[:7] == ["[CLS]", "the", "movie", "is", "[UNK]", "[SEP]",
                                                                         "[PAD]"]
@@ -181,7 +182,8 @@ def test_firing_rates_and_energy_count_real_tokens_only(embedded):
     model.eval()
     real = int((ids != PAD_ID).sum())
     spikes = {}
-    hooks = [m.register_forward_hook(lambda m, i, out, n=n: spikes.setdefault(n, out)) for n, m in spiking_layers(model)]
+    hooks = [module.register_forward_hook(lambda module, inputs, out, name=name: spikes.setdefault(name, out))
+             for name, module in spiking_layers(model)]
     with FiringRateMonitor(model) as monitor, torch.no_grad():
         model(ids)
     for hook in hooks:
