@@ -219,9 +219,9 @@ class LIF(SpikingNeuron):
 
     def forward(self, x: Tensor, mem: Tensor | None = None, spk: Tensor | None = None):
         dtype = x.dtype
-        x = x.float()
         decay = self.decay.float()
         if self.step_mode == "single":
+            x = x.float()
             if mem is None:
                 mem = torch.zeros_like(x)
             if spk is None:
@@ -240,10 +240,11 @@ class LIF(SpikingNeuron):
             )
         if self.fused:
             reason = unfused_reason(self, x)
-            if reason is None:
+            if reason is None:  # bf16 / fp16 input as it is: fp32 inside, spikes in the input's dtype
                 return fused_lif(self, x, decay).to(dtype)
             if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path
                 report_fallback(self, reason)
+        x = x.float()
         mem = torch.zeros_like(x[0])
         spk = torch.zeros_like(x[0])
         out = []
