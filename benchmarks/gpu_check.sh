@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE=1
 RECIPES="ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10"
 case "${1:-}" in
   tests)
-    python -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_fused.py tests/test_fused_cf.py ;;
+    python -P -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_fused.py tests/test_fused_cf.py ;;
   layer)
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16 --repeats 5 \
       --output benchmarks/results/neuron_cuda.json ;;

@@ -57,7 +57,9 @@ kernels_run_here = pytest.mark.skipif(
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_kernels_in_triton_interpreter():
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "not in_triton_interpreter and not "
+        # -P: the checkout's repro/ folder must not shadow an installed (non-editable) package, e.g. on a GPU machine
+        [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "pytest", "-q", "-p",
+         "no:cacheprovider", "-k", "not in_triton_interpreter and not "
          "cpu_reference_loop and not flips and not outside_the_vocabulary and not compile", __file__],
         env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
     output = result.stdout[-6000:] + result.stderr[-3000:]
