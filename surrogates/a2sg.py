@@ -113,6 +113,9 @@ class A2SG(Surrogate):
         grid_size: candidates on the log grid in [w_min, w_max] (``search``).
         search_sample: elements per unit (evenly strided) on which the paper's statistics are evaluated;
             None: all (exact) [reconstructed].
+        sgv_form: the paper's SGV ``variance`` (Var/Mean|delta|) [paper, via summary], or ``std`` (Std/Mean|delta|,
+            scale-free) [reconstructed alternative: with the variance, wider area-1 windows give smaller
+            gradients and so a smaller SGV, and the search picks w_max (measured, docs/methods.md)].
         granularity: ``layer`` | ``layer_time`` | ``layer_channel`` | ``layer_channel_time``.
         temporal_mod: apply the per-timestep factor (1 + gamma_t (1 - c[t])) (``sgv_tgc``).
         sgv_source: ``surrogate`` (h(x)) | ``grad`` (|dL/du|).
@@ -140,6 +143,7 @@ class A2SG(Surrogate):
         search: str = "grid",
         grid_size: int = 12,
         search_sample: int | None = 8192,
+        sgv_form: str = "variance",
         granularity: str = "layer_time",
         temporal_mod: bool = True,
         sgv_source: str = "surrogate",
@@ -169,6 +173,7 @@ class A2SG(Surrogate):
             raise ValueError("a2sg: search='bayes' is not provided (a Gaussian-process search costs more than the "
                              "exact grid, measured in docs/methods.md, 'A2SG'); use search='grid'")
         self.search = _choice("search", search, SEARCHES)
+        self.sgv_form = _choice("sgv_form", sgv_form, ("variance", "std"))
         default_statistics = "paper" if self.adapt in ("search", "none") else "reconstructed"
         self.statistics = _choice("statistics", statistics or default_statistics, STATISTICS)
         update_every = (1 if self.adapt == "search" else 10) if update_every is None else update_every
@@ -296,7 +301,7 @@ class A2SG(Surrogate):
             return
         if step == 0 or not isinstance(self._observation, WindowSearch):
             self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
-                                             self._per_unit, self.search_sample)
+                                             self._per_unit, self.search_sample, self.sgv_form)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
         self._observation.add_step(step, x, window, register_spike, register_membrane)
 

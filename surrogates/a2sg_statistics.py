@@ -140,9 +140,11 @@ def per_step_weight_grads(layer: nn.Module, inputs: Tensor, grad_output: Tensor,
 
 
 
-def paper_sgv(delta: Tensor) -> Tensor:
-    """SGV[U] = Var(delta) / Mean(|delta|) over each row of delta[U, N] (population variance)."""
-    return delta.var(-1, correction=0) / delta.abs().mean(-1)
+def paper_sgv(delta: Tensor, form: str = "variance") -> Tensor:
+    """SGV[U] = Var(delta) / Mean(|delta|) over each row of delta[U, N] (population variance);
+    ``form="std"``: Std(delta) / Mean(|delta|), scale-free [reconstructed alternative]."""
+    spread = delta.var(-1, correction=0)
+    return (spread if form == "variance" else spread.sqrt()) / delta.abs().mean(-1)
 
 
 def paper_tgc(delta: Tensor, delta_next: Tensor) -> Tensor:
@@ -157,12 +159,13 @@ def _world_sum(values: Tensor) -> Tensor:
     return values
 
 
-def sgv_from_sums(sums: Tensor) -> Tensor:
-    """SGV from sums[..., 4] = (n, sum d, sum d^2, sum |d|); +inf where the gradient vanishes."""
+def sgv_from_sums(sums: Tensor, form: str = "variance") -> Tensor:
+    """SGV (``paper_sgv``) from sums[..., 4] = (n, sum d, sum d^2, sum |d|); +inf where the gradient vanishes."""
     n, s1, s2, a = sums.unbind(-1)
     mean = s1 / n
-    variance = (s2 / n - mean * mean).clamp_min(0)
-    return torch.where(a > 0, variance / (a / n), torch.full_like(a, float("inf")))
+    spread = (s2 / n - mean * mean).clamp_min(0)
+    spread = spread if form == "variance" else spread.sqrt()
+    return torch.where(a > 0, spread / (a / n), torch.full_like(a, float("inf")))
 
 
 def tgc_from_sums(sums: Tensor) -> Tensor:
@@ -185,8 +188,10 @@ class WindowSearch:
     """
 
     def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
-                 candidates: list[float], per_unit: Callable[[Tensor], Tensor], sample: int | None):
+                 candidates: list[float], per_unit: Callable[[Tensor], Tensor], sample: int | None,
+                 sgv_form: str = "variance"):
         self.shape, self.candidate_params, self.per_unit, self.sample = shape, candidate_params, per_unit, sample
+        self.sgv_form = sgv_form
         self.candidates = torch.tensor(candidates)
         self.inputs: dict[int, tuple[Tensor, Tensor]] = {}  # t -> (x rows, window in force [U, 1])
         self.spike_grads: dict[int, Tensor] = {}
@@ -234,7 +239,7 @@ class WindowSearch:
             self.sgv_sums.new_zeros(0, *self.sgv_sums.shape[:-1], 3)
         packed = _world_sum(torch.cat([self.sgv_sums.flatten(), tgc.flatten()]))
         sgv_sums, tgc_sums = packed[:self.sgv_sums.numel()], packed[self.sgv_sums.numel():]
-        return sgv_from_sums(sgv_sums.view_as(self.sgv_sums)), tgc_from_sums(tgc_sums.view_as(tgc))
+        return sgv_from_sums(sgv_sums.view_as(self.sgv_sums), self.sgv_form), tgc_from_sums(tgc_sums.view_as(tgc))
 
 
 def _sgv_sums(delta: Tensor) -> Tensor:

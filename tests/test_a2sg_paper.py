@@ -70,6 +70,10 @@ def test_sgv_and_tgc_definitions_on_hand_made_gradients():
     g = torch.Generator().manual_seed(0)
     d, e = torch.randn(3, 1000, generator=g), torch.randn(3, 1000, generator=g)
     torch.testing.assert_close(sgv_from_sums(_sgv_sums(d)).float(), paper_sgv(d))  # the sums the search reduces
+    assert paper_sgv(delta, form="std").item() == pytest.approx(2 ** 0.5 / 1.5)
+    torch.testing.assert_close(sgv_from_sums(_sgv_sums(d), form="std").float(), paper_sgv(d, form="std"))
+    torch.testing.assert_close(paper_sgv(7 * d, form="std"), paper_sgv(d, form="std"))  # scale-free
+    torch.testing.assert_close(paper_sgv(7 * d), 7 * paper_sgv(d))  # the paper's: not scale-free
     torch.testing.assert_close(tgc_from_sums(_tgc_sums(d, e)).float(), paper_tgc(d, e))
     zero = torch.zeros(1, 5)  # a vanishing gradient is never picked
     assert sgv_from_sums(_sgv_sums(zero)).item() == float("inf")
