@@ -53,8 +53,16 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index():
 DS_ATGO = ("--neuron", "adaptive_threshold", "--surrogate", "tgo", "--neuron.sync_stats", "true")
 
 
+# Known regression (issue 14): since commit 3205e5f (engine rework) DS-ATGO with sync_stats matches one process
+# on the first step (weights to 1e-7, same loss) but not from the second (loss 2.3138 vs 2.3275, augmentation
+# off); the LIF run still matches.  Not yet found; the test stays to catch the fix.
+DS_ATGO_REGRESSION = pytest.mark.xfail(reason="issue 14: DS-ATGO sync_stats 2x8 != 1x16 from step 2 since 3205e5f",
+                                       strict=True)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [(), DS_ATGO], ids=["lif", "ds_atgo_sync_stats"])
+@pytest.mark.parametrize("method", [(), pytest.param(DS_ATGO, marks=DS_ATGO_REGRESSION)],
+                         ids=["lif", "ds_atgo_sync_stats"])
 def test_two_processes_match_one(tmp_path, method):
     """With --sync_bn (and DS-ATGO's sync_stats) the statistics span the global batch, so 2 x 8 == 1 x 16,
     running thresholds included.  Without them each process normalises with its own half batch."""
