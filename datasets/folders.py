@@ -6,8 +6,8 @@
   (100000 / 10000 images of 64x64, 200 classes).  Classes are the sorted wnids.  Train: RandomCrop(64,
   padding 4) + flip (+ AutoAugment ImageNet policy with ``auto_augment='imagenet'``); both splits:
   ToTensor + Normalize (ImageNet statistics [reconstructed]).  ``download=True`` fetches the archive.
-- ``imagenet`` (docs/methods.md section "Data"): ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*``
-  (val sorted into class folders, e.g. with the usual ``valprep.sh``); split ``test`` = val.  Train:
+- ``imagenet`` (docs/methods.md section "Data"): ImageFolder layout ``<root>/imagenet/{train,val}/<wnid>/*``,
+  or ``<root>/{train,val}/<wnid>/*`` (``--data_root`` naming the ImageNet folder itself) (val sorted into class folders, e.g. with the usual ``valprep.sh``); split ``test`` = val.  Train:
   RandomResizedCrop(224) + flip; eval: Resize(256) + CenterCrop(224); ImageNet normalisation.  Never
   downloaded (licence); a missing copy raises an error saying how to get it.
 Items: (float [3, H, W], int label).
@@ -106,7 +106,8 @@ class TinyImageNet(_ImageList):
 
 
 class ImageNet(_ImageList):
-    LAYOUT = "  imagenet/train/<wnid>/*.JPEG   (1000 class folders)\n  imagenet/val/<wnid>/*.JPEG     (same folders)"
+    LAYOUT = ("  imagenet/train/<wnid>/*.JPEG   (1000 class folders)\n  imagenet/val/<wnid>/*.JPEG     (same folders)\n"
+              "  (or train/ and val/ directly under the root)")
     HOW_TO_GET = ("ImageNet cannot be downloaded automatically: get ILSVRC2012_img_train.tar and "
                   "ILSVRC2012_img_val.tar from https://image-net.org, extract them and sort val into class "
                   "folders (e.g. with the common valprep.sh)")
@@ -121,7 +122,8 @@ class ImageNet(_ImageList):
         if not 0 < crop_size <= resize_size:
             raise ValueError(f"need 0 < crop_size <= resize_size, got {crop_size}, {resize_size}")
         root_path = Path(root)
-        base = root_path / "imagenet"
+        base = root_path if (root_path / "train").is_dir() and not (root_path / "imagenet").is_dir() \
+            else root_path / "imagenet"
         require([base / "train", base / "val"], "imagenet", root_path, self.LAYOUT, self.HOW_TO_GET)
         classes = sorted(entry.name for entry in (base / "train").iterdir() if entry.is_dir())
         folder = base / ("train" if split == "train" else "val")

@@ -23,7 +23,7 @@ config = Config(
 )
 VANILLA = {"model_options": {"preset": "cifar"}, "neuron": "lif", "neuron_options": {},
            "surrogate": "sigmoid", "surrogate_options": {"alpha": 4.0}, "loss": "ls_ce", "loss_options": {}}
-SMOKE = {"model_options": {"preset": "cifar", "attn_threshold_option": "theta", "dim": 32, "depth": 1, "heads": 2}}
+SMOKE = {"model_options": {"dim": 32, "depth": 1, "heads": 2}}  # on top of the run's model options
 
 if __name__ == "__main__":
     main(config, vanilla=VANILLA, smoke=SMOKE, description=__doc__)

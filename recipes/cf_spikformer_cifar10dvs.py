@@ -24,7 +24,7 @@ config = dataclasses.replace(
     batch_size=16, epochs=106, lr=1e-3, warmup_epochs=10, output_dir="runs/cf_spikformer_cifar10dvs",
 )
 VANILLA = {**CIFAR10_VANILLA, "model_options": {"preset": "dvs"}}  # the plain Spikformer, DVS model
-SMOKE = {"model_options": {**CIFAR10_SMOKE["model_options"], "preset": "dvs"}, "num_steps": 4}
+SMOKE = {**CIFAR10_SMOKE, "num_steps": 4}  # its model options go on top of the DVS model's
 
 if __name__ == "__main__":
     main(config, vanilla=VANILLA, smoke=SMOKE, description=__doc__)

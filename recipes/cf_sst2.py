@@ -30,7 +30,7 @@ config = Config(
 )
 VANILLA = {"model_options": {}, "neuron": "lif", "neuron_options": {}, "surrogate": "atan", "surrogate_options": {},
            "loss": "ce", "loss_options": {}}
-SMOKE = {"num_steps": 2, "model_options": {"attn_threshold_option": "theta", "depth": 1, "dim": 32, "heads": 2}}
+SMOKE = {"num_steps": 2, "model_options": {"depth": 1, "dim": 32, "heads": 2}}  # on top of the run's
 
 if __name__ == "__main__":
     main(config, vanilla=VANILLA, smoke=SMOKE, description=__doc__)

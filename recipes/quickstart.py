@@ -1,6 +1,6 @@
 """Quickstart: a spiking ResNet-19 (quarter width) on the embedded ``digits`` dataset, CPU-friendly.
 
-    accelerate launch recipes/quickstart.py                 # about 3 minutes on 2 CPU cores
+    accelerate launch recipes/quickstart.py                 # time and accuracy as measured: README, "Set-up"
     accelerate launch recipes/quickstart.py --smoke         # seconds: the same code path
     accelerate launch recipes/quickstart.py --surrogate triangle --surrogate.width 0.5
 

@@ -288,8 +288,11 @@ def parse_args(defaults: Config, argv: list[str] | None = None, description: str
 
 def apply_smoke(config: Config, embedded_dataset: str, **overrides) -> Config:
     """The same run shrunk to seconds on an embedded dataset (for tests and first-time users);
-    ``overrides`` (a recipe's smoke settings, e.g. a narrower model) are applied last.  Writes to
+    ``overrides`` (a recipe's smoke settings, e.g. a narrower model) are applied last, their
+    ``model_options`` on top of the run's (so a vanilla arm's model options stay).  Writes to
     ``runs/smoke/<run name>`` so a smoke run never collides with the real run."""
+    if "model_options" in overrides:
+        overrides = {**overrides, "model_options": {**config.model_options, **overrides["model_options"]}}
     return dataclasses.replace(
         config, dataset=embedded_dataset, dataset_options={}, epochs=1, batch_size=8, eval_batch_size=16,
         limit_train_batches=2, limit_eval_batches=1, warmup_epochs=0,

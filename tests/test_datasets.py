@@ -353,6 +353,9 @@ def test_imagenet_folder_transforms_and_missing(tmp_path):
     from torchvision import transforms as T
     reference = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
     torch.testing.assert_close(test[0][0], reference(Image.open(tmp_path / "imagenet" / "val" / "n01" / "0.JPEG")))
+    # --data_root naming the ImageNet folder itself (train/ and val/ directly under it) reads the same files
+    direct = create_dataset("imagenet", "test", root=str(tmp_path / "imagenet"))
+    assert direct.targets == test.targets and torch.equal(direct[1][0], test[1][0])
 
 
 # -------------------------------------------------------------------------------------- segmentation
@@ -544,11 +547,12 @@ def test_shape_masks_have_closed_form_areas(kind, area):
 # ------------------------------------------------------------------------------------------ registry
 
 def test_registry_modalities_and_model_input():
-    assert set(EMBEDDED) == {"static", "event", "segmentation"}
+    assert set(EMBEDDED) == {"static", "event", "segmentation", "text"}
     for modality, name in EMBEDDED.items():
         assert modality_of(name) == modality
     expected = {"cifar10": "static", "cifar100": "static", "tiny_imagenet": "static", "imagenet": "static",
-                "cifar10_dvs": "event", "voc2012": "segmentation", "ade20k": "segmentation"}
+                "cifar10_dvs": "event", "voc2012": "segmentation", "ade20k": "segmentation", "sst2": "text",
+                "sst5": "text", "mr": "text", "subj": "text"}
     assert {name: modality_of(name) for name in expected} == expected and set(expected) <= set(DATASETS.names())
     loader = DataLoader(create_dataset("nd_digits", "test", num_frames=3, size=None), batch_size=4)
     frames, _ = next(iter(loader))

@@ -88,7 +88,7 @@ def test_window_rule_options_and_compact_support():
 
 @pytest.mark.skipif("mpd_agl" not in SURROGATES.names(), reason="MPD-AGL surrogate not available")
 def test_window_occupancy_uses_the_methods_own_width_mpd_agl():
-    """mpd_agl.md section 8: at t=1 with U ~ N(0, sigma^2), sigma = alpha gbar V_th, the proportion
+    """MPD-AGL (docs/methods.md section "MPD-AGL"): at t=1 with U ~ N(0, sigma^2), sigma = alpha gbar V_th, the proportion
     inside the window kappa_1 = 2 alpha gbar V_th centred on V_th is Phi((V+k/2)/s) - Phi((V-k/2)/s)."""
     v_th, gamma = 0.5, 0.8
     neuron = create_neuron("plif", surrogate="mpd_agl", threshold=v_th, decay=0.2, num_steps=1)

@@ -32,7 +32,7 @@ def widths(neuron, steps: int, x: torch.Tensor | None = None) -> list:
     return [neuron.surrogate.call_params(x, step=t, neuron=neuron)["width"] for t in range(steps)]
 
 
-ARMS = {  # mpd_agl.md section 9: (surrogate options, neuron, kappa at t = 1, kappa at t >= 2) at initialisation
+ARMS = {  # MPD-AGL's ablation arms: (surrogate options, neuron, kappa at t = 1, kappa at t >= 2) at initialisation
     "fixed": ({"width": "fixed"}, "plif", 1.0, 1.0),
     "lsg": ({"width": "lsg"}, "plif", math.sqrt(1.04), math.sqrt(1.04)),
     "gamma_only": ({"width": "gamma_only"}, "plif", 1.0, 1.0),

@@ -59,7 +59,7 @@ def test_no_snntorch_sigmoid_nan():
     assert 0 <= x.grad[0] < 1e-30 and x.grad[3] == pytest.approx(25 / 4)
     stock = x.detach().clone().requires_grad_()
     snn_surrogate.sigmoid(slope=25)(stock).sum().backward()
-    assert torch.isnan(stock.grad).any()  # documents the bug we avoid (ecosystem.md A.1)
+    assert torch.isnan(stock.grad).any()  # documents the bug we avoid (docs/methods.md section "Classic surrogates")
 
 
 def test_triangle_is_a_triangle_unlike_snntorch():
