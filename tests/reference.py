@@ -69,3 +69,18 @@ def fused_test_loss_backward(neuron, inputs, upstream):
         loss = loss + (torch.stack(neuron.potentials) * upstream.roll(1, 0)).sum() / 2
     loss.backward()
     return out, x.grad
+
+
+def run_in_gloo_processes(work, directory, world: int = 2) -> list:
+    """``work(rank)`` in ``world`` forked processes joined by a gloo process group; what each returned."""
+    torch.multiprocessing.start_processes(_gloo_worker, args=(work, world, str(directory)), nprocs=world,
+                                          start_method="fork")
+    return [torch.load(f"{directory}/{rank}.pt") for rank in range(world)]
+
+
+def _gloo_worker(rank: int, work, world: int, directory: str) -> None:
+    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it would hang)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{directory}/init", rank=rank, world_size=world)
+    torch.save(work(rank), f"{directory}/{rank}.pt")
+    torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
+    torch.distributed.destroy_process_group()

@@ -8,6 +8,7 @@ import snntorch as snn
 import torch
 import torch.nn.functional as F
 
+from reference import run_in_gloo_processes
 from repro.checkpoint import load_checkpoint
 from repro.config import Config, parse_args
 from repro.engine import train
@@ -339,20 +340,15 @@ def test_freeze_controller_and_hessian_vector_product_through_a_model():
     assert sg._observation is not None and sg._observation.gram is not None
 
 
-def _distributed_worker(rank, world, init_file, results_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _controller_step_on(rank):
     sg = create_surrogate("a2sg_reconstructed", update_every=1, calib_epochs=0)
     sg.on_epoch_start(0)
     run_controller_step(sg, *hand_made(seed=10 + rank))
-    torch.save((sg.w_t.tolist(), sg.sgv_ref.item(), sg.tgc_ema.item()), f"{results_dir}/{rank}.pt")
-    torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
-    torch.distributed.destroy_process_group()
+    return sg.w_t.tolist(), sg.sgv_ref.item(), sg.tgc_ema.item()
 
 
 def test_two_processes_average_statistics_and_keep_the_same_windows(tmp_path):
-    torch.multiprocessing.start_processes(_distributed_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
-                                          nprocs=2, start_method="fork")
-    results = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    results = run_in_gloo_processes(_controller_step_on, tmp_path)
     sgv = torch.stack([ref_sgv(hand_made(seed=10 + r)[0], [0.5] * 3, 0.5) for r in range(2)]).mean()
     tgc, c = [torch.stack(v).mean(0) for v in zip(*[ref_cosines(hand_made(seed=10 + r)[1]) for r in range(2)])]
     expected = math.exp(math.log(0.5) + 0.01 * math.tanh(0.5 - tgc.item())) * (1 + 0.5 * (1 - c))

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from reference import run_in_gloo_processes
 from repro.models import create_neuron
 from repro.surrogates import A2SG, create_surrogate
 from repro.surrogates.a2sg_shapes import box, ramp, triangle
@@ -169,23 +170,18 @@ def test_windows_apply_from_the_next_step_and_only_on_search_steps():
     assert fixed[1].surrogate.sgv_ema.item() > 0 and int(fixed[1].surrogate.num_controller_steps) == 1
 
 
-def _two_process_worker(rank, world, init_file, results_dir):
-    torch.set_num_threads(1)  # a forked child must not enter the parent's OpenMP pool (it would hang)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+def _search_step_on(rank):
+    """The search on process ``rank``'s half of the batch."""
     layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
     x, y = batch(0, size=2 * B)
     half = slice(rank * B, (rank + 1) * B)
     loss_of(layers, x[:, half], y[half], reduction="sum").backward()
     layers[1].surrogate.after_optimizer_step(0)
-    torch.save(layers[1].surrogate.w_t, f"{results_dir}/{rank}.pt")
-    torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
-    torch.distributed.destroy_process_group()
+    return layers[1].surrogate.w_t
 
 
 def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(tmp_path):
-    torch.multiprocessing.start_processes(_two_process_worker, args=(2, str(tmp_path / "init"), str(tmp_path)),
-                                          nprocs=2, start_method="fork")
-    per_rank = [torch.load(tmp_path / f"{rank}.pt") for rank in range(2)]
+    per_rank = run_in_gloo_processes(_search_step_on, tmp_path)
     layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
     loss_of(layers, *batch(0, size=2 * B), reduction="sum").backward()  # sums: the same dL/du as the two halves
     layers[1].surrogate.after_optimizer_step(0)
