@@ -232,6 +232,7 @@ class A2SG(Surrogate):
         self.register_buffer("a2sg_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("num_controller_steps", torch.tensor(0, dtype=torch.long))
         self._steps = 0  # mirror of a2sg_step, so that forward never synchronises with the device
+        self._controller_steps = 0  # mirror of num_controller_steps (no host sync per statistics step)
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | WindowSearch | None = None
         self._frozen = False
@@ -373,7 +374,7 @@ class A2SG(Surrogate):
         """Log the paper's statistics in force and, with ``adapt="search"``, set every step's window to the
         best candidate: sgv[K + 1, U] and tgc[T - 1, K + 1, U] over the candidates, the window in force
         last (``WindowSearch.reduced_statistics``)."""
-        first = int(self.num_controller_steps) == 0
+        first = self._controller_steps == 0
         in_force_sgv, in_force_tgc = sgv[-1].nan_to_num(posinf=0.0), tgc[:, -1].nan_to_num(neginf=0.0)
         self._ema(self.sgv_ema, self._units(in_force_sgv.float()), first)
         self._ema(self.tgc_ema, self._units(in_force_tgc.mean(0).float()) if len(tgc) else self.tgc_ema, first)
@@ -388,12 +389,13 @@ class A2SG(Surrogate):
             in_force = self.w_t[:len(picks)].reshape(picks.shape).to(picks)
             windows = torch.where(found, picks, in_force)  # no candidate with a gradient: keep the window
             self._set_windows(self._units(windows).to(self.w_t))
-        self.num_controller_steps += 1
+        self._controller_steps += 1
+        self.num_controller_steps.fill_(self._controller_steps)
 
     @torch.no_grad()
     def control(self, sgv: Tensor, tgc: Tensor, c: Tensor) -> None:
         """One controller step from (reduced) statistics SGV[U], TGC[U], c[T, U] (U = () or (C,))."""
-        first = int(self.num_controller_steps) == 0
+        first = self._controller_steps == 0
         self._ema(self.sgv_ema, sgv, first)
         self._ema(self.tgc_ema, tgc, first)
         if not self.calibrated:
@@ -406,7 +408,8 @@ class A2SG(Surrogate):
                                   .clamp(math.log(self.w_min), math.log(self.w_max)))
             windows = self.log_w_base.exp() * (1 + self.gamma_t * (1 - c))
             self._set_windows(windows.clamp(self.w_min, self.w_max))
-        self.num_controller_steps += 1
+        self._controller_steps += 1
+        self.num_controller_steps.fill_(self._controller_steps)
 
     def _ema(self, buffer: Tensor, value: Tensor, first: bool) -> None:
         buffer.copy_(value if first else (1 - self.ema_momentum) * buffer + self.ema_momentum * value)
@@ -449,7 +452,7 @@ class A2SG(Surrogate):
             if saved is not None and saved.dim() == current.dim() and saved.shape != current.shape:
                 setattr(self, name, current.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps = int(self.a2sg_step)
+        self._steps, self._controller_steps = int(self.a2sg_step), int(self.num_controller_steps)
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape_name}, asym={self.asym}, adapt={self.adapt}, statistics={self.statistics}, "

@@ -140,18 +140,6 @@ def per_step_weight_grads(layer: nn.Module, inputs: Tensor, grad_output: Tensor,
 
 
 
-def paper_sgv(delta: Tensor, form: str = "variance") -> Tensor:
-    """SGV[U] = Var(delta) / Mean(|delta|) over each row of delta[U, N] (population variance);
-    ``form="std"``: Std(delta) / Mean(|delta|), scale-free [reconstructed alternative]."""
-    spread = delta.var(-1, correction=0)
-    return (spread if form == "variance" else spread.sqrt()) / delta.abs().mean(-1)
-
-
-def paper_tgc(delta: Tensor, delta_next: Tensor) -> Tensor:
-    """TGC[U] = cos(delta[t], delta[t+1]) of each row of two [U, N] gradients."""
-    return torch.nn.functional.cosine_similarity(delta, delta_next, dim=-1, eps=0.0)
-
-
 def _world_sum(values: Tensor) -> Tensor:
     """All-reduce (sum) across processes when torch.distributed is initialised."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
@@ -160,7 +148,8 @@ def _world_sum(values: Tensor) -> Tensor:
 
 
 def sgv_from_sums(sums: Tensor, form: str = "variance") -> Tensor:
-    """SGV (``paper_sgv``) from sums[..., 4] = (n, sum d, sum d^2, sum |d|); +inf where the gradient vanishes."""
+    """SGV = Var(d) / Mean(|d|) (``form="std"``: Std(d) / Mean(|d|), scale-free [reconstructed alternative]) from
+    sums[..., 4] = (n, sum d, sum d^2, sum |d|) over each unit's elements; +inf where the gradient vanishes."""
     n, s1, s2, a = sums.unbind(-1)
     mean = s1 / n
     spread = (s2 / n - mean * mean).clamp_min(0)
@@ -169,7 +158,8 @@ def sgv_from_sums(sums: Tensor, form: str = "variance") -> Tensor:
 
 
 def tgc_from_sums(sums: Tensor) -> Tensor:
-    """TGC from sums[..., 3] = (sum d d_next, sum d^2, sum d_next^2); -inf where either gradient vanishes."""
+    """TGC = cos(d, d_next) from sums[..., 3] = (sum d d_next, sum d^2, sum d_next^2); -inf where either
+    gradient vanishes."""
     dot, q, p = sums.unbind(-1)
     norms = (q * p).sqrt()
     return torch.where(norms > 0, dot / norms, torch.full_like(dot, float("-inf")))
@@ -222,7 +212,9 @@ class WindowSearch:
             return
         delta = self.rows(delta)
         rest = delta - grad_spike * self.shape(x, **self.candidate_params(window))
-        windows = self.candidates.to(x.device)[:, None, None]  # [K, 1, 1]
+        if self.candidates.device != x.device:  # moved once per search, not per step
+            self.candidates = self.candidates.to(x.device)
+        windows = self.candidates[:, None, None]  # [K, 1, 1]
         columns = torch.cat([grad_spike * self.shape(x, **self.candidate_params(windows)) + rest, delta[None]])
         if step == max(self.registered):
             self.sgv_sums = _sgv_sums(columns)

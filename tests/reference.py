@@ -84,3 +84,15 @@ def _gloo_worker(rank: int, work, world: int, directory: str) -> None:
     torch.save(work(rank), f"{directory}/{rank}.pt")
     torch.distributed.barrier()  # no rank tears gloo down while the other is still in a collective (SIGABRT)
     torch.distributed.destroy_process_group()
+
+
+def paper_sgv(delta: torch.Tensor, form: str = "variance") -> torch.Tensor:
+    """A2SG's SGV[U] = Var(delta) / Mean(|delta|) over each row of delta[U, N] (population variance) [paper, via
+    summary]; ``form="std"``: Std(delta) / Mean(|delta|)."""
+    spread = delta.var(-1, correction=0)
+    return (spread if form == "variance" else spread.sqrt()) / delta.abs().mean(-1)
+
+
+def paper_tgc(delta: torch.Tensor, delta_next: torch.Tensor) -> torch.Tensor:
+    """A2SG's TGC[U] = cos(delta[t], delta[t+1]) of each row of two [U, N] gradients [paper, via summary]."""
+    return torch.nn.functional.cosine_similarity(delta, delta_next, dim=-1, eps=0.0)

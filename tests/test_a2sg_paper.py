@@ -5,12 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from reference import run_in_gloo_processes
+from reference import paper_sgv, paper_tgc, run_in_gloo_processes
 from repro.models import create_neuron
 from repro.surrogates import A2SG, create_surrogate
 from repro.surrogates.a2sg_shapes import box, ramp, triangle
-from repro.surrogates.a2sg_statistics import (paper_sgv, paper_tgc, sgv_from_sums, tgc_from_sums, _sgv_sums,
-                                              _tgc_sums)
+from repro.surrogates.a2sg_statistics import _sgv_sums, _tgc_sums, sgv_from_sums, tgc_from_sums
 
 
 # ----------------------------------------------------------------------------- shapes
