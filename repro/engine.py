@@ -293,6 +293,28 @@ def train(config: Config) -> dict:
         return run(config, accelerator, output_dir)
 
 
+def build_dataset(config: Config, split: str):
+    """One split of the run's dataset as training and ``repro.report`` see it: event data get one frame per
+    timestep (``num_frames = num_steps``) unless ``--dataset.num_frames`` sets it."""
+    kwargs = dict(root=config.data_root, download=config.download, **config.dataset_options)
+    if modality_of(config.dataset) == "event":
+        kwargs.setdefault("num_frames", config.num_steps)
+    return create_dataset(config.dataset, split, **kwargs)
+
+
+def build_model(config: Config, dataset) -> nn.Module:
+    """The run's model for ``dataset`` (classes, input channels), ``on_model_built`` hooks called."""
+    model = create_model(
+        config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
+        num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
+        neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
+    )
+    for module in list(model.modules()):
+        if hasattr(module, "on_model_built"):
+            module.on_model_built(model)
+    return model
+
+
 def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
     main = accelerator.is_main_process
     checkpoint_path, metrics_path = output_dir / "checkpoint.pt", output_dir / "metrics.jsonl"
@@ -307,11 +329,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
 
     set_seed(config.seed)
     modality = modality_of(config.dataset)
-    data_kwargs = dict(root=config.data_root, download=config.download, **config.dataset_options)
-    if modality == "event":
-        data_kwargs.setdefault("num_frames", config.num_steps)  # one frame per timestep
-    train_set = create_dataset(config.dataset, "train", **data_kwargs)
-    test_set = create_dataset(config.dataset, "test", **data_kwargs)
+    train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
     global_batch = config.batch_size * accelerator.num_processes
     if global_batch > len(train_set):
         raise ConfigError(f"--batch_size {config.batch_size} x {accelerator.num_processes} process(es) = "
@@ -319,14 +337,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                           f"use --batch_size <= {len(train_set) // accelerator.num_processes}")
     loss_fn = create_loss(config.loss, **config.loss_options)
     check_loss_fits_task(loss_fn, modality, config)
-    model = create_model(
-        config.model, num_classes=train_set.num_classes, in_channels=train_set.in_channels,
-        num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
-        neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
-    )
-    for module in list(model.modules()):
-        if hasattr(module, "on_model_built"):
-            module.on_model_built(model)
+    model = build_model(config, train_set)
     check_model_fits_data(model, test_set, modality, config)
     for module in model.modules():
         if isinstance(module, TDBatchNorm):
@@ -429,9 +440,10 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
             with metrics_path.open("a") as f:  # after the checkpoint: a row is never ahead of it
                 f.write(json.dumps(row) + "\n")
         accelerator.wait_for_everyone()
-        miou = f", mIoU {row['test_miou']:.2f}%" if "test_miou" in row else ""
-        accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, "
-                          f"test acc {row['test_accuracy']:.2f}% (best {best['test_accuracy']:.2f}%){miou}, "
+        headline = f"test mIoU {row['test_miou']:.2f}% (best {best['test_miou']:.2f}%), pixel acc " \
+            f"{row['test_accuracy']:.2f}%" if "test_miou" in row else \
+            f"test acc {row['test_accuracy']:.2f}% (best {best['test_accuracy']:.2f}%)"
+        accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, {headline}, "
                           f"firing rate {row['firing_rate']:.4f}")
 
     last = history[-1]
