@@ -460,7 +460,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
     }
     if main:
         save_json(output_dir / "summary.json", summary)
-        plot_training_curves(history, output_dir / "training_curves.png", title=f"{config.model} on {config.dataset}")
+        plot_training_curves([("", summary, history)], output_dir / "training_curves.png")
         if task.primary == "test_miou":
             save_segmentation_examples(bare_model, test_set, output_dir / "examples.png")
         print(results_table(history, summary))

@@ -1,4 +1,10 @@
-"""Training curves and the results table printed at the end of a run."""
+"""Figures and the table of a training run, shared by the engine (end of a run) and ``repro.report``.
+
+Conventions of every figure in the suite (``save_figure``): tick labels are plain numbers (no additive
+offset such as "+4" above an axis), epoch axes have integer ticks, and titles name the run as
+``run_title`` writes it: model, neuron, surrogate, loss, T and dataset.
+The headline metric is top-1 accuracy for classification and mIoU for segmentation (``headline``).
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,66 +15,201 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FixedLocator, MaxNLocator, ScalarFormatter  # noqa: E402
+
+DPI = 110
+FIRING_RATE = "firing rate (spikes / neuron / step)"  # the axis label of every firing-rate figure
+TITLE_FIELDS = (("model", "{}"), ("neuron", "{} neuron"), ("surrogate", "{} surrogate"), ("loss", "{} loss"),
+                ("num_steps", "T={}"), ("dataset", "on {}"))
 
 
-def plot_training_curves(history: list[dict], path: str | Path, title: str = "") -> None:
-    """Loss (left) and accuracy (right) per epoch, train and test."""
-    epochs = [row["epoch"] for row in history]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    ax_loss.plot(epochs, [r["test_loss"] for r in history], "s-", label="test (CE of mean logits)")
-    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax_acc.plot(epochs, [r["train_accuracy"] for r in history], "o-", label="train")
-    ax_acc.plot(epochs, [r["test_accuracy"] for r in history], "s-", label="test")
-    ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+def colors(count: int) -> list:
+    cmap = plt.get_cmap("tab10")
+    return [cmap(i % 10) for i in range(count)]
+
+
+def spread(items: list, count: int) -> list:
+    """At most ``count`` items, evenly spaced, keeping the first and the last."""
+    if len(items) <= count:
+        return items
+    return [items[round(i * (len(items) - 1) / (count - 1))] for i in range(count)]
+
+
+def run_title(infos: list[dict]) -> str:
+    """"resnet19 · lif neuron · atan surrogate · ce loss · T=2 · on digits" from config or summary dicts;
+    a field on which the runs differ lists their values ("atan/tgo surrogate")."""
+    parts = []
+    for key, template in TITLE_FIELDS:
+        values = list(dict.fromkeys(str(info[key]) for info in infos if key in info))
+        if values:
+            parts.append(template.format("/".join(values)))
+    return " · ".join(parts)
+
+
+def headline(row: dict) -> tuple[str, str]:
+    """(metric key without the ``test_`` prefix, its label) of a metrics row or summary: mIoU for
+    segmentation, top-1 accuracy otherwise."""
+    return ("miou", "mIoU (%)") if "test_miou" in row else ("accuracy", "top-1 accuracy (%)")
+
+
+def epoch_axis(ax, epochs: list[int]) -> None:
+    """Integer epoch ticks; a single epoch gets one tick (not 0.96 ... 1.04)."""
+    distinct = sorted(set(epochs))
+    if len(distinct) == 1:
+        ax.set_xlim(distinct[0] - 0.5, distinct[0] + 0.5)
+        ax.xaxis.set_major_locator(FixedLocator(distinct))
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+
+
+def plain_ticks(fig: Figure) -> None:
+    """No additive offset on any linear axis (k must not read as +-0.0004 under a "+4")."""
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            formatter = axis.get_major_formatter()
+            if isinstance(formatter, ScalarFormatter):
+                formatter.set_useOffset(False)
+
+
+def save_figure(fig: Figure, path: str | Path, rect: tuple | None = None, suptitle: str = "") -> Path:
+    """Plain ticks, the figure title (if given), tight layout (unless the figure has a layout engine), PNG at
+    ``DPI``; closes the figure and returns the path."""
+    plain_ticks(fig)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=10)
+    if fig.get_layout_engine() is None:
+        fig.tight_layout(rect=rect)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return Path(path)
+
+
+def training_curves_figure(runs: list[tuple[str, dict, list[dict]]]) -> Figure | None:
+    """Panels per epoch for runs given as (label, config or summary, metrics rows): the training loss (the
+    run's own loss), the test loss (CE of the mean logits, or pixel CE) in its own panel when the training
+    loss is not CE, the headline metric (train and test accuracy; test mIoU for segmentation, whose train
+    pass measures pixel accuracy only) and the test firing rate.  Train solid, test dashed, one colour per
+    run."""
+    runs = [run for run in runs if run[2]]
+    if not runs:
+        return None
+    losses = {str(info.get("loss", "ce")) for _, info, _ in runs}
+    same_loss = losses == {"ce"}
+    metrics = {label: headline(history[-1]) for label, _, history in runs}
+    metric_labels = list(dict.fromkeys(name for _, name in metrics.values()))
+    panels = ([("loss (train: training loss, test: CE)", "train_loss", "test_loss", "loss")] if same_loss else
+              [(f"training loss ({'/'.join(sorted(losses))})", "train_loss", None, "training loss"),
+               ("test loss (cross-entropy)", None, "test_loss", "cross-entropy")])
+    panels += [(" / ".join(name.split(" (")[0] for name in metric_labels), "train_{}", "test_{}",
+                " / ".join(name.split(" (")[0] for name in metric_labels) + " (%)"),
+               ("firing rate (test)", None, "firing_rate", FIRING_RATE)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.2), squeeze=False)
+    for (label, _, history), color in zip(runs, colors(len(runs))):
+        epochs = [row["epoch"] for row in history]
+        key = metrics[label][0]
+        for ax, (_, train_key, test_key, _) in zip(axes[0], panels):
+            for split_key, style, split in ((train_key, "o-", "train"), (test_key, "s--", "test")):
+                split_key = split_key and split_key.format(key)
+                if split_key and all(split_key in row for row in history):
+                    ax.plot(epochs, [row[split_key] for row in history], style, color=color,
+                            label=f"{label} {split}".strip())
+    all_epochs = [row["epoch"] for _, _, history in runs for row in history]
+    for ax, (title, _, _, ylabel) in zip(axes[0], panels):
+        ax.set(ylabel=ylabel, title=title)
+        epoch_axis(ax, all_epochs)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(run_title([info for _, info, _ in runs]), fontsize=10)
+    return fig
+
+
+def plot_training_curves(runs: list[tuple[str, dict, list[dict]]], path: str | Path) -> Path | None:
+    """``training_curves_figure`` saved to ``path`` (None when no run has a metrics row)."""
+    fig = training_curves_figure(runs)
+    return save_figure(fig, path) if fig else None
 
 
 def results_table(history: list[dict], summary: dict) -> str:
-    """Markdown table of the epochs and the final summary."""
-    lines = ["| epoch | lr | train loss | train acc (%) | test acc (%) | best (%) | firing rate | time (s) |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    """Markdown table of the epochs and the final summary; segmentation runs head with mIoU (the metric
+    that selects best_model.pt) and show pixel accuracy beside it."""
+    segmentation = "test_miou" in summary
+    header = ["epoch", "lr", "train loss"] + (["train pixel acc (%)", "test pixel acc (%)", "test mIoU (%)",
+                                               "best mIoU (%)"] if segmentation else
+                                              ["train acc (%)", "test acc (%)", "best (%)"])
+    keys = ["train_accuracy", "test_accuracy"] + (["test_miou", "best_test_miou"] if segmentation else
+                                                  ["best_test_accuracy"])
+    lines = ["| " + " | ".join(header + ["firing rate", "time (s)"]) + " |", "|" + "---:|" * (len(header) + 2)]
     for r in history:
-        lines.append(f"| {r['epoch']} | {r['lr']:.4g} | {r['train_loss']:.4f} | {r['train_accuracy']:.2f} | "
-                     f"{r['test_accuracy']:.2f} | {r['best_test_accuracy']:.2f} | {r['firing_rate']:.4f} | "
-                     f"{r['epoch_time_s']:.1f} |")
-    lines.append("")
-    lines.append(f"**{summary['model']} / {summary['neuron']} / {summary['surrogate']} / {summary['loss']} on "
-                 f"{summary['dataset']}, T={summary['num_steps']}, seed {summary['seed']}:** final test accuracy "
-                 f"{summary['test_accuracy']:.2f}%, best {summary['best_test_accuracy']:.2f}%, "
-                 f"mean firing rate {summary['firing_rate']:.4f} ({summary['source']})")
+        cells = [str(r["epoch"]), f"{r['lr']:.4g}", f"{r['train_loss']:.4f}"] + [f"{r[k]:.2f}" for k in keys]
+        lines.append("| " + " | ".join(cells + [f"{r['firing_rate']:.4f}", f"{r['epoch_time_s']:.1f}"]) + " |")
+    key = "miou" if segmentation else "accuracy"
+    name = "mIoU" if segmentation else "test accuracy"
+    lines += ["", f"**{run_title([summary])}, seed {summary['seed']}:** final {name} {summary[f'test_{key}']:.2f}%, "
+                  f"best {summary[f'best_test_{key}']:.2f}%, mean firing rate {summary['firing_rate']:.4f} "
+                  f"({summary['source']})"]
     return "\n".join(lines)
 
 
+def voc_palette(count: int) -> np.ndarray:
+    """[count, 3] RGB in [0, 1]: the PASCAL VOC colour map (bits of the class index spread over R, G, B;
+    the palette of the VOC masks, class 0 black), used for every segmentation dataset."""
+    palette = np.zeros((count, 3))
+    for index in range(count):
+        value = index
+        for shift in range(7, -1, -1):
+            palette[index] += [(value >> bit & 1) << shift for bit in range(3)]
+            value >>= 3
+    return palette / 255.0
+
+
+def class_names(dataset) -> list[str]:
+    names = getattr(dataset, "classes", None)
+    return [str(n) for n in names] if names is not None and len(names) == dataset.num_classes else \
+        [f"class {k}" for k in range(dataset.num_classes)]
+
+
 @torch.no_grad()
-def save_segmentation_examples(model, dataset, path: str | Path, count: int = 4, ignore_index: int = 255) -> None:
-    """Rows of (image, ground truth, prediction overlaid on the image) for the first ``count`` samples;
-    ignored (255) pixels are left blank in the ground truth."""
+def segmentation_examples_figure(model, dataset, count: int = 4, ignore_index: int = 255,
+                                 title: str = "Segmentation examples") -> Figure:
+    """Rows of image | ground truth | prediction for the first ``count`` test samples, masks in the VOC
+    palette (``voc_palette``), ignored pixels white, and a legend of the classes present."""
     model.eval()
     device = next(model.parameters()).device
     count = min(count, len(dataset))
-    fig, axes = plt.subplots(count, 3, figsize=(9, 3 * count), squeeze=False)
-    cmap = plt.get_cmap("tab20", dataset.num_classes)
+    palette, names = voc_palette(dataset.num_classes), class_names(dataset)
+    fig, axes = plt.subplots(count, 3, figsize=(9, 3 * count + 0.6), squeeze=False)
+    shown = set()
     for row in range(count):
         image, mask = dataset[row]
-        prediction = model(image[None].to(device)).argmax(1)[0].cpu()
+        prediction = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
         picture = image.permute(1, 2, 0).float().numpy()
         picture = (picture - picture.min()) / max(float(picture.max() - picture.min()), 1e-8)
-        truth = np.ma.masked_equal(mask.numpy(), ignore_index)
-        axes[row, 0].imshow(picture)
-        axes[row, 1].imshow(truth, cmap=cmap, vmin=0, vmax=dataset.num_classes - 1, interpolation="nearest")
-        axes[row, 2].imshow(picture)
-        axes[row, 2].imshow(prediction.numpy(), cmap=cmap, vmin=0, vmax=dataset.num_classes - 1, alpha=0.5,
-                            interpolation="nearest")
-        for ax, title in zip(axes[row], ("image", "ground truth", "prediction (overlay)")):
-            ax.set_title(f"{title}, sample {row}")
+        truth = mask.numpy()
+        ignored = truth == ignore_index
+        truth_rgb = palette[np.where(ignored, 0, truth)]
+        truth_rgb[ignored] = 1.0
+        shown |= set(np.unique(truth[~ignored]).tolist()) | set(np.unique(prediction).tolist())
+        for ax, picture_rgb, name in zip(axes[row], (picture, truth_rgb, palette[prediction]),
+                                         ("image", "ground truth", "prediction")):
+            ax.imshow(picture_rgb, interpolation="nearest")
+            ax.set_title(f"{name}, test sample {row}", fontsize=9)
             ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    handles = [Patch(facecolor=palette[k], edgecolor="0.5", label=names[k]) for k in sorted(shown)]
+    handles.append(Patch(facecolor="white", edgecolor="0.5", label=f"ignored ({ignore_index})"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.6 / (3 * count + 0.6) + 0.02, 1, 0.97))
+    return fig
+
+
+def save_segmentation_examples(model, dataset, path: str | Path, count: int = 4, ignore_index: int = 255,
+                               title: str = "Segmentation examples") -> Path:
+    """``segmentation_examples_figure`` saved to ``path``."""
+    fig = segmentation_examples_figure(model, dataset, count, ignore_index, title)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
+    return Path(path)

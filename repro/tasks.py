@@ -6,7 +6,8 @@ processes without duplicates (evaluation), then turned into metrics.
 - segmentation: outputs are logits [B, K, H, W] (the model averages over T); masks [B, H, W] with
   ``ignore_index`` (255) pixels left out everywhere; metrics: loss (pixel CE), pixel accuracy (%),
   mIoU (%) = mean over the classes that occur (in prediction or target) of tp / (tp + fp + fn), with
-  tp, fp, fn from segmentation-models-pytorch's ``get_stats``, summed over the whole test set.
+  tp, fp, fn from segmentation-models-pytorch's ``get_stats``, summed over the whole test set; also the
+  per-class IoU (%) (None for a class in neither prediction nor target).
 """
 from __future__ import annotations
 
@@ -55,8 +56,11 @@ class SegmentationTask:
         tp, fp, fn = sums[3:3 + k], sums[3 + k:3 + 2 * k], sums[3 + 2 * k:]
         union = tp + fp + fn
         present = union > 0
-        miou = (tp[present] / union[present]).mean().item() if present.any() else 0.0
-        return {"loss": ce / max(valid, 1), "accuracy": 100.0 * correct / max(valid, 1), "miou": 100.0 * miou}
+        iou = tp / union.clamp(min=1)
+        miou = iou[present].mean().item() if present.any() else 0.0
+        per_class = [100.0 * v if p else None for v, p in zip(iou.tolist(), present.tolist())]
+        return {"loss": ce / max(valid, 1), "accuracy": 100.0 * correct / max(valid, 1), "miou": 100.0 * miou,
+                "iou_per_class": per_class}
 
 
 def task_for(dataset) -> ClassificationTask | SegmentationTask:

@@ -1,0 +1,156 @@
+"""Figures, tables and traces of the report, read back from the saved matplotlib objects and checked
+against closed forms (fast: no training)."""
+import json
+from types import SimpleNamespace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import repro.report_figures
+from repro.models.neurons import LIF
+from repro.plots import results_table, training_curves_figure, voc_palette
+from repro.report import summary_section
+from repro.report_figures import plot_state_trajectories, plot_surrogate_parameters, state_trajectories
+from repro.tasks import SegmentationTask
+from repro.traces import record_traces
+
+INFO = {"model": "resnet19", "neuron": "lif", "surrogate": "atan", "loss": "ce", "num_steps": 2, "dataset": "digits",
+        "seed": 1, "source": "this run (not a published number)"}
+
+
+def row(epoch, **values):
+    return {"epoch": epoch, "lr": 0.1, "train_loss": 2.0, "test_loss": 1.9, "train_accuracy": 30.0,
+            "test_accuracy": 35.0, "best_test_accuracy": 35.0, "firing_rate": 0.1, "epoch_time_s": 1.0, **values}
+
+
+def visible_ticks(ax) -> list[float]:
+    low, high = sorted(ax.get_xlim())
+    return [t for t in ax.get_xticks() if low <= t <= high]
+
+
+def test_one_epoch_curves_have_one_integer_tick_and_a_title_naming_the_run():
+    fig = training_curves_figure([("", INFO, [row(1)])])
+    fig.canvas.draw()
+    for ax in fig.axes:
+        assert visible_ticks(ax) == [1] and ax.get_xlabel() == "epoch"
+    title = fig.get_suptitle()
+    for part in ("resnet19", "lif neuron", "atan surrogate", "ce loss", "T=2", "digits"):
+        assert part in title, part
+    plt.close(fig)
+    fig = training_curves_figure([("", INFO, [row(e) for e in (1, 2, 3, 4, 5, 6, 7)])])
+    fig.canvas.draw()
+    assert all(float(t).is_integer() for ax in fig.axes for t in visible_ticks(ax))
+    plt.close(fig)
+
+
+def test_segmentation_curves_plot_miou_and_keep_the_two_losses_apart():
+    info = {**INFO, "loss": "dice_ce", "dataset": "shapes_seg", "model": "spiking_fpn"}
+    history = [row(e, test_miou=m, best_test_miou=m) for e, m in ((1, 20.0), (2, 30.0))]
+    fig = training_curves_figure([("", info, history)])
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["training loss (dice_ce)", "test loss (cross-entropy)", "mIoU", "firing rate (test)"]
+    miou_axis = fig.axes[2]
+    assert miou_axis.get_ylabel() == "mIoU (%)"
+    assert [list(line.get_ydata()) for line in miou_axis.get_lines()] == [[20.0, 30.0]]  # no pixel accuracy
+    assert "dice_ce loss" in fig.get_suptitle()
+    plt.close(fig)
+
+
+def test_saved_figures_have_no_offset_tick_labels(tmp_path, monkeypatch):
+    saved = []
+    original = repro.report_figures.save_figure
+    monkeypatch.setattr(repro.report_figures, "save_figure", lambda fig, *a, **k: saved.append(fig) or original(
+        fig, *a, **k))
+    values = {"run": {f"layer{i}": {"k": [4.0001 + 1e-4 * i, 4.0002 + 1e-4 * i]} for i in range(3)}}
+    plot_surrogate_parameters(values, tmp_path / "k.png", suptitle="resnet19 · tgo surrogate")
+    (fig,) = saved
+    ax = fig.axes[0]
+    assert ax.yaxis.get_major_formatter().offset == 0 and ax.yaxis.get_offset_text().get_text() == ""
+    labels = [float(t.get_text().replace("\N{MINUS SIGN}", "-")) for t in ax.get_yticklabels() if t.get_text()]
+    assert labels and all(4.0 <= v <= 4.001 for v in labels)  # the values themselves, not offsets from +4
+    assert fig.get_suptitle() == "resnet19 · tgo surrogate"
+    # the same axes drawn with matplotlib's defaults would show the offset the report removes
+    default, default_ax = plt.subplots()
+    default_ax.plot([0, 1, 2], [4.0001, 4.0002, 4.0004])
+    default.canvas.draw()
+    assert default_ax.yaxis.get_major_formatter().offset != 0
+    plt.close(default)
+
+
+def test_voc_palette_is_the_voc_colour_map():
+    palette = np.round(voc_palette(21) * 255).astype(int)
+    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
+    assert palette[15].tolist() == [192, 128, 128] and palette[20].tolist() == [0, 64, 128]  # person, tv/monitor
+
+
+def test_per_class_iou_from_summed_counts_by_hand():
+    # sums: pixel CE, valid pixels, correct pixels, then tp, fp, fn of each of 4 classes
+    tp, fp, fn = [3.0, 1.0, 0.0, 0.0], [1.0, 0.0, 2.0, 0.0], [0.0, 1.0, 2.0, 0.0]
+    metrics = SegmentationTask(num_classes=4).finalize(torch.tensor([2.0, 8.0, 4.0, *tp, *fp, *fn]), 1)
+    # IoU = tp / (tp + fp + fn): 3/4, 1/2, 0/4; class 3 in neither prediction nor target -> None, not in the mean
+    assert metrics["iou_per_class"][:3] == pytest.approx([75.0, 50.0, 0.0]) and metrics["iou_per_class"][3] is None
+    assert metrics["miou"] == pytest.approx(125.0 / 3) and metrics["accuracy"] == pytest.approx(50.0)
+
+
+def test_results_table_heads_segmentation_with_miou():
+    history = [row(1, train_accuracy=40.0, test_accuracy=80.0, test_miou=25.0, best_test_miou=25.0)]
+    summary = {**INFO, "test_accuracy": 80.0, "test_miou": 25.0, "best_test_miou": 25.0, "firing_rate": 0.1}
+    table = results_table(history, summary)
+    assert table.splitlines()[0] == ("| epoch | lr | train loss | train pixel acc (%) | test pixel acc (%) | "
+                                     "test mIoU (%) | best mIoU (%) | firing rate | time (s) |")
+    assert "| 1 | 0.1 | 2.0000 | 40.00 | 80.00 | 25.00 | 25.00 | 0.1000 | 1.0 |" in table
+    assert "final mIoU 25.00%, best 25.00%" in table
+
+
+def test_summary_groups_seeds_as_mean_and_sample_std():
+    def run(label, seed, best, rate):
+        config = {**INFO, "seed": seed, "output_dir": f"runs/{label}"}
+        return SimpleNamespace(label=label, config=config, checkpoint="best_model.pt", epoch=1, history=[row(1)],
+                               checkpoint_row=row(1), summary={"test_accuracy": best, "best_test_accuracy": best}), \
+            {"firing_rate": {"a": rate, "b": rate}, "energy": {"ann_over_snn": 2.0}}
+    pairs = [run("s1", 1, 10.0, 0.1), run("s2", 2, 20.0, 0.3), run("other", 1, 50.0, 0.2)]
+    pairs[2][0].config["lr"] = 0.5  # another setting: not a seed of the first two
+    text = "\n".join(summary_section([r for r, _ in pairs], {r.label: res for r, res in pairs}))
+    assert "| `s1`, `s2` | 2 | top-1 accuracy | 15 ± 7.071 | 15 ± 7.071 | 0.2 ± 0.1414 | 2 ± 0 |" in text
+    assert "`other`, " not in text and ", `other`" not in text
+
+
+def test_traces_follow_the_lif_recursion_by_hand():
+    """snnTorch-preset LIF with subtract reset, decay 0.5, threshold 1: u[t] = 0.5 u[t-1] + I - s[t-1],
+    s[t] = [u[t] > 1]; rectangular surrogate of width 1: window |u - 1| < 0.5."""
+    neuron = LIF(decay=0.5, threshold=1.0, surrogate="rectangular", surrogate_kwargs={"width": 1.0}, reset="subtract")
+    currents = torch.tensor([0.6, 0.2, 1.5])
+    traces = record_traces(torch.nn.Sequential(neuron), currents.expand(5, 2, 3).clone(), traced=3)
+    trace = traces["0"]
+
+    expected_u, u, s = [], torch.zeros(3), torch.zeros(3)
+    for _ in range(5):
+        u = 0.5 * u + currents - s
+        s = (u > 1).float()
+        expected_u.append(u.tolist())
+    spikes = np.asarray(trace["spikes"])
+    assert spikes.shape == (5, 2, 3) and np.array_equal(spikes[:, 0], (np.asarray(expected_u) > 1).astype(float))
+    assert trace["traced"] == [2, 0, 1]  # most spikes first: 1.5 fires often, 0.6 once, 0.2 never
+    assert np.allclose(trace["potential"], np.asarray(expected_u)[:, [2, 0, 1]], atol=1e-6)
+    assert np.allclose(trace["threshold"], 1.0)
+    assert all(w == pytest.approx((-0.5, 0.5), abs=2e-3) for w in trace["window"])
+    assert not hasattr(neuron, "potentials") and not neuron.surrogate.observers  # nothing left behind
+
+
+def test_method_state_trajectories_from_diagnostics_snapshots(tmp_path):
+    snapshots = {1: {"stem_neuron.surrogate.w_t": [0.5, 0.5], "head_neuron.surrogate.w_t": [0.7, 0.9],
+                     "stem_neuron.decay": 0.5, "stem_neuron.running_thr": [1.0, 1.0]},
+                 3: {"stem_neuron.surrogate.w_t": [0.6, 0.4], "head_neuron.surrogate.w_t": [1.0, 1.2],
+                     "stem_neuron.decay": 0.5, "stem_neuron.running_thr": [0.8, 1.2]}}
+    (tmp_path / "diagnostics").mkdir()
+    for epoch, state in snapshots.items():
+        (tmp_path / "diagnostics" / f"epoch_{epoch:04d}.json").write_text(json.dumps({"method_state": state}))
+    trajectories = state_trajectories(tmp_path)
+    assert set(trajectories) == {"w_t"}  # decay and the running-threshold mean never change
+    epochs, means = trajectories["w_t"]
+    assert epochs == [1, 3] and np.allclose(means, [(0.5 + 0.8) / 2, (0.5 + 1.1) / 2])
+    path = plot_state_trajectories({"run": trajectories}, tmp_path / "state.png")
+    assert np.asarray(Image.open(path).convert("L"), dtype=float).var() > 0
