@@ -462,7 +462,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         save_json(output_dir / "summary.json", summary)
         plot_training_curves([("", summary, history)], output_dir / "training_curves.png")
         if task.primary == "test_miou":
-            save_segmentation_examples(bare_model, test_set, output_dir / "examples.png")
+            save_segmentation_examples(bare_model, test_set, output_dir / "examples.png", summary)
         print(results_table(history, summary))
     if config.report_to != "none":
         accelerator.end_training()

@@ -173,10 +173,11 @@ def class_names(dataset) -> list[str]:
 
 
 @torch.no_grad()
-def segmentation_examples_figure(model, dataset, count: int = 4, ignore_index: int = 255,
-                                 title: str = "Segmentation examples") -> Figure:
+def segmentation_examples_figure(model, dataset, info: dict | None = None, label: str = "", count: int = 4,
+                                 ignore_index: int = 255) -> Figure:
     """Rows of image | ground truth | prediction for the first ``count`` test samples, masks in the VOC
-    palette (``voc_palette``), ignored pixels white, and a legend of the classes present."""
+    palette (``voc_palette``), ignored pixels white, and a legend of the classes present; the title names
+    the run (``label`` and ``run_title`` of ``info``, a config or summary dict)."""
     model.eval()
     device = next(model.parameters()).device
     count = min(count, len(dataset))
@@ -201,15 +202,16 @@ def segmentation_examples_figure(model, dataset, count: int = 4, ignore_index: i
     handles = [Patch(facecolor=palette[k], edgecolor="0.5", label=names[k]) for k in sorted(shown)]
     handles.append(Patch(facecolor="white", edgecolor="0.5", label=f"ignored ({ignore_index})"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("Segmentation examples" + (f": {label}" if label else "") + (f"\n{run_title([info])}" if info else ""),
+                 fontsize=10)
     fig.tight_layout(rect=(0, 0.6 / (3 * count + 0.6) + 0.02, 1, 0.97))
     return fig
 
 
-def save_segmentation_examples(model, dataset, path: str | Path, count: int = 4, ignore_index: int = 255,
-                               title: str = "Segmentation examples") -> Path:
+def save_segmentation_examples(model, dataset, path: str | Path, info: dict | None = None, label: str = "",
+                               count: int = 4, ignore_index: int = 255) -> Path:
     """``segmentation_examples_figure`` saved to ``path``."""
-    fig = segmentation_examples_figure(model, dataset, count, ignore_index, title)
+    fig = segmentation_examples_figure(model, dataset, info, label, count, ignore_index)
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return Path(path)

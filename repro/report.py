@@ -116,7 +116,7 @@ def summary_section(runs: list[Run], results: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
-def segmentation_section(runs: list[Run], out_dir: Path, title: str) -> list[str]:
+def segmentation_section(runs: list[Run], out_dir: Path) -> list[str]:
     """Per-class IoU of the measured weights' epoch (from metrics.jsonl) and the examples figure."""
     runs = [run for run in runs if run.modality == "segmentation"]
     if not runs:
@@ -132,7 +132,7 @@ def segmentation_section(runs: list[Run], out_dir: Path, title: str) -> list[str
     lines += _table(["run", "mIoU", *names], rows)
     for run in runs:
         path = save_segmentation_examples(run.model, run.test_set, out_dir / f"examples_{_slug(run.label)}.png",
-                                          title=f"Segmentation examples: {run.label}\n{title}")
+                                          run.config, run.label)
         lines += [_image(path, out_dir, f"segmentation examples {run.label}"), ""]
     return lines
 
@@ -178,7 +178,7 @@ def write_report(runs: list[Run], results: dict[str, dict], out_dir: Path, args:
     lines += ["## Training curves", "", _image(plot_training_curves(
         [(run.label, run.config, run.history) for run in runs], out_dir / "training_curves.png"), out_dir,
         "training curves"), ""]
-    lines += segmentation_section(runs, out_dir, title)
+    lines += segmentation_section(runs, out_dir)
     if args.spikes:
         lines += spikes_section(runs, results, out_dir, args)
 

@@ -10,8 +10,9 @@ import torch
 from PIL import Image
 
 import repro.report_figures
+from repro.datasets import create_dataset
 from repro.models.neurons import LIF
-from repro.plots import results_table, training_curves_figure, voc_palette
+from repro.plots import results_table, segmentation_examples_figure, training_curves_figure, voc_palette
 from repro.report import summary_section
 from repro.report_figures import plot_state_trajectories, plot_surrogate_parameters, state_trajectories
 from repro.tasks import SegmentationTask
@@ -154,3 +155,26 @@ def test_method_state_trajectories_from_diagnostics_snapshots(tmp_path):
     assert epochs == [1, 3] and np.allclose(means, [(0.5 + 0.8) / 2, (0.5 + 1.1) / 2])
     path = plot_state_trajectories({"run": trajectories}, tmp_path / "state.png")
     assert np.asarray(Image.open(path).convert("L"), dtype=float).var() > 0
+
+
+def test_segmentation_examples_show_image_truth_and_prediction_in_the_palette():
+    torch.manual_seed(0)
+    dataset = create_dataset("shapes_seg", "test", num_scenes=2)
+    model = torch.nn.Conv2d(3, dataset.num_classes, 1)  # any [B, K, H, W] model
+    fig = segmentation_examples_figure(model, dataset, {**INFO, "dataset": "shapes_seg"}, "seg", count=2)
+    palette = voc_palette(dataset.num_classes)
+    for row in range(2):
+        image, mask = dataset[row]
+        image_ax, truth_ax, prediction_ax = fig.axes[3 * row:3 * row + 3]
+        assert [ax.get_title() for ax in (image_ax, truth_ax, prediction_ax)] == [
+            f"{name}, test sample {row}" for name in ("image", "ground truth", "prediction")]
+        truth = truth_ax.get_images()[0].get_array()
+        ignored = (mask == 255).numpy()
+        assert np.allclose(truth[ignored], 1.0) and np.allclose(truth[~ignored], palette[mask.numpy()[~ignored]])
+        with torch.no_grad():
+            predicted = model(image[None]).argmax(1)[0].numpy()
+        assert np.allclose(prediction_ax.get_images()[0].get_array(), palette[predicted])
+    legend = [text.get_text() for text in fig.legends[0].get_texts()]
+    assert legend[-1] == "ignored (255)" and set(legend[:-1]) <= {f"class {k}" for k in range(4)}
+    assert fig.get_suptitle().startswith("Segmentation examples: seg\nresnet19 · lif neuron")
+    plt.close(fig)
