@@ -84,7 +84,7 @@ def membrane_figure(traces: dict, max_layers: int = 4):
             _timestep_axis(ax, len(steps))
             ax.tick_params(labelsize=7)
             if col == 0:
-                ax.set_ylabel("membrane potential u", fontsize=8)
+                ax.set_ylabel("membrane potential u (pre-fire)", fontsize=8)
     handles = {label: handle for ax in axes.ravel() for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=len(handles), fontsize=8)
     return fig

@@ -15,6 +15,7 @@ from repro.models.neurons import LIF
 from repro.plots import results_table, segmentation_examples_figure, training_curves_figure, voc_palette
 from repro.report import summary_section
 from repro.report_figures import plot_state_trajectories, plot_surrogate_parameters, state_trajectories
+from repro.spike_figures import event_frames_figure, membrane_figure, raster_figure
 from repro.tasks import SegmentationTask
 from repro.traces import record_traces
 
@@ -177,4 +178,40 @@ def test_segmentation_examples_show_image_truth_and_prediction_in_the_palette():
     legend = [text.get_text() for text in fig.legends[0].get_texts()]
     assert legend[-1] == "ignored (255)" and set(legend[:-1]) <= {f"class {k}" for k in range(4)}
     assert fig.get_suptitle().startswith("Segmentation examples: seg\nresnet19 · lif neuron")
+    plt.close(fig)
+
+
+def test_spike_figures_draw_the_recorded_traces():
+    neuron = LIF(decay=0.5, threshold=1.0, surrogate="rectangular", surrogate_kwargs={"width": 1.0}, reset="subtract")
+    traces = record_traces(torch.nn.Sequential(neuron), torch.tensor([0.6, 0.2, 1.5]).expand(5, 2, 3).clone())
+    spikes = np.asarray(traces["0"]["spikes"])
+
+    raster = raster_figure(traces)
+    marks = np.concatenate([c.get_offsets() for c in raster.axes[0].collections])  # sample 0: (t, neuron)
+    t, n = np.nonzero(spikes[:, 0])
+    assert sorted(map(tuple, marks.tolist())) == sorted(zip((t + 1).tolist(), n.tolist()))
+    assert raster.axes[0].get_xlabel() == "timestep t"
+    plt.close(raster)
+
+    membrane = membrane_figure(traces)
+    ax = membrane.axes[1]  # neuron 0 (current 0.6): fires once, at t = 3
+    u_line = next(line for line in ax.get_lines() if line.get_label() == "membrane u_t (pre-fire)")
+    assert np.allclose(u_line.get_ydata(), np.asarray(traces["0"]["potential"])[:, 1])
+    threshold = next(line for line in ax.get_lines() if line.get_label() == "threshold theta_t")
+    assert np.allclose(threshold.get_ydata(), 1.0)
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    assert band.min() == pytest.approx(0.5, abs=2e-3) and band.max() == pytest.approx(1.5, abs=2e-3)
+    fired = next(line for line in ax.get_lines() if line.get_label() == "spike")
+    assert list(fired.get_xdata()) == [3]
+    plt.close(membrane)
+
+
+def test_event_frames_show_on_minus_off():
+    frames = torch.zeros(1, 3, 2, 4, 4)
+    frames[0, 1, 0, 1, 2] = 2.0  # ON events at t = 2
+    frames[0, 2, 1, 3, 0] = 1.0  # an OFF event at t = 3
+    fig = event_frames_figure(frames, [7])
+    images = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
+    assert len(images) == 3 and images[1][1, 2] == 2.0 and images[2][3, 0] == -1.0 and images[0].sum() == 0
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["t=1", "t=2", "t=3"] and fig.axes[0].get_ylabel() == "label 7"
     plt.close(fig)
