@@ -112,7 +112,7 @@ class AdaptiveThresholdLIF(LIF):
             std, mean = torch.std_mean(v, dim=dims, correction=1)
             return mean.reshape(shape), std.reshape(shape)
         # float64 moments, also in one process: 1 and N processes then agree to fp32 rounding
-        mean, var, count = global_mean_var(v, dims, dtype=torch.float64)
+        mean, var, count = global_mean_var(v, dims)
         std = (var * count / (count - 1)).sqrt()
         return mean.float().reshape(shape), std.float().reshape(shape)
 

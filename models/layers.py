@@ -16,34 +16,50 @@ def unfold(x: Tensor, num_steps: int) -> Tensor:
     return x.unflatten(0, (num_steps, -1))
 
 
-def global_mean_var(x: Tensor, dims: list[int] | tuple[int, ...], dtype: torch.dtype = torch.float32,
-                    ) -> tuple[Tensor, Tensor, Tensor]:
+def global_mean_var(x: Tensor, dims: list[int] | tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor]:
     """Mean, biased variance and count of ``x`` over ``dims`` across all torch.distributed processes
-    (this process only when torch.distributed is not initialised).
+    (this process only when torch.distributed is not initialised), in float64.
 
-    Each process takes its exact (two-pass) mean and variance in ``dtype``; the moments are combined in
-    float64 (Chan et al.), so the result carries ``dtype`` rounding only, like the statistics of the
-    whole batch in one process.  Differentiable (the all-reduce is torch.distributed.nn's); float64 results.
+    Each process takes its two-pass mean and variance in float64 and the processes' sums of x and x^2 are
+    added in float64: one process with batch B and N processes with B/N then agree to float64 rounding, so
+    the statistics rounded to float32 are almost always bitwise equal (tests/test_distributed.py).
+    Differentiable: the backward sums dL/dmean and dL/dvar over processes (the adjoint of the all-reduce)
+    and forms dx = (dL/dmean + 2 dL/dvar (x - mean)) / count in float32; no float64 copy of x is kept
+    for it.  Returns float64 tensors shaped like ``x`` reduced over ``dims`` (kept dims dropped).
     """
-    from torch.distributed.nn.functional import all_reduce
+    return _GlobalMoments.apply(x, tuple(dims))
 
-    local_var, local_mean = torch.var_mean(x.to(dtype), dim=dims, correction=0)
-    local_count = x.numel() / max(local_mean.numel(), 1)
-    mean64 = local_mean.double().reshape(-1)
-    moments = torch.cat([mean64 * local_count, (local_var.double().reshape(-1) + mean64 * mean64) * local_count,
-                         mean64.new_full((1,), local_count)])
+
+def _all_reduce_sum(tensor: Tensor) -> Tensor:
     if dist.is_available() and dist.is_initialized():
-        moments = all_reduce(moments) if x.requires_grad else _all_reduce_no_grad(moments)
-    size = mean64.numel()
-    count = moments[-1]
-    mean = moments[:size] / count
-    var = (moments[size:2 * size] / count - mean * mean).clamp_min(0)
-    return mean.reshape(local_mean.shape), var.reshape(local_mean.shape), count
-
-
-def _all_reduce_no_grad(tensor: Tensor) -> Tensor:
-    dist.all_reduce(tensor)
+        dist.all_reduce(tensor)
     return tensor
+
+
+class _GlobalMoments(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, dims: tuple[int, ...]):
+        local_var, local_mean = torch.var_mean(x.double(), dim=dims, correction=0)
+        local_count = x.numel() / max(local_mean.numel(), 1)
+        mean64, size = local_mean.reshape(-1), local_mean.numel()
+        moments = _all_reduce_sum(torch.cat([mean64 * local_count, (local_var.reshape(-1) + mean64 * mean64) * local_count,
+                                             mean64.new_full((1,), local_count)]))
+        count = moments[-1]
+        mean = moments[:size] / count
+        var = (moments[size:2 * size] / count - mean * mean).clamp_min(0)
+        mean, var = mean.reshape(local_mean.shape), var.reshape(local_mean.shape)
+        ctx.dims = dims
+        ctx.save_for_backward(x, mean, count)
+        ctx.mark_non_differentiable(count)
+        return mean, var, count
+
+    @staticmethod
+    def backward(ctx, grad_mean: Tensor, grad_var: Tensor, _):
+        x, mean, count = ctx.saved_tensors
+        grads = _all_reduce_sum(torch.stack([grad_mean, grad_var]).double())  # every process's loss reads them
+        shape = [1 if d in ctx.dims or d - x.dim() in ctx.dims else -1 for d in range(x.dim())]
+        g_mean, g_var, mean = (t.float().view(shape) for t in (grads[0] / count, grads[1] / count, mean))
+        return (g_mean + 2 * g_var * (x.float() - mean)).to(x.dtype), None
 
 
 class SeqToANN(nn.Sequential):
@@ -62,9 +78,10 @@ class TDBatchNorm(nn.Module):
     so it must not be folded into gamma).  scale = 1 is plain BN with gamma initialised to 1.
     Works on [N, C, H, W] (``dims=2``) and [N, C] (``dims=1``).
 
-    ``sync = True``: in training under torch.distributed, the batch statistics are all-reduced over
-    processes (``global_mean_var``; differentiable), so N processes with batch B/N match one
-    process with batch B.  Works with gloo on CPU, unlike torch's SyncBatchNorm.
+    ``sync = True`` (``--sync_bn``): in training the batch statistics are taken in float64 and all-reduced
+    over processes (``global_mean_var``; differentiable), in one process too, so N processes with batch
+    B/N normalise exactly as one process with batch B does (the float32 statistics are bitwise equal but
+    for float64 values on a float32 rounding tie).  Works with gloo on CPU, unlike torch's SyncBatchNorm.
     """
 
     def __init__(self, num_features: int, scale: float = 1.0, dims: int = 2, eps: float = 1e-5, momentum: float = 0.1):
@@ -78,9 +95,7 @@ class TDBatchNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = (1, -1) + (1,) * (x.dim() - 2)
-        synced = self.sync and self.training and dist.is_available() and dist.is_initialized() \
-            and dist.get_world_size() > 1
-        x_hat = self._synced_normalise(x, shape) if synced else self.norm(x)
+        x_hat = self._synced_normalise(x, shape) if self.sync and self.training else self.norm(x)
         return x_hat * (self.scale * self.weight).view(shape) + self.bias.view(shape)
 
     def _synced_normalise(self, x: Tensor, shape: tuple) -> Tensor:
