@@ -1,9 +1,18 @@
 """Stateless layers over time-first tensors: run once on the folded ``[T*B, ...]`` batch."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+
+
+def scale_channels(channels: tuple[int, ...], width: float) -> list[int]:
+    """Channel counts times ``width`` (> 0), rounded, at least 1 each: the models' ``width`` option."""
+    if not (isinstance(width, (int, float)) and math.isfinite(width) and width > 0):
+        raise ValueError(f"width scales every channel count and must be a finite number > 0, got {width!r}")
+    return [max(1, round(c * width)) for c in channels]
 
 
 def fold(x: Tensor) -> Tensor:

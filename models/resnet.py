@@ -18,7 +18,7 @@ from typing import Callable
 
 from torch import Tensor, nn
 
-from .layers import SeqToANN, TDBatchNorm
+from .layers import SeqToANN, TDBatchNorm, scale_channels
 
 BLOCKS = ("sew_add", "spiking")
 
@@ -132,7 +132,7 @@ def resnet19(make_neuron: Callable[[], nn.Module], num_classes: int = 10, num_st
              block: str = "sew_add", width: float = 1.0, bn_scale: float = 1.0) -> SpikingResNet:
     """ResNet-19 (module docstring).  ``width`` scales every channel count (1.0 = the paper's
     128/256/512 with a 256-unit head, about 12.6M parameters); smaller widths are for CPU runs."""
-    c = [max(1, round(ch * width)) for ch in (128, 256, 512, 256)]
+    c = scale_channels((128, 256, 512, 256), width)
     return SpikingResNet([(c[0], 3, 1), (c[1], 3, 2), (c[2], 2, 2)], make_neuron, num_classes, in_channels,
                          stem_channels=c[0], head_hidden=c[3], num_steps=num_steps, block=block, bn_scale=bn_scale)
 
@@ -145,7 +145,7 @@ def resnet18(make_neuron: Callable[[], nn.Module], num_classes: int = 1000, num_
     ``block="sew_add"`` (default, as ResNet-19) or ``"spiking"`` (SN after the add, plain spiking ResNet)."""
     if stem not in ("imagenet", "cifar"):
         raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
-    c = [max(1, round(ch * width)) for ch in (64, 128, 256, 512)]
+    c = scale_channels((64, 128, 256, 512), width)
     imagenet = stem == "imagenet"
     return SpikingResNet([(c[0], 2, 1), (c[1], 2, 2), (c[2], 2, 2), (c[3], 2, 2)], make_neuron, num_classes,
                          in_channels, stem_channels=c[0], stem_kernel=7 if imagenet else 3,

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from torch import Tensor, nn
 
-from .layers import SeqToANN
+from .layers import SeqToANN, scale_channels
 from .resnet import conv_bn, fed_by, time_first_input
 
 VGGSNN_LAYERS = (64, 128, "A", 256, 256, "A", 512, 512, "A", 512, 512, "A")
@@ -35,7 +35,7 @@ class SpikingVGG(nn.Module):
                 blocks.append(SeqToANN(nn.AvgPool2d(2)))
                 size //= 2
             else:
-                out_channels = max(1, round(item * width))
+                out_channels, = scale_channels((item,), width)
                 conv = conv_bn(channels, out_channels, 3, 1, bn_scale)
                 blocks += [conv, fed_by(conv, make_neuron())]
                 channels = out_channels

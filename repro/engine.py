@@ -62,6 +62,8 @@ RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persi
                      "eval_batch_size", "limit_eval_batches", "data_root", "download", "epochs", "pretrained"}
 # Experiment fields the non-finite stop advises changing; a resume may change them and records the change.
 RECOVERY_CHANGES = ("lr", "grad_clip", "nonfinite")
+# Run settings accelerate resolves (launcher flags, accelerate config, environment); a resume records changes.
+LAUNCHER_SETTINGS = ("mixed_precision", "num_processes", "gradient_accumulation_steps", "compile")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
 # Arguments the engine passes itself, so not options of --GROUP.KEY.
 ENGINE_ARGUMENTS = {"model": {"num_classes", "in_channels", "num_steps", "neuron", "surrogate", "neuron_kwargs",
@@ -244,6 +246,13 @@ def resume_changes(saved: dict, config: Config) -> dict[str, list]:
     return {k: [saved.get(k), current[k]] for k in changed}
 
 
+def launcher_changes(saved: dict, runtime: dict) -> dict[str, list]:
+    """What the launcher changed since the checkpoint (precision, process count, accumulation, compile; accelerate
+    resolves them outside the config), as {"launcher.KEY": [checkpoint value, now]}: a resume allows and
+    records them, as on moving a run to other hardware."""
+    return {f"launcher.{k}": [saved[k], runtime[k]] for k in LAUNCHER_SETTINGS if k in saved and saved[k] != runtime[k]}
+
+
 def create_accelerator(config: Config, output_dir: Path) -> Accelerator:
     """Settings accelerate owns (mixed precision, dynamo backend, gradient accumulation) follow accelerate's
     own resolution (``accelerate launch`` flags, ``accelerate config``, ACCELERATE_* variables) unless the
@@ -354,7 +363,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                           f"initialised), {len(unexpected)} checkpoint entries unused")
     if config.resume:
         state = load_checkpoint(checkpoint_path)
-        changed = resume_changes(state["config"], config)
+        changed = {**resume_changes(state["config"], config), **launcher_changes(state.get("runtime", {}), runtime)}
         try:
             model.load_state_dict(state["model"])
         except RuntimeError as error:
@@ -436,6 +445,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                 "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
                 "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
                 "best": best, "history": history, "config": config.to_dict(), "config_changes": changes,
+                "runtime": runtime,
             })
             with metrics_path.open("a") as f:  # after the checkpoint: a row is never ahead of it
                 f.write(json.dumps(row) + "\n")

@@ -50,6 +50,10 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="unknown block"):
         create_model("resnet19", block="dense")
     assert "resnet19" in MODELS.names()
+    for name in ("resnet18", "resnet19", "vgg13", "vggsnn", "spiking_fpn", "spiking_unet"):
+        for width in (0, -0.5, float("nan")):
+            with pytest.raises(ValueError, match="width scales every channel count and must be a finite number > 0"):
+                create_model(name, num_steps=2, width=width)
 
 
 def test_resnet18_imagenet_has_torchvision_parameter_count():

@@ -47,6 +47,20 @@ def test_accelerate_settings_from_the_environment_reach_the_accelerator(tmp_path
     assert engine.create_accelerator(explicit, tmp_path).mixed_precision == "no"
 
 
+def test_resume_records_a_changed_launcher_precision(tmp_path, monkeypatch, fresh_accelerate_state):
+    """The precision accelerate resolves outside the config (here ACCELERATE_MIXED_PRECISION, as `accelerate launch
+    --mixed_precision bf16` sets it) is stored in the checkpoint; a resume under another one says so and records
+    it as a change at that epoch."""
+    engine.train(dataclasses.replace(SMALL, output_dir=str(tmp_path)))
+    AcceleratorState._reset_state(True)
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    summary = engine.train(dataclasses.replace(SMALL, output_dir=str(tmp_path), epochs=2, resume=True))
+    change = {"epoch": 2, "launcher.mixed_precision": ["no", "bf16"]}
+    assert summary["config_changes"] == [change] and summary["mixed_precision"] == "bf16"
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "config_changes" not in rows[0] and rows[1]["config_changes"] == change
+
+
 def test_config_file_round_trip_and_overrides(tmp_path):
     """A run's config.json read back with --config gives the same config; YAML works too (``1e-3`` is a
     string to YAML 1.1 and still parses as the float field it is); flags on the command line win."""
