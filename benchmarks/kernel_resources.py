@@ -30,7 +30,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from repro.models import triton_lif
-from repro.models.triton_surrogates import kernel_shape
+from repro.models.triton_surrogates import kernel_parameters, kernel_shape
 from repro.surrogates import create_surrogate
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -70,13 +70,17 @@ def forward_kernel(steps: int, dtype: str, reset: str, arch: int):
 
 
 def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: int, chunk: int):
-    shape = create_surrogate(surrogate).shape
+    module = create_surrogate(surrogate)
+    shape = module.shape
+    names, switches = kernel_parameters(shape, [module.call_params(torch.zeros(()))])
     pointers = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "lam_ptr": "*fp32", "thr_ptr": "*fp32",
-                "param_ptr": "*fp32", "gx_ptr": f"*{dtype}", "partial_ptr": "*fp32"}
+                "param_ptr": "*fp32", "gx_ptr": f"*{dtype}", "partial_ptr": "*fp32", "k_partial_ptr": "*fp32",
+                "gs_ptr": "*fp32", "gu_ptr": "*fp32"}
     scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
     constants = dict(T=steps, CHUNK=chunk, RESET=reset, DECAYED=True, DETACH=False, DECAY_INPUT=False, FIRE_GE=True,
-                     STEP_THRESHOLDS=False, THRESHOLD_CHANNELS=False, SHAPE=kernel_shape(shape), N_PARAMS=1,
-                     PARAM_CHANNELS=False, WANT_DECAY=True, BLOCK=triton_lif.backward_block(steps))
+                     STEP_THRESHOLDS=False, THRESHOLD_CHANNELS=False, SHAPE=kernel_shape(shape),
+                     N_PARAMS=len(names), PARAM_CHANNELS=False, SWITCHES=switches, LEARNED_K=False, WANT_DECAY=True, STORE_SPIKE_GRADS=False,
+                     STORE_MEMBRANE_GRADS=False, BLOCK=triton_lif.backward_block(steps))
     return compile_kernel(triton_lif._backward_kernel, pointers, scalars, constants, arch)
 
 

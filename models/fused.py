@@ -45,8 +45,9 @@ dL/ds[t] (A2SG's window search) through ``register_spike_grad``, called with dL/
 
 Learned sharpness (the TLSG ``learnable`` surrogate, learned k[t]): h[t] = psi_k'(u[t] - theta_t) with
 k = k[t], an input of the Function (``sharpness_per_step``, differentiable w.r.t. rho), and
-dL/dk[t] = sum over elements of dL/ds[t] * dpsi_k/dk(u[t] - theta_t), both by
-``TimestepLearnableSurrogate.proxy_vjp`` (the straight-through term of the TLSG's ``forward``).
+dL/dk[t] = sum over elements of dL/ds[t] * dpsi_k/dk(u[t] - theta_t), both from the closed forms
+``TimestepLearnableSurrogate.proxy_derivatives`` (the derivatives of the straight-through term of the TLSG's
+``forward``; ``proxy_vjp`` here, the same function compiled in the kernels).
 
 Recorded potentials (``record_potentials``: the balanced loss, the diagnostics' histograms): the Function
 also returns u[T, ...] (``neuron.potentials`` are its steps), and a gradient G[t] arriving there is
@@ -64,14 +65,19 @@ traced as the operator ``repro::lif_spikes`` (``models/triton_lif.py``, forward 
 graph break; no double backward through it).
 
 Backends: device-agnostic torch code (above), and the Triton kernels of ``models/triton_lif.py``, chosen
-automatically on CUDA when no observer, recorded potential, fp16 margin or learned sharpness is involved
-and the surrogate's ``shape`` is written in the closed-form vocabulary (``surrogates/closed_form.py``):
-the backward kernel replays u from I in registers and evaluates that same ``shape`` in the kernel, with
-the saved theta_t and surrogate parameters as small [T, 1 or C] tables (DS-ATGO's thresholds and TGO
-widths, MPD-AGL's widths); for a fixed threshold and fixed surrogate parameters the forward is a kernel
-too, otherwise the torch forward below runs (it fires the same spikes: both round as ``neurons.charge``).
-``LIF(triton=False)`` keeps the torch code.  The kernels are tested in the Triton interpreter on CPU
-(``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
+automatically on CUDA when no recorded potential or fp16 margin is involved and the surrogate's derivative
+(``shape``, or a learned TLSG's ``proxy_derivatives``) is written in the closed-form vocabulary
+(``surrogates/closed_form.py``): the backward kernel replays u from I in registers and evaluates that same
+function in the kernel, with the saved theta_t and surrogate parameters as small [T, 1 or C] tables
+(DS-ATGO's thresholds and TGO widths, MPD-AGL's widths, A2SG's per-step / per-channel windows, k[t]) and
+None / bool parameters (A2SG's ramp ``height``, ``clip``) as compile-time switches; for a learned TLSG it
+also sums dL/dk[t] per program.  Where callbacks are registered (A2SG's statistics steps) the kernel also
+writes dL/ds[t] and e[t] (two fp32 [T, ...] tensors, on those steps only) and the callbacks get them in the
+torch path's order after the kernel.  For a fixed threshold with fixed surrogate parameters or a learned
+k[t], and no observer, the forward is a kernel too, otherwise the torch forward below runs (observers and
+A2SG's ``call_params`` / ``observe`` need u[t] per step; it fires the same spikes: both round as
+``neurons.charge``).  ``LIF(triton=False)`` keeps the torch code.  The A2SG and TLSG kernels are tested in the
+Triton interpreter on CPU only (``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -213,14 +219,15 @@ class FusedLIFFunction(torch.autograd.Function):
             return threshold
 
         recording = neuron.record_potentials
-        kernel_shape = None
-        if not observed and not recording and not half and neuron.triton and k is None:
-            kernel_shape = kernel_shape_of(surrogate, x)
-        if kernel_shape is not None and fixed_params and type(neuron).fire_context is LIF.fire_context:
-            # fixed threshold and parameters: nothing to compute between steps, the forward kernel runs
+        derivative = kernel_derivative(surrogate, k)
+        kernels = not recording and not half and neuron.triton and kernels_apply(derivative, x)
+        if (kernels and (fixed_params or k is not None) and not observed
+                and type(neuron).fire_context is LIF.fire_context):
+            # fixed threshold, parameters fixed or k[t] given: nothing to compute between steps, the forward kernel
             spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                             config.decay_input, config.fire_ge)
-            thresholds, params = [config.threshold] * x.shape[0], [surrogate.params] * x.shape[0]
+            thresholds = [config.threshold] * x.shape[0]
+            params = [surrogate.params] * x.shape[0] if k is None else [{"k": value} for value in k.detach().unbind()]
         else:
             spikes, membrane = integrate(x.float(), decay, config, threshold_at, keep=recording)
         if any(ctx.needs_input_grad[:3]):
@@ -228,8 +235,7 @@ class FusedLIFFunction(torch.autograd.Function):
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
             ctx.callbacks, ctx.spike_callbacks = callbacks, spike_callbacks
             ctx.surrogate_type, ctx.half = type(surrogate), half
-            ctx.kernel = None if kernel_shape is None else kernel_tables(kernel_shape, surrogate.shape, config,
-                                                                         thresholds, params, x)
+            ctx.kernel = kernel_tables(derivative, config, thresholds, params, x) if kernels else None
         return (spikes, membrane) if recording else spikes
 
     @staticmethod
@@ -242,11 +248,19 @@ class FusedLIFFunction(torch.autograd.Function):
             return double_differentiable_grads(ctx, x, decay, k, grad_spikes, grad_membrane)
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
         if ctx.kernel is not None:
-            shape, step_thresholds, params = ctx.kernel
-            grad_x, grad_decay = triton_lif.lif_backward(
+            shape, step_thresholds, params, switches = ctx.kernel
+            spike_grads, membrane_grads = (torch.empty(x.shape, device=x.device) if any(callbacks.values()) else None
+                                           for callbacks in (ctx.spike_callbacks, ctx.callbacks))
+            grad_x, grad_decay, grad_k = triton_lif.lif_backward(
                 x, grad_spikes, decay, config.threshold, step_thresholds, shape, params, config.reset,
-                config.reset_decayed, config.reset_detach, config.decay_input, config.fire_ge, want_decay)
-            return grad_x, (grad_decay.to(decay.dtype) if want_decay else None), None, None
+                config.reset_decayed, config.reset_detach, config.decay_input, config.fire_ge, want_decay,
+                switches=switches, learned_k=k is not None, spike_grads=spike_grads, membrane_grads=membrane_grads)
+            for t in range(x.shape[0] - 1, -1, -1):  # the torch path's order: dL/ds[t], then dL/du[t], t = T-1..0
+                for callbacks, grads in ((ctx.spike_callbacks, spike_grads), (ctx.callbacks, membrane_grads)):
+                    if grads is not None:
+                        report_grad(callbacks, t, grads[t])
+            return (grad_x, grad_decay.to(decay.dtype) if want_decay else None,
+                    grad_k.to(k.dtype) if ctx.needs_input_grad[2] else None, None)
         x = x if ctx.half else x.float()  # the torch code runs in fp32 (the kernels read I in its own dtype)
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[2] else None
 
@@ -339,31 +353,37 @@ def finish_grads(ctx, x: Tensor, decay: Tensor, grad_mem: Tensor, grad_decay: Te
     return grad_input, (None if grad_decay is None else grad_decay.to(decay.dtype)), grad_k, None
 
 
-def kernel_shape_of(surrogate: Surrogate, x: Tensor):
-    """The Triton compilation of the surrogate's derivative when the kernels can run on ``x``'s device
-    (CUDA, or the Triton interpreter, ``TRITON_INTERPRET=1``, how they are tested on CPU) and the
-    derivative is written in the closed-form vocabulary (``models/triton_surrogates.py``); else None."""
-    if not triton_lif.triton_available(x.device):
-        return None
-    return triton_surrogates.kernel_shape(surrogate.shape)
+def kernel_derivative(surrogate: Surrogate, k: Tensor | None) -> Callable:
+    """What the backward kernel evaluates: the surrogate's ``shape``, or for a learned TLSG (k given) its
+    ``proxy_derivatives`` (psi_k' and dpsi_k/dk, the kernel also reducing dL/dk[t])."""
+    return surrogate.shape if k is None else type(surrogate).proxy_derivatives
 
 
-def kernel_tables(shape, torch_shape: Callable, config: StepConfig, thresholds: list, params: list[dict],
+def kernels_apply(derivative: Callable, x: Tensor) -> bool:
+    """Whether the kernels can run on ``x``'s device (CUDA, or the Triton interpreter, ``TRITON_INTERPRET=1``,
+    how they are tested on CPU) and ``derivative`` is written in the closed-form vocabulary
+    (``models/triton_surrogates.py``)."""
+    return triton_lif.triton_available(x.device) and triton_surrogates.kernel_shape(derivative) is not None
+
+
+def kernel_tables(torch_shape: Callable, config: StepConfig, thresholds: list, params: list[dict],
                   x: Tensor) -> tuple | None:
     """(kernel shape, theta_t table [T, 1 or C] or None for the fixed threshold, parameter table
-    [T, 1 or C, P]) for ``triton_lif.lif_backward``; None when a threshold or parameter is neither a number
-    nor one value per layer or channel (the torch backward runs then)."""
-    table = triton_surrogates.parameter_table(params, triton_surrogates.shape_parameters(torch_shape), x[0].shape,
-                                              x.device)
+    [T, 1 or C, P], the shape's switches) for ``triton_lif.lif_backward``; None when a threshold or
+    parameter is neither a number nor one value per layer or channel, or a switch changes between steps
+    (the torch backward runs then)."""
+    split = triton_surrogates.kernel_parameters(torch_shape, params)
+    table = None if split is None else triton_surrogates.parameter_table(params, split[0], x[0].shape, x.device)
     if table is None:
         return None
+    shape = triton_surrogates.kernel_shape(torch_shape)
     if all(isinstance(t, (int, float)) and t == config.threshold for t in thresholds):
-        return shape, None, table
+        return shape, None, table, split[1]
     rows = [triton_surrogates.per_channel(t, x[0].shape, x.device) for t in thresholds]
     if any(row is None for row in rows):
         return None
     widest = max(row.numel() for row in rows)
-    return shape, torch.stack([row.expand(widest) for row in rows]), table
+    return shape, torch.stack([row.expand(widest) for row in rows]), table, split[1]
 
 
 def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:

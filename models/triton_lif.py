@@ -30,17 +30,22 @@ the surrogate's own ``shape`` compiled by ``models/triton_surrogates.py``.  With
     dL/dI[t] = c e[t]
     dL/dlambda = sum_t e[t+1] R'[t] - [decay_input] sum_t e[t] I[t],
                  R' = (1 - s) u (zero), u - theta s (subtract, decayed), u (otherwise)
+    dL/dk[t]   = sum over neurons of dL/ds[t] dpsi_k/dk(u[t] - theta_t)     (learned TLSG, ``learned_k``)
+
+Optional outputs for A2SG's statistics callbacks: dL/ds[t] and e[t] as fp32 [T, ...] (only when asked).
 
 The replayed u[t] are kept in registers for CHUNK steps at a time: for T > CHUNK a first pass stores
 (u, s) at every chunk start, and each chunk is replayed from its start (one more read of I).  The decay
 gradient is summed per lane in fp32 over t, per program with ``tl.sum``, and the per-program partials
-in float64 by torch (deterministic for a given BLOCK; no atomics).
+in float64 by torch (deterministic for a given BLOCK; no atomics); dL/dk[t] likewise, one partial per
+(program, t).
 
 Not bitwise (tested at float tolerance): e and dL/dI against the torch recurrence (which uses addcmul
 and add-with-alpha, fused multiply-adds), the decay gradient (another summation order), and sigmoid
 shapes (each backend's exp).  Tested in the Triton interpreter on CPU (``TRITON_INTERPRET=1``) in
-tests/test_triton_lif.py and compiled for sm_90 offline (``benchmarks/kernel_resources.py``); not yet
-run on a GPU.
+tests/test_triton_lif.py and compiled for sm_90 offline (``benchmarks/kernel_resources.py``); the fixed
+surrogates' kernels ran on an H200 (docs/performance.md), the A2SG windows / switches, the callbacks'
+outputs and the learned-k reduction only in the interpreter so far.
 """
 from __future__ import annotations
 
@@ -125,21 +130,21 @@ if triton is not None:
 
     @triton.jit
     def _surrogate(SHAPE: tl.constexpr, x, param_ptr, t, channel, channels, N_PARAMS: tl.constexpr,
-                   PARAM_CHANNELS: tl.constexpr):
-        """h = SHAPE(x, *params[t]) (params[t, channel] with per-channel parameters)."""
+                   PARAM_CHANNELS: tl.constexpr, SWITCHES: tl.constexpr):
+        """h = SHAPE(x, *params[t], *SWITCHES) (params[t, channel] with per-channel parameters)."""
         if PARAM_CHANNELS:
             row = param_ptr + (t * channels + channel) * N_PARAMS
         else:
             row = param_ptr + t * N_PARAMS
         if N_PARAMS == 0:
-            h = SHAPE(x)
+            h = SHAPE(x, *SWITCHES)
         elif N_PARAMS == 1:
-            h = SHAPE(x, tl.load(row))
+            h = SHAPE(x, tl.load(row), *SWITCHES)
         elif N_PARAMS == 2:
-            h = SHAPE(x, tl.load(row), tl.load(row + 1))
+            h = SHAPE(x, tl.load(row), tl.load(row + 1), *SWITCHES)
         else:
             tl.static_assert(N_PARAMS == 3, "surrogate shapes with more than 3 parameters are not supported")
-            h = SHAPE(x, tl.load(row), tl.load(row + 1), tl.load(row + 2))
+            h = SHAPE(x, tl.load(row), tl.load(row + 1), tl.load(row + 2), *SWITCHES)
         return h
 
     @triton.jit
@@ -160,12 +165,13 @@ if triton is not None:
             tl.store(out_ptr + t * stride + offsets, (u if KEEP else s).to(out_ptr.dtype.element_ty), mask=valid)
 
     @triton.jit
-    def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, N, inner, channels,
-                         theta, T: tl.constexpr, CHUNK: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr,
+    def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, k_partial_ptr, gs_ptr,
+                         gu_ptr, N, inner, channels, theta, T: tl.constexpr, CHUNK: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr,
                          DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
                          STEP_THRESHOLDS: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr, SHAPE: tl.constexpr,
-                         N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr, WANT_DECAY: tl.constexpr,
-                         BLOCK: tl.constexpr):
+                         N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr, SWITCHES: tl.constexpr,
+                         LEARNED_K: tl.constexpr, WANT_DECAY: tl.constexpr,
+                         STORE_SPIKE_GRADS: tl.constexpr, STORE_MEMBRANE_GRADS: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         valid = offsets < N
         stride = tl.cast(N, tl.int64)
@@ -213,6 +219,8 @@ if triton is not None:
                         grad_s = grad_s + -(lam * theta) * e
                     elif not DETACH and RESET == "subtract":
                         grad_s = grad_s + -theta * e
+                    if STORE_SPIKE_GRADS:
+                        tl.store(gs_ptr + t * stride + offsets, grad_s, mask=valid)
                     if RESET == "zero":
                         carry = e * (1.0 - s)  # e[t+1] m[t]
                     else:
@@ -221,8 +229,17 @@ if triton is not None:
                         acc += carry * u
                         if RESET == "subtract" and DECAYED:
                             acc -= theta * (e * s)
-                    h = _surrogate(SHAPE, u - threshold, param_ptr, t, channel, channels, N_PARAMS, PARAM_CHANNELS)
+                    if LEARNED_K:  # SHAPE gives (h, dh/dk): the block's sum of dL/ds dpsi/dk -> partial [pid, t]
+                        h, slope_k = _surrogate(SHAPE, u - threshold, param_ptr, t, channel, channels, N_PARAMS,
+                                                PARAM_CHANNELS, SWITCHES)
+                        tl.store(k_partial_ptr + tl.program_id(0) * T + t,
+                                 tl.sum(tl.where(valid, grad_s * slope_k, 0.0), axis=0))
+                    else:
+                        h = _surrogate(SHAPE, u - threshold, param_ptr, t, channel, channels, N_PARAMS,
+                                       PARAM_CHANNELS, SWITCHES)
                     e = grad_s * h + lam * carry
+                    if STORE_MEMBRANE_GRADS:
+                        tl.store(gu_ptr + t * stride + offsets, e, mask=valid)
                     if WANT_DECAY and DECAY_INPUT:
                         acc -= e * tl.load(x_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
                     grad_x = scale * e if DECAY_INPUT else e
@@ -238,8 +255,12 @@ def _device_guard(tensor: Tensor):
 def _check(x: Tensor, reset: str) -> None:
     if reset not in RESETS:
         raise ValueError(f"reset must be one of {RESETS}, got {reset!r}")
+    _check_dtype(x)
+
+
+def _check_dtype(x: Tensor) -> None:
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        raise ValueError(f"the LIF kernels take fp32, bf16 or fp16 input, got {x.dtype}")
+        raise ValueError(f"the spiking-layer kernels take fp32, bf16 or fp16 input, got {x.dtype}")
 
 
 def _decay_pointer(decay: Tensor) -> Tensor:
@@ -265,14 +286,21 @@ def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_de
 
 def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, step_thresholds: Tensor | None,
                  shape, params: Tensor, reset: str, reset_decayed: bool, reset_detach: bool, decay_input: bool,
-                 fire_ge: bool, want_decay: bool, *, block: int | None = None,
-                 chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
-    """(dL/dI [T, ...] in x's dtype, dL/dlambda as a float64 scalar or None unless ``want_decay``).
+                 fire_ge: bool, want_decay: bool, *, switches: tuple = (), learned_k: bool = False,
+                 spike_grads: Tensor | None = None, membrane_grads: Tensor | None = None, block: int | None = None,
+                 chunk: int = CHUNK) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(dL/dI [T, ...] in x's dtype, dL/dlambda as a float64 scalar or None unless ``want_decay``, dL/dk[T] in
+    float64 or None unless ``learned_k``).
 
     ``x``: the saved input I; ``threshold``: theta (reset terms); ``step_thresholds``: theta_t as fp32
     [T, 1] or [T, C] (None: theta); ``shape``: a ``triton.jit`` surrogate derivative
     (``triton_surrogates.kernel_shape``); ``params``: its parameters, fp32 [T, 1 or C, P]
     (``triton_surrogates.parameter_table``).  C is the channel dimension 1 of a step [B, C, ...].
+    ``switches``: the shape's trailing None / bool parameters (``triton_surrogates.kernel_parameters``).
+    ``learned_k``: ``shape`` returns (h, dh/dk) of the TLSG's learned sharpness k (``params`` = k[t]), and
+    the kernel sums dL/ds[t] dh/dk over each program's neurons (per-program partials, summed here in float64).
+    ``spike_grads`` / ``membrane_grads``: fp32 [T, ...] tensors that, if given, receive dL/ds[t] (reset path
+    included) and e[t] = dL/du[t] (what A2SG's statistics read; the kernel writes them only then).
     """
     _check(x, reset)
     x, grad_spikes = x.contiguous(), grad_spikes.contiguous()
@@ -287,16 +315,27 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     programs = triton.cdiv(neurons, block)
     grad_x = torch.empty_like(x)
     partials = torch.empty(programs if want_decay else 1, dtype=torch.float32, device=x.device)
+    k_partials = torch.empty((programs, steps) if learned_k else (1,), dtype=torch.float32, device=x.device)
     thresholds = params if step_thresholds is None else step_thresholds.contiguous()  # unused pointer if None
     with _device_guard(x):
         _backward_kernel[(programs,)](
-            x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, neurons, inner,
-            channels, threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
+            x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, k_partials,
+            _output_or(spike_grads, partials), _output_or(membrane_grads, partials), neurons, inner, channels, threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
             DECAY_INPUT=decay_input, FIRE_GE=fire_ge, STEP_THRESHOLDS=step_thresholds is not None,
             THRESHOLD_CHANNELS=step_thresholds is not None and step_thresholds.shape[1] > 1, SHAPE=shape,
-            N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, WANT_DECAY=want_decay, BLOCK=block,
+            N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, SWITCHES=tuple(switches),
+            LEARNED_K=learned_k, WANT_DECAY=want_decay,
+            STORE_SPIKE_GRADS=spike_grads is not None, STORE_MEMBRANE_GRADS=membrane_grads is not None, BLOCK=block,
             enable_fp_fusion=False)
-    return grad_x, (partials.sum(dtype=torch.float64) if want_decay else None)
+    return (grad_x, partials.sum(dtype=torch.float64) if want_decay else None,
+            k_partials.sum(0, dtype=torch.float64) if learned_k else None)
+
+
+def _output_or(output: Tensor | None, unused: Tensor) -> Tensor:
+    """An optional fp32 [T, ...] output of the backward kernel (``unused``, never written, stands in for None)."""
+    if output is not None and (output.dtype != torch.float32 or not output.is_contiguous()):
+        raise ValueError(f"spike_grads / membrane_grads must be contiguous fp32 tensors, got {output.dtype}")
+    return unused if output is None else output
 
 
 def shape_name(shape) -> str:
@@ -336,7 +375,7 @@ def lif_grads(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, p
     table = parameter_table([dict(zip(shape_parameters(function), params))] * x.shape[0],
                             shape_parameters(function), x[0].shape, x.device)
     return lif_backward(x, grad_spikes, decay, threshold, None, kernel_shape(function), table, reset, reset_decayed,
-                        reset_detach, decay_input, fire_ge, True)
+                        reset_detach, decay_input, fire_ge, True)[:2]
 
 
 @lif_grads.register_fake

@@ -9,7 +9,11 @@ path and the kernels therefore evaluate one closed form; they cannot drift apart
 
 ``kernel_shape(shape)`` is None for a shape that uses anything outside the vocabulary (such a surrogate
 keeps the torch backward).  Parameters reach the kernel as a table (``parameter_table``): fp32
-[T, C, P], one row per step, C = 1 or the channel count, P the shape's parameters in signature order.
+[T, C, P], one row per step, C = 1 or the channel count, P the shape's numeric parameters in signature
+order.  Switches (parameters whose value is None or a bool in every step, e.g. A2SG's ramp ``height=None``,
+``clip``) must follow the numeric ones; ``kernel_parameters`` splits them off, and the kernels pass them
+after the table's values as compile-time constants (``if clip:`` and ``height is None`` are resolved when
+the kernel is compiled).
 """
 from __future__ import annotations
 
@@ -44,7 +48,7 @@ if triton is not None:
         return tl.div_rn(a, b)
 
     @triton.jit
-    def indicator(condition):
+    def indicator(condition, like=None):
         return condition.to(tl.float32)
 
     @triton.jit
@@ -76,6 +80,23 @@ if triton is not None:
 def shape_parameters(shape: Callable) -> tuple[str, ...]:
     """The parameter names of ``shape(x, ...)`` after x, in signature order."""
     return tuple(inspect.signature(shape).parameters)[1:]
+
+
+def kernel_parameters(shape: Callable, params: list[dict]) -> tuple[tuple[str, ...], tuple] | None:
+    """(the names of ``shape``'s numeric parameters, for ``parameter_table``; the values of its trailing
+    switches, for ``kernel_shape``) from the per-step parameter dicts; None when a parameter is missing, a
+    switch changes between steps or precedes a numeric parameter."""
+    names = shape_parameters(shape)
+    if any(name not in step for step in params for name in names):
+        return None
+    switch = [all(isinstance(step[name], SWITCH_TYPES) for step in params) for name in names]
+    numeric = switch.index(True) if True in switch else len(names)
+    if not all(switch[numeric:]) or any(step[name] != params[0][name] for step in params for name in names[numeric:]):
+        return None
+    return names[:numeric], tuple(params[0][name] for name in names[numeric:]) if params else ()
+
+
+SWITCH_TYPES = (bool, type(None))
 
 
 @functools.cache

@@ -21,59 +21,60 @@ wL = w (1 - a) below; area 1 for every a, h(d) >= h(-d) for d > 0, a = 0 symmetr
 ``shifted``        (1/w) max(0, 1 - |x - d|/w), d = a w/2   (symmetric triangle moved up by d)
 =================  ==============================================================================
 
-Every shape is written with differentiable torch ops (Hessian-vector products work) and takes only the
-keyword parameters listed in ``SHAPE_PARAMETERS``.
+Every shape is written in the closed-form vocabulary of ``closed_form.py`` (differentiable torch ops, so
+Hessian-vector products work; the same functions are the derivatives the GPU kernels evaluate,
+``models/triton_surrogates.py``) and takes only the keyword parameters listed in ``SHAPE_PARAMETERS``.  The
+ramp's ``height=None`` and ``clip`` are switches (compile-time constants in the kernels).
 """
 from __future__ import annotations
 
 from typing import Callable
 
-import torch
 from torch import Tensor
 
+from .closed_form import absolute, clamp_min, div, indicator, logistic, where
 
-def ramp(x: Tensor, w, height: float | None = None, clip: bool = True) -> Tensor:
+
+def ramp(x: Tensor, w, height=None, clip=True) -> Tensor:
     """x/(2w) + height on [-w, w], 0 outside; height 1/(2w) by default [paper, via summary]."""
-    h = 1 / (2 * w) if height is None else height
-    value = x / (2 * w) + h
+    value = div(x, 2 * w) + (div(1.0, 2 * w) if height is None else height)
     if clip:
-        value = torch.clamp(value, min=0)
-    return torch.where(x.abs() <= w, value, torch.zeros_like(value))
+        value = clamp_min(value, 0.0)
+    return where(absolute(x) <= w, value, 0.0)
 
 
 def triangle(x: Tensor, w) -> Tensor:
     """(1/w) max(0, 1 - |x|/w) [paper, via summary: TRI, area-normalised]."""
-    return torch.clamp(1 - x.abs() / w, min=0) / w
+    return div(clamp_min(1 - div(absolute(x), w), 0.0), w)
 
 
 def box(x: Tensor, w) -> Tensor:
     """1/(2w) on [-w, w] [paper, via summary: BOX, area-normalised]."""
-    return (x.abs() <= w).to(x.dtype) / (2 * w)
+    return div(indicator(absolute(x) <= w, x), 2 * w)
 
 
-def asym_triangle(x: Tensor, w, a: float) -> Tensor:
+def asym_triangle(x: Tensor, w, a) -> Tensor:
     """(1/w) max(0, 1 - x/wR) above threshold, (1/w) max(0, 1 + x/wL) below [reconstructed]."""
-    right = torch.clamp(1 - x / (w * (1 + a)), min=0)
-    left = torch.clamp(1 + x / (w * (1 - a)), min=0)
-    return torch.where(x >= 0, right, left) / w
+    right = clamp_min(1 - div(x, w * (1 + a)), 0.0)
+    left = clamp_min(1 + div(x, w * (1 - a)), 0.0)
+    return div(where(x >= 0, right, left), w)
 
 
-def asym_rect(x: Tensor, w, a: float) -> Tensor:
+def asym_rect(x: Tensor, w, a) -> Tensor:
     """1/w on [-wL/2, wR/2] [reconstructed]."""
-    inside = (x >= -w * (1 - a) / 2) & (x <= w * (1 + a) / 2)
-    return inside.to(x.dtype) / w
+    return div(indicator(x >= -w * (1 - a) * 0.5, x) * indicator(x <= w * (1 + a) * 0.5, x), w)
 
 
-def asym_sigmoid(x: Tensor, w, a: float) -> Tensor:
+def asym_sigmoid(x: Tensor, w, a) -> Tensor:
     """(1/w) 4 s(x/c)(1 - s(x/c)), c = wR/4 above and wL/4 below threshold [reconstructed].
     1 - s(z) is computed as s(-z), which keeps the positive tail accurate in fp32."""
-    z = x / torch.where(x >= 0, w * (1 + a) / 4, w * (1 - a) / 4)
-    return 4 * torch.sigmoid(z) * torch.sigmoid(-z) / w
+    z = div(x, where(x >= 0, w * (1 + a) * 0.25, w * (1 - a) * 0.25))
+    return div(4 * logistic(z) * logistic(-z), w)
 
 
-def shifted(x: Tensor, w, a: float) -> Tensor:
+def shifted(x: Tensor, w, a) -> Tensor:
     """Symmetric triangle moved up by a w/2: (1/w) max(0, 1 - |x - a w/2|/w) [reconstructed]."""
-    return torch.clamp(1 - (x - a * w / 2).abs() / w, min=0) / w
+    return div(clamp_min(1 - div(absolute(x - a * w * 0.5), w), 0.0), w)
 
 
 SHAPES: dict[str, Callable[..., Tensor]] = {

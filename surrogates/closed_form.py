@@ -35,9 +35,10 @@ def div(a, b):
     return a / b
 
 
-def indicator(condition: Tensor) -> Tensor:
-    """1.0 where ``condition`` holds, else 0.0 (fp32)."""
-    return condition.to(torch.float32)
+def indicator(condition: Tensor, like: Tensor | None = None) -> Tensor:
+    """1.0 where ``condition`` holds, else 0.0, in ``like``'s dtype (fp32 without ``like``; the kernels
+    compute in fp32 either way)."""
+    return condition.to(torch.float32 if like is None else like.dtype)
 
 
 def where(condition: Tensor, a, b) -> Tensor:

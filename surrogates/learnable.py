@@ -48,11 +48,13 @@ from torch import Tensor, nn
 
 from .base import Surrogate
 from .classic import ATan, Rectangular, Sigmoid
+from .closed_form import div, indicator, logistic
 
 GRANULARITIES = ("per_layer_t", "per_layer", "shared_t", "fixed")
 PER_STEP = ("per_layer_t", "shared_t")
 LEARNING = ("st_smooth", "asgl_mix", "none")
 INITS = ("const", "mpd")
+QUARTER_PI = math.pi / 4
 
 
 def _softplus_inverse(y: float) -> float:
@@ -181,17 +183,22 @@ class TimestepLearnableSurrogate(Surrogate):
         psi = cls.primitive(x, k)
         return ((x >= 0) if fire_ge else (x > 0)).to(psi.dtype) + (psi - psi.detach())
 
+    @staticmethod
+    def proxy_derivatives(x: Tensor, k) -> tuple[Tensor, Tensor]:  # pragma: no cover - abstract
+        """(d psi_k / dx, d psi_k / dk) at x in closed form: the derivatives autograd takes of ``primitive``
+        (tested equal), written in the vocabulary of ``closed_form.py`` so that the GPU kernels evaluate the
+        same function (``models/triton_surrogates.py``)."""
+        raise NotImplementedError
+
     @classmethod
     def proxy_vjp(cls, x: Tensor, k: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
         """The backward of the straight-through term psi_k(x) - stopgrad(psi_k(x)) of ``forward`` for the
-        upstream gradient ``grad`` (shaped as x): (grad * psi_k'(x), sum(grad * d psi_k(x) / dk)), by autograd
-        of ``primitive`` on detached copies, so the same derivatives as this surrogate's own graph.  A pure
-        function of its arguments (no module state): the fused neuron paths (models/fused.py,
-        models/fused_cf.py) call it in their backward with the k captured at forward time.  Not
-        differentiable itself."""
-        with torch.enable_grad():
-            x, k = x.detach().requires_grad_(), k.detach().requires_grad_()
-            return torch.autograd.grad(cls.primitive(x, k), (x, k), grad)
+        upstream gradient ``grad`` (shaped as x): (grad * psi_k'(x), sum(grad * d psi_k(x) / dk)) from
+        ``proxy_derivatives``.  A pure function of its arguments (no module state): the fused neuron paths
+        (models/fused.py, models/fused_cf.py) call it in their backward with the k captured at forward time.
+        Not differentiable itself."""
+        slope_x, slope_k = cls.proxy_derivatives(x.detach(), k.detach())
+        return grad * slope_x, (grad * slope_k).sum().reshape(k.shape)
 
     def forward(self, x: Tensor, fire_ge: bool = False, step: int | None = None, **context: Any) -> Tensor:
         if not self.learned:
@@ -233,6 +240,13 @@ class SigmoidTLSG(TimestepLearnableSurrogate):
         return torch.sigmoid(k * x)
 
     @staticmethod
+    def proxy_derivatives(x: Tensor, k) -> tuple[Tensor, Tensor]:
+        """(k s (1 - s), x s (1 - s)), s = sigmoid(k x)."""
+        s = logistic(k * x)
+        slope = s * (1 - s)
+        return k * slope, x * slope
+
+    @staticmethod
     def shape(x: Tensor, k) -> Tensor:
         return Sigmoid.shape(x, alpha=k)
 
@@ -245,6 +259,14 @@ class RectTLSG(TimestepLearnableSurrogate):
         return torch.clamp(x * (k / 4) + 0.5, 0.0, 1.0)
 
     @staticmethod
+    def proxy_derivatives(x: Tensor, k) -> tuple[Tensor, Tensor]:
+        """(k/4, x/4) where 0 < x k/4 + 1/2 < 1, else 0: the open window, as autograd of ``torch.clamp`` (no
+        gradient at its bounds) differentiates ``primitive`` (tested against it)."""
+        v = x * (k * 0.25) + 0.5
+        inside = indicator(v > 0.0) * indicator(v < 1.0)
+        return inside * (k * 0.25), inside * (x * 0.25)
+
+    @staticmethod
     def shape(x: Tensor, k) -> Tensor:
         return Rectangular.shape(x, width=4 / k)
 
@@ -255,6 +277,13 @@ class AtanTLSG(TimestepLearnableSurrogate):
     @staticmethod
     def primitive(x: Tensor, k: Tensor) -> Tensor:
         return torch.atan(math.pi / 4 * k * x) / math.pi + 0.5
+
+    @staticmethod
+    def proxy_derivatives(x: Tensor, k) -> tuple[Tensor, Tensor]:
+        """((k/4) / (1 + z^2), (x/4) / (1 + z^2)), z = pi k x / 4."""
+        z = QUARTER_PI * k * x
+        d = 1 + z * z
+        return div(k * 0.25, d), div(x * 0.25, d)
 
     @staticmethod
     def shape(x: Tensor, k) -> Tensor:

@@ -38,7 +38,7 @@ import repro.models.triton_lif as triton_lif  # noqa: E402
 from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm  # noqa: E402
 from repro.models.fused import FusedLIFFunction, StepConfig, integrate  # noqa: E402
 from repro.models.triton_lif import lif_backward, lif_forward, triton_available  # noqa: E402
-from repro.models.triton_surrogates import kernel_shape, parameter_table, shape_parameters  # noqa: E402
+from repro.models.triton_surrogates import kernel_parameters, kernel_shape, parameter_table, shape_parameters  # noqa: E402,E501
 from repro.surrogates import SURROGATES, create_surrogate  # noqa: E402
 from repro.surrogates import a2sg  # noqa: E402
 from repro.surrogates.closed_form import absolute, clamp_min, div, indicator, logistic, where  # noqa: E402
@@ -47,8 +47,10 @@ INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
 BLOCK = 128  # two programs, the second one masked, on N = B C W in (128, 256)
 RESETS = [("zero", True), ("subtract", True), ("subtract", False), ("none", True)]
-RATIONAL = {"rectangular", "triangle", "atan", "fast_sigmoid", "tgo", "mpd_agl"}  # no exp: bitwise with fp32 params
-KERNEL_SURROGATES = RATIONAL | {"sigmoid"}
+A2SG_RATIONAL = {"ramp", "triangle", "box", "asym_triangle", "asym_rect", "shifted"}
+RATIONAL = ({"rectangular", "triangle", "atan", "fast_sigmoid", "tgo", "mpd_agl", "a2sg", "a2sg_reconstructed"}
+            | {f"a2sg:{shape}" for shape in A2SG_RATIONAL})  # no exp: bitwise with fp32 params
+KERNEL_SURROGATES = RATIONAL | {"sigmoid", "a2sg:asym_sigmoid"}
 kernels_run_here = pytest.mark.skipif(
     not (INTERPRETED or torch.cuda.is_available()),
     reason="no CUDA device: these run on CPU in test_kernels_in_triton_interpreter's subprocess")
@@ -125,33 +127,41 @@ def test_kernels_match_reference_loop_and_torch_fused_path(reset, reset_decayed)
         upstream = torch.randn(x.shape, device=DEVICE)
         _, (ref_grad_x, ref_grad_decay) = torch_fused_grads(neuron, x, decay, upstream)
         shape, params = kernel_tables(neuron.surrogate, steps, x)
-        grad_x, grad_decay = lif_backward(x, upstream, decay, theta, None, shape, params, reset, reset_decayed,
-                                          detach, decay_input, fire_ge, True, block=BLOCK, chunk=3)
+        grad_x, grad_decay, _ = lif_backward(x, upstream, decay, theta, None, shape, params, reset, reset_decayed,
+                                             detach, decay_input, fire_ge, True, block=BLOCK, chunk=3)
         assert grad_decay.dtype == torch.float64 and grad_decay.dim() == 0, case
         torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6, msg=case)
         torch.testing.assert_close(grad_decay.float(), ref_grad_decay, rtol=1e-5, atol=1e-5, msg=case)
 
 
 @triton.jit
-def _shape_kernel(x_ptr, param_ptr, out_ptr, N, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr, BLOCK: tl.constexpr):
+def _shape_kernel(x_ptr, param_ptr, out_ptr, N, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr, SWITCHES: tl.constexpr,
+                  BLOCK: tl.constexpr):
     """out = h(x) through the LIF backward's own surrogate call (one parameter row)."""
     offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     valid = offsets < N
     x = tl.load(x_ptr + offsets, mask=valid, other=0.0)
-    tl.store(out_ptr + offsets, triton_lif._surrogate(SHAPE, x, param_ptr, 0, 0, 1, N_PARAMS, False), mask=valid)
+    h = triton_lif._surrogate(SHAPE, x, param_ptr, 0, 0, 1, N_PARAMS, False, SWITCHES)
+    tl.store(out_ptr + offsets, h, mask=valid)
 
 
 def kernel_values(shape, x, params: dict):
-    table = parameter_table([params], shape_parameters(shape), x.shape, x.device)
+    names, switches = kernel_parameters(shape, [params])
+    table = parameter_table([params], names, x.shape, x.device)
     out = torch.empty_like(x)
     _shape_kernel[(triton.cdiv(x.numel(), 256),)](x, table, out, x.numel(), SHAPE=kernel_shape(shape),
-                                                  N_PARAMS=table.shape[2], BLOCK=256, enable_fp_fusion=False)
+                                                  N_PARAMS=table.shape[2], SWITCHES=switches, BLOCK=256,
+                                                  enable_fp_fusion=False)
     return out
+
+
+def is_switch(value) -> bool:
+    return value is None or isinstance(value, bool)
 
 
 def probe_points(params: dict):
     """Window edges (and their float neighbours), signed zeros, tails, and bf16-rounded values."""
-    edges = [v * f for v in params.values() if isinstance(v, float) for f in (0.5, 1.0, 2.0, 1 / 3)]
+    edges = [v * f for v in params.values() if not is_switch(v) for f in (0.5, 1.0, 2.0, 1 / 3, 0.25, 1.5, 0.75)]
     edges = torch.tensor(edges + [0.0, 1e-30, 1e30, 80.0, 200.0])
     neighbours = torch.cat([edges, torch.nextafter(edges, torch.tensor(math.inf)),
                             torch.nextafter(edges, torch.tensor(-math.inf))])
@@ -161,11 +171,13 @@ def probe_points(params: dict):
 
 
 def registered_surrogates():
-    """(name, surrogate) for every registered surrogate, and the A2SG shapes at their default window."""
+    """(name, surrogate) for every registered surrogate, the A2SG shapes at their default window (asymmetry
+    0.5 where they have one), and the ramp with a fixed height and unclipped."""
     for name in SURROGATES.names():
         yield name, create_surrogate(name, **({"num_steps": 2} if name == "learnable" else {}))
     for shape in a2sg.SHAPES:
-        yield f"a2sg:{shape}", a2sg.A2SG(shape=shape)
+        yield f"a2sg:{shape}", a2sg.A2SG(shape=shape, asym=0.5 if shape in a2sg.ASYMMETRY_SHAPES else 0.0)
+    yield "a2sg:ramp", a2sg.A2SG(height=0.3, clip=False)
 
 
 @kernels_run_here
@@ -174,7 +186,8 @@ def test_every_kernel_surrogate_is_its_torch_closed_form():
     """One closed form: wherever a surrogate's ``shape`` compiles for the kernels, the kernel's h equals
     torch's on window edges, zeros, tails and bf16-rounded points: bitwise for the rational shapes with fp32
     tensor parameters; otherwise (sigmoid: each backend's exp; Python-float parameters: constants folded
-    in float64 by torch) within 1e-6 relative, or 1e-6 absolute for sigmoid, whose 1 - s cancels."""
+    in float64 by torch) within 1e-6 relative, or 1e-6 absolute for sigmoid, whose 1 - s cancels.  Switches
+    (A2SG's ramp ``height=None``, ``clip``) are compiled in."""
     compiled = set()
     for name, surrogate in registered_surrogates():
         shape = surrogate.shape
@@ -182,14 +195,14 @@ def test_every_kernel_surrogate_is_its_torch_closed_form():
             continue
         compiled.add(name)
         params = surrogate.call_params(torch.zeros(()))
-        params = {k: float(v) for k, v in params.items()}
+        params = {k: v if is_switch(v) else float(v) for k, v in params.items()}
         x = probe_points(params)
-        tensor_params = {k: torch.tensor(v, device=DEVICE) for k, v in params.items()}
+        tensor_params = {k: v if is_switch(v) else torch.tensor(v, device=DEVICE) for k, v in params.items()}
         expected = shape(x, **tensor_params)
         got = kernel_values(shape, x, params)
         if name in RATIONAL:
             assert bitwise_equal(got, expected), name
-        atol = 1e-6 if name == "sigmoid" else 1e-30
+        atol = 1e-6 if name in ("sigmoid", "a2sg:asym_sigmoid") else 1e-30
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=atol, msg=name)
         torch.testing.assert_close(got, shape(x, **params), rtol=1e-6, atol=atol, msg=name)
     assert compiled >= KERNEL_SURROGATES, f"not compiled for the kernels: {KERNEL_SURROGATES - compiled}"
@@ -209,9 +222,10 @@ def test_every_vocabulary_word_compiles_to_the_same_values():
 
 
 def test_shapes_outside_the_vocabulary_are_not_compiled():
-    """The learned-sharpness TLSG (its shape calls another class), torch functions and closures keep the
-    torch backward."""
+    """The TLSG's shape (it calls another class; the learned TLSG's kernels evaluate its proxy_derivatives),
+    torch functions and closures keep the torch backward."""
     assert kernel_shape(type(create_surrogate("learnable", num_steps=2)).shape) is None
+    assert kernel_shape(type(create_surrogate("learnable", num_steps=2)).proxy_derivatives) is not None
     assert kernel_shape(lambda x, w: torch.tanh(x) / w) is None
     width = 0.5
     assert kernel_shape(lambda x: x * width) is None  # a closure
@@ -282,6 +296,121 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
             torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
+class RecordingA2SG(a2sg.A2SG):
+    """A2SG that also records, in call order, what its statistics callbacks are given: the surrogate input
+    x[t] (forward), g[t] = dL/ds[t] and delta[t] = dL/du[t] (backward)."""
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.seen = []
+
+    def observe(self, x, params, context):
+        super().observe(x, params, context)
+        step = context.get("step")
+        if "register_spike_grad" in context and self.training:
+            self.seen.append(("x", step, x.clone()))
+            context["register_spike_grad"](lambda g, step=step: self.seen.append(("g", step, g.clone())))
+            context["register_membrane_grad"](lambda d, step=step: self.seen.append(("delta", step, d.clone())))
+
+
+A2SG_CASES = [dict(shape=shape, asym=0.5 if shape in a2sg.ASYMMETRY_SHAPES else 0.0) for shape in a2sg.SHAPES] + [
+    dict(shape="ramp", height=0.3, clip=False), dict(shape="asym_triangle", asym=0.5, adapt="sgv_tgc", update_every=1)]
+
+
+@kernels_run_here
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # asym_sigmoid's exp in the interpreter (-> 0, as intended)
+@pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
+def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity):
+    """A2SG, every shape (and the ramp with a fixed height, unclipped; the reconstructed controller), per-step
+    windows per layer or per channel: the backward kernel evaluates the shape with the windows as a table and
+    hands its statistics callbacks the same x[t], g[t] and delta[t], in the same order, as the torch fused path;
+    spikes equal, gradients to float tolerance, and over two search steps the same windows chosen."""
+    counter = LaunchCounter(monkeypatch)
+    x = make_input(random.Random(granularity), 3, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    for case in A2SG_CASES:
+        runs = []
+        for triton_on in (True, False):
+            neuron = LIF(surrogate=RecordingA2SG(granularity=granularity, **case), preset="reference",
+                         triton=triton_on).to(DEVICE)
+            with torch.no_grad():
+                neuron(x)  # sizes the windows, then distinct ones per step (and channel)
+            neuron.surrogate.w_t.copy_(torch.linspace(0.3, 1.5, neuron.surrogate.w_t.numel()).view_as(
+                neuron.surrogate.w_t))
+            counter.launches.clear()
+            grads = []
+            for iteration in (1, 2):
+                out, (grad_x,) = grads_of(neuron, x, upstream)
+                grads.append(grad_x)
+                neuron.surrogate.after_optimizer_step(iteration)
+            assert counter.launches == (["_backward_kernel"] * 2 if triton_on else []), case
+            runs.append((out, grads, neuron.surrogate))
+        (out, grads, kernel), (ref_out, ref_grads, reference) = runs
+        assert torch.equal(out, ref_out) and 0 < out.mean() < 1, case
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=str(case))
+        assert [entry[:2] for entry in kernel.seen] == [entry[:2] for entry in reference.seen], case
+        assert len(kernel.seen) == 2 * 3 * 3, case
+        for (kind, step, value), (_, _, ref_value) in zip(kernel.seen, reference.seen):
+            if kind == "x":
+                assert torch.equal(value, ref_value), (case, step)
+            torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6, msg=f"{case} {kind}[{step}]")
+        assert torch.equal(kernel.w_t, reference.w_t), case
+        torch.testing.assert_close(kernel.sgv_ema, reference.sgv_ema, rtol=1e-4, atol=1e-6, msg=str(case))
+
+
+def tlsg_probe_points(k: float):
+    """Around the rect proxy's window edges x = +-2/k (and their float neighbours), zero and tails."""
+    edges = torch.tensor([2 / k, 1 / k, 0.0, 1e-30, 30.0, 1e30])
+    points = torch.cat([edges, torch.nextafter(edges, torch.tensor(math.inf)),
+                        torch.nextafter(edges, torch.tensor(-math.inf)), torch.linspace(-3, 3, 601)])
+    return torch.cat([points, -points])
+
+
+@pytest.mark.parametrize("shape", ["sigmoid", "rect", "atan"])
+def test_tlsg_proxy_derivatives_are_autograd_of_the_primitive(shape):
+    """The TLSG's closed-form (dpsi/dx, dpsi/dk), which the fused paths and the kernels use, equal autograd's
+    derivatives of its primitive psi_k (its straight-through forward), at the rect's window edges too."""
+    cls = type(create_surrogate("learnable", shape=shape, num_steps=2))
+    for k in (0.7, 4.0, 13.0):
+        x = tlsg_probe_points(k).requires_grad_()
+        sharpness = torch.tensor(k, requires_grad=True)
+        psi = cls.primitive(x, sharpness)
+        expected = [torch.autograd.grad(psi.sum(), x, retain_graph=True)[0],
+                    torch.autograd.grad(psi, sharpness, torch.eye(len(x)), is_grads_batched=True)[0]]
+        for got, want in zip(cls.proxy_derivatives(x.detach(), sharpness.detach()), expected):
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7, msg=f"{shape} k={k}")
+
+
+@kernels_run_here
+@pytest.mark.parametrize("reset,reset_decayed", [("zero", True), ("subtract", False)])
+def test_tlsg_kernels_learn_the_sharpness(monkeypatch, reset, reset_decayed):
+    """The learned TLSG (k[t] per step, or one k), every shape, attached reset and a learnable decay: one
+    forward and one backward kernel, which evaluates psi_k' and reduces dL/dk[t] itself; spikes equal the
+    reference loop's, input, decay and rho gradients to float tolerance."""
+    counter = LaunchCounter(monkeypatch)
+    x = make_input(random.Random(reset), 4, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
+    rho = torch.randn(4, generator=torch.Generator().manual_seed(5))
+    for shape, granularity in itertools.product(["sigmoid", "rect", "atan"], ["per_layer_t", "per_layer"]):
+        runs = []
+        for fused in (True, False):
+            surrogate = create_surrogate("learnable", shape=shape, granularity=granularity, num_steps=4)
+            with torch.no_grad():
+                surrogate.rho.copy_(rho[:surrogate.rho.numel()])
+            neuron = LIF(surrogate=surrogate, preset="reference", reset=reset, reset_decayed=reset_decayed,
+                         decay_learnable=True, fused=fused).to(DEVICE)
+            counter.launches.clear()
+            runs.append(grads_of(neuron, x, upstream))
+            assert counter.launches == (["_forward_kernel", "_backward_kernel"] if fused else []), shape
+        (out, grads), (ref_out, ref_grads) = runs
+        case = f"{shape} {granularity} {reset}"
+        assert torch.equal(out, ref_out) and 0 < out.mean() < 1, case
+        assert len(grads) == 3 and grads[2].abs().min() > 0, case
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=case)
+
+
 class AllocationRecorder(TorchDispatchMode):
     """(op, bytes) of every tensor an aten op creates (in-place and out= results are not new)."""
 
@@ -340,8 +469,8 @@ def test_half_input_read_and_written_in_its_own_dtype(dtype):
     assert spikes.dtype == dtype and torch.equal(spikes.float(), lif_forward(x.float(), *args))
     shape, params = kernel_tables(create_surrogate("atan"), 6, x)
     grad_args = (decay, 1.0, None, shape, params, "zero", True, False, True, True, True)
-    grad_x, grad_decay = lif_backward(x, upstream, *grad_args)
-    grad_x32, grad_decay32 = lif_backward(x.float(), upstream.float(), *grad_args)
+    grad_x, grad_decay, _ = lif_backward(x, upstream, *grad_args)
+    grad_x32, grad_decay32, _ = lif_backward(x.float(), upstream.float(), *grad_args)
     assert grad_x.dtype == dtype and torch.equal(grad_decay, grad_decay32)
     if INTERPRETED and dtype == torch.bfloat16:
         ulp = grad_x32.abs().clamp_min(2 ** -126) * 2 ** -7
