@@ -65,6 +65,11 @@ RECOVERY_CHANGES = ("lr", "grad_clip", "nonfinite")
 # Run settings accelerate resolves (launcher flags, accelerate config, environment); a resume records changes.
 LAUNCHER_SETTINGS = ("mixed_precision", "num_processes", "gradient_accumulation_steps", "compile")
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+# What the model/data check suggests for each dataset modality.
+MODELS_FOR_MODALITY = {"static": "resnet19 or spikformer for 3x32x32 images, resnet18 for ImageNet-size ones",
+                       "event": "vggsnn for 2x48x48 event frames, spikformer for 128x128 ones",
+                       "text": "spikformer_text for token ids",
+                       "segmentation": "spiking_fpn or spiking_unet"}
 # Arguments the engine passes itself, so not options of --GROUP.KEY.
 ENGINE_ARGUMENTS = {"model": {"num_classes", "in_channels", "num_steps", "neuron", "surrogate", "neuron_kwargs",
                               "surrogate_kwargs"},
@@ -211,14 +216,15 @@ def make_loader(dataset, config: Config, train: bool, num_processes: int) -> Dat
 def check_model_fits_data(model: nn.Module, dataset, modality: str, config: Config) -> None:
     """One eval-mode forward on one test sample (no state changes), so a model/data mismatch fails before
     training with a sentence that says what to change."""
+    suggestion = f"choose a model made for {modality} data ({MODELS_FOR_MODALITY[modality]})"
     sample = dataset[0][0].unsqueeze(0)
     model.eval()
     try:
         output = model(to_model_input(sample, modality))
     except (ValueError, RuntimeError) as error:
         raise ValueError(f"model {config.model!r} does not fit dataset {config.dataset!r} ({modality} samples of shape "
-                         f"{tuple(sample.shape[1:])}): {error}. Choose a model made for this data (e.g. vggsnn for "
-                         "2x48x48 event frames, resnet19 for 3x32x32 images) or change --model.* / --num_steps")
+                         f"{tuple(sample.shape[1:])}): {error}. {suggestion[0].upper()}{suggestion[1:]}, or change "
+                         "--model.* / --num_steps") from None
     finally:
         model.train()
     expected = "[B, classes, H, W]" if modality == "segmentation" else "[T, B, classes]"
@@ -226,8 +232,7 @@ def check_model_fits_data(model: nn.Module, dataset, modality: str, config: Conf
         output.dim() == 3 and output.shape[-1] == dataset.num_classes
     if not fits:
         raise ValueError(f"model {config.model!r} returns {tuple(output.shape)} but dataset {config.dataset!r} "
-                         f"({modality}, {dataset.num_classes} classes) needs {expected}; use a "
-                         f"{'segmentation' if modality == 'segmentation' else 'classification'} model")
+                         f"({modality}, {dataset.num_classes} classes) needs {expected}; {suggestion}")
 
 
 def resume_changes(saved: dict, config: Config) -> dict[str, list]:

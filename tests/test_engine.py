@@ -99,6 +99,8 @@ def test_cli_overrides_every_kind_of_field():
     ({"mixed_precision": "fp8"}, "mixed_precision"), ({"loss": "hinge"}, "unknown loss 'hinge'"),
     ({"dataset": "mnist3d"}, "unknown dataset 'mnist3d'"), ({"surrogate": "relu"}, "unknown surrogate 'relu'"),
     ({"model": "vggsnn", "model_options": {}}, "model 'vggsnn' does not fit dataset 'digits'.*Choose a model"),
+    ({"dataset": "sentiment_embedded"}, r"does not fit dataset 'sentiment_embedded' \(text samples.*Choose a model made "
+                                        r"for text data \(spikformer_text"),
     ({"nonfinite": "ignore"}, "nonfinite must be"), ({"model_options": {"width": 0.25, "depth": 3}},
                                                      r"--model.depth: model 'resnet19' has no option 'depth'; "
                                                      r"valid options: \['block', 'bn_scale', 'width'\]"),
