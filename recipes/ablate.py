@@ -18,14 +18,11 @@ import argparse
 import csv
 import dataclasses
 import itertools
-import json
-import runpy
-import statistics
-import sys
 from pathlib import Path
 
 from repro.config import Config, apply_smoke
-from repro.engine import train
+from repro.grid import mean_std, run_grid
+from repro.recipes import load_recipe
 
 # The method arms, as changes to the base recipe [reconstructed for the embedded data: each method's
 # neuron / surrogate / loss with its documented defaults; the vanilla arm is the base recipe's own setup].
@@ -74,25 +71,6 @@ def grid(args, base: Config) -> dict[str, Config]:
     if unknown:
         raise SystemExit(f"unknown arm(s) {unknown}; choose from: {', '.join([*ARMS, *ARM_GROUPS])}")
     return {name: arm_config(base, ARMS[name]) for name in arms}
-
-
-def run_grid(configs: dict[str, Config], seeds: list[int], output_dir: Path) -> list[dict]:
-    rows = []
-    for (name, config), seed in itertools.product(configs.items(), seeds):
-        run_dir = output_dir / name / f"seed{seed}"
-        summary_path = run_dir / "summary.json"
-        if not summary_path.exists():
-            resume = (run_dir / "checkpoint.pt").exists()
-            print(f"== {name}, seed {seed}{' (resuming)' if resume else ''}", flush=True)
-            train(dataclasses.replace(config, seed=seed, output_dir=str(run_dir), resume=resume))
-        else:
-            print(f"== {name}, seed {seed}: done already, skipped", flush=True)
-        rows.append({"arm": name, "seed": seed, **json.loads(summary_path.read_text())})
-    return rows
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def write_tables(rows: list[dict], output_dir: Path) -> str:
@@ -160,8 +138,7 @@ def main(argv=None) -> str:
     parser.add_argument("--smoke", action="store_true", help="two arms, one seed, a few batches")
     args = parser.parse_args(argv)
 
-    sys.path.insert(0, str(Path(args.base).resolve().parent))  # recipes import their sibling recipes
-    base: Config = runpy.run_path(args.base)["config"]
+    base: Config = load_recipe(args.base).config
     if args.smoke:
         base = apply_smoke(base, base.dataset)
         args.arms, args.seeds = [arm for name in args.arms for arm in ARM_GROUPS.get(name, [name])][:2], args.seeds[:1]

@@ -109,15 +109,18 @@ def save_json(path: str | Path, data: Any) -> None:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint written by ``save_checkpoint``, with an error that says what to do."""
+    """Load a checkpoint written by ``save_checkpoint`` (tensors and plain containers only: ``weights_only=True``,
+    so a file cannot run code when loaded), with an error that says what to do."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; run without --resume to start a new run, "
                                 "or point --output_dir at the run directory to resume")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for truncated or foreign files
-        raise CorruptCheckpointError(f"checkpoint {path} is corrupted or not a snn-repro checkpoint ({error}); "
+        raise CorruptCheckpointError(f"checkpoint {path} is corrupted or not a snn-repro checkpoint (it may also "
+                                     "hold objects other than tensors and plain containers, which are not loaded: "
+                                     f"{' '.join(str(error).split())[:300]}); "
                                      "delete it to restart the run, or restore it from a backup") from error
     if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
         raise CorruptCheckpointError(f"checkpoint {path} is not a snn-repro checkpoint (missing 'model' or 'epoch')")

@@ -3,7 +3,8 @@
 Runs on one CPU, one GPU or many processes through accelerate.  Writes to ``config.output_dir``:
 ``config.json`` (resolved config), ``metrics.jsonl`` (one line per epoch), ``checkpoint.pt``
 (last complete epoch, written atomically), ``best_model.pt`` (weights of the best test epoch),
-``summary.json`` and ``training_curves.png``.
+``summary.json``, ``training_curves.png`` and ``pretrained/`` (the final weights as safetensors, a
+config.json that rebuilds the model and a model card: ``repro.export``).
 
 Method hooks (duck-typed, so methods plug in without touching the engine):
 - any module of the model may define ``on_model_built(model)`` (called once before the optimiser is
@@ -49,10 +50,12 @@ from .checkpoint import (first_nonfinite, load_checkpoint, load_pretrained, lock
 from .config import Config, ConfigError, coerce, field_types
 from .datasets import DATASETS, create_dataset, modality_of, to_model_input
 from .datasets.sampling import EpochSampler, SeededItems
-from .diagnostics import FiringRateMonitor, collect_diagnostics
+from .diagnostics import DEFAULT_MEASURES, FiringRateMonitor, collect_diagnostics
+from .export import PRETRAINED_DIR, save_pretrained
 from .losses import LOSSES, create_loss
 from .models import MODELS, NEURONS, TDBatchNorm, create_model
 from .surrogates import SURROGATES
+from .provenance import code_commit, device_name
 from .plots import plot_training_curves, results_table, save_segmentation_examples
 from .tasks import task_for
 
@@ -462,6 +465,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                           f"firing rate {row['firing_rate']:.4f}")
 
     last = history[-1]
+    energy = run_diagnostics(bare_model, test_set, modality, config, ("energy",))["energy"]  # final weights
     summary = {
         **{k: last[k] for k in ("test_accuracy", "test_miou") if k in last}, **{f"best_{k}": v for k, v in best.items()},
         "epochs": last["epoch"],
@@ -472,6 +476,8 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         "model": config.model, "neuron": config.neuron, "surrogate": config.surrogate, "loss": config.loss,
         "dataset": config.dataset, "num_steps": config.num_steps, "seed": config.seed,
         "source": "this run (not a published number)",
+        "gpu": device_name(accelerator.device), "commit": code_commit(),
+        "energy": {k: energy[k] for k in ("snn_energy_mj", "ann_energy_mj", "ann_over_snn", "images")},
     }
     if main:
         save_json(output_dir / "summary.json", summary)
@@ -479,6 +485,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         if task.primary == "test_miou":
             save_segmentation_examples(bare_model, test_set, output_dir / "examples.png", summary)
         print(results_table(history, summary))
+        save_pretrained(bare_model, output_dir / PRETRAINED_DIR, config, train_set, summary, RESUMABLE_CHANGES)
     if config.report_to != "none":
         accelerator.end_training()
     return summary
@@ -571,13 +578,13 @@ def train_one_epoch(model, loader, optimizer, loss_fn, task, accelerator, config
     return {"train_loss": totals[1].item() / count, "train_accuracy": metrics["accuracy"], "nonfinite_skipped": skipped}
 
 
-def run_diagnostics(model: nn.Module, dataset, modality: str, config: Config) -> dict:
-    """repro.diagnostics.collect_diagnostics on the first test batches, in eval mode, on this process
-    only (a plain loader: no collective calls), every buffer restored afterwards."""
+def run_diagnostics(model: nn.Module, dataset, modality: str, config: Config, measures=DEFAULT_MEASURES) -> dict:
+    """repro.diagnostics.collect_diagnostics (``measures``) on the first test batches, in eval mode, on this
+    process only (a plain loader: no collective calls), every buffer restored afterwards."""
     loader = DataLoader(dataset, batch_size=config.eval_batch_size)
     batches = ((to_model_input(inputs, modality), targets) for inputs, targets in loader)
     with torch.compiler.set_stance("force_eager"):  # with --compile: hooks and counting modes would recompile
-        return collect_diagnostics(model, batches, max_batches=config.diagnostics_batches)
+        return collect_diagnostics(model, batches, measures, max_batches=config.diagnostics_batches)
 
 
 def step_is_finite(model, loss, accelerator, config: Config) -> bool | None:
