@@ -80,7 +80,7 @@ def model_card(hub_config: dict, repo_id: str | None = None) -> ModelCard:
     command, flags = hub_config["recipe"]["command"], hub_config["recipe"]["extra_flags"]
     key, label = _metric(hub_config)
     published = PUBLISHED.get(command) if command and not flags else None
-    data = ModelCardData(library_name=LIBRARY, license=None, metrics=["mean_iou" if key == "test_miou" else "accuracy"],
+    data = ModelCardData(library_name=LIBRARY, metrics=["mean_iou" if key == "test_miou" else "accuracy"],
                          tags=["spiking-neural-network", "snntorch", cfg["neuron"], cfg["surrogate"], cfg["dataset"]])
     title = (f"{cfg['model']}, {cfg['neuron']} neuron, {cfg['surrogate']} surrogate, {cfg['loss']} loss, "
              f"T = {cfg['num_steps']}, on {cfg['dataset']}")
@@ -112,7 +112,8 @@ def model_card(hub_config: dict, repo_id: str | None = None) -> ModelCard:
         "## Results (this run, not published numbers)", "",
         "| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], "",
         "Energy [reconstructed; the usual convention]: E_MAC = 4.6 pJ, E_AC = 0.9 pJ per operation, input rates "
-        "measured on the first test batches (`repro.energy`, docs/diagnostics.md section \"Energy\")." if energy else "Energy: not measured for this run.", "",
+        "measured on the first test batches (`repro.energy`, docs/diagnostics.md section \"Energy\")." if energy
+        else "Energy: not measured for this run.", "",
         "## Published number", "",
         f"{published.text} {published.source} ({published.method}, {published.dataset}, {published.model})"
         if published else "None listed for this exact recipe command (REPRODUCTION.md lists the published ones).", "",
