@@ -465,7 +465,9 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
                           f"firing rate {row['firing_rate']:.4f}")
 
     last = history[-1]
-    energy = run_diagnostics(bare_model, test_set, modality, config, ("energy",))["energy"]  # final weights
+    # energy of the final weights on the first test batch (one batch: a per-image estimate, at most one more eval batch)
+    energy = run_diagnostics(bare_model, test_set, modality, dataclasses.replace(config, diagnostics_batches=1),
+                             ("energy",))["energy"]
     summary = {
         **{k: last[k] for k in ("test_accuracy", "test_miou") if k in last}, **{f"best_{k}": v for k, v in best.items()},
         "epochs": last["epoch"],

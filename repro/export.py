@@ -112,7 +112,7 @@ def model_card(hub_config: dict, repo_id: str | None = None) -> ModelCard:
         "## Results (this run, not published numbers)", "",
         "| measure | value |", "|---|---|", *[f"| {name} | {value} |" for name, value in rows], "",
         "Energy [reconstructed; the usual convention]: E_MAC = 4.6 pJ, E_AC = 0.9 pJ per operation, input rates "
-        "measured on the first test batches (`repro.energy`, docs/diagnostics.md section \"Energy\")." if energy
+        "measured on the first test batch (`repro.energy`, docs/diagnostics.md section \"Energy\")." if energy
         else "Energy: not measured for this run.", "",
         "## Published number", "",
         f"{published.text} {published.source} ({published.method}, {published.dataset}, {published.model})"

@@ -17,8 +17,7 @@ from repro.hub import export_run, from_pretrained, pretrained_file, push_to_hub
 # on_model_built hook, so the round trip also covers tensors that safetensors stores once
 CONFIG = dict(model="resnet19", model_options={"width": 0.125}, num_steps=2, neuron="circulate_firing",
               surrogate="learnable", surrogate_options={"granularity": "shared_t"}, loss="pnb", dataset="digits",
-              batch_size=16, eval_batch_size=16, epochs=1, lr=0.05, limit_train_batches=1, limit_eval_batches=1,
-              diagnostics_batches=1)
+              batch_size=16, eval_batch_size=16, epochs=1, lr=0.05, limit_train_batches=1, limit_eval_batches=1)
 
 
 @pytest.fixture(scope="module")
