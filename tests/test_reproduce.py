@@ -3,6 +3,7 @@ machine-readable place (checked against REPRODUCTION.md), the table's means and 
 and the launcher's resumable grid.  Run directories are written in the engine's file format (config.json,
 metrics.jsonl, summary.json) instead of trained, to keep this file fast; repro.grid's real training is covered
 by tests/test_ablation.py."""
+import ast
 import csv
 import dataclasses
 import json
@@ -32,8 +33,10 @@ def test_published_numbers_are_those_of_reproduction_md():
     for command, row in rows.items():
         entry = PUBLISHED[command]
         assert row[1:6] == [entry.method, entry.dataset, entry.model, entry.text, entry.source], command
-        if entry.value is not None:  # the comparable value is the one the text starts with
-            assert entry.text.startswith(f"{entry.value:.2f}"), command
+        if entry.value is not None:  # the comparable value is the one the text starts with, and the recipe's
+            assert entry.text.startswith(f"{entry.value:.2f}"), command  # docstring states it (and its std)
+            docstring = ast.get_docstring(ast.parse((ROOT / "recipes" / command.split()[0]).read_text()))
+            assert all(f"{v:.2f}" in docstring for v in (entry.value, entry.std) if v is not None), command
         assert command_config(command).dataset  # every command builds a config
 
 
