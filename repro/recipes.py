@@ -177,11 +177,12 @@ def variants(recipe: Recipe) -> list[str]:
 
 def identify(config: Config, ignore: Collection[str], directory: Path = RECIPES_DIR) -> tuple[str | None, list[str]]:
     """(recipe command, extra flags) of the recipe command closest to ``config`` among those with its model,
-    neuron, surrogate and loss: fewest differing flags; a tie goes to the recipe whose output directory has the
-    run's directory name (runs/<name>, runs/smoke/<name>), then to a command of ``PUBLISHED``.  (None, []) when
-    no recipe shares those four.  ``ignore``: fields that do not change the experiment (run control: the
-    engine's RESUMABLE_CHANGES).  Published commands with flags (``--surrogate.shape triangle``) are candidates
-    as such.  Smoke runs of recipes that differ only in their dataset are told apart by the directory name."""
+    neuron, surrogate and loss: fewest differing flags; a tie goes to the recipe whose output directory name is a
+    folder of the run's path (runs/<name>, runs/smoke/<name>, the launcher's <output_dir>/<name>[+flags]/seed<N>),
+    then to a command of ``PUBLISHED``.  (None, []) when no recipe shares those four.  ``ignore``: fields that do
+    not change the experiment (run control: the engine's RESUMABLE_CHANGES).  Published commands with flags
+    (``--surrogate.shape triangle``) are candidates as such.  Smoke runs of recipes that differ only in their
+    dataset (identical configs) are told apart by that directory name only."""
     ignore = set(ignore) | NOT_IDENTITY
     recipes = all_recipes(directory)
     candidates = {c for recipe in recipes.values() for c in variants(recipe)}
@@ -191,7 +192,8 @@ def identify(config: Config, ignore: Collection[str], directory: Path = RECIPES_
     def score(command: str):
         reference = command_config(command, directory)
         flags = flag_differences(reference, config, ignore)
-        same_dir = Path(reference.output_dir).name == Path(config.output_dir).name
+        name = Path(reference.output_dir).name
+        same_dir = any(part == name or part.startswith(f"{name}+") for part in Path(config.output_dir).parts)
         return len(flags), not same_dir, command.replace(" --smoke", "") not in PUBLISHED, command, flags
 
     scores = [score(c) for c in sorted(candidates)

@@ -50,6 +50,11 @@ def test_identify_names_the_recipe_command_and_the_changed_flags():
     assert identify(options, RESUMABLE_CHANGES) == ("a2sg_cifar10.py --surrogate.shape triangle",
                                                     ["--surrogate.w0 1.0"])
     assert identify(dataclasses.replace(vanilla, loss="tet_mse"), RESUMABLE_CHANGES) == (None, [])
+    smoke = command_config("ds_atgo_cifar100.py --smoke")  # the same config as ds_atgo_cifar10.py --smoke
+    for folder, command in [("runs/smoke/ds_atgo_cifar100", "ds_atgo_cifar100.py --smoke"),
+                            ("out/ds_atgo_cifar10/seed1", "ds_atgo_cifar10.py --smoke"),
+                            ("out/ds_atgo_cifar100+vanilla/seed2", "ds_atgo_cifar100.py --smoke")]:
+        assert identify(dataclasses.replace(smoke, output_dir=folder), RESUMABLE_CHANGES)[0] == command
 
 
 def write_run(run_dir: Path, config, accuracies: list[float], train_time_s: float, gpu: str = "cpu") -> dict:
