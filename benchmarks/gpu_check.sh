@@ -3,6 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh tests     # CUDA tests of the kernels and the fused paths (in-process, no interpreter)
 #   bash benchmarks/gpu_check.sh layer     # one LIF layer at T = 4 and 32, fp32 and bf16 input, B = 128 (x sj, x fp32)
+#   bash benchmarks/gpu_check.sh kernels   # A2SG / TLSG / circulate-firing layers: kernels vs the fused torch code
 #   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
 #   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (compilation is untimed but slow)
 #
@@ -13,10 +14,15 @@ export HF_HUB_OFFLINE=1
 RECIPES="ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10"
 case "${1:-}" in
   tests)
-    python -P -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_fused.py tests/test_fused_cf.py ;;
+    python -P -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_triton_cf.py tests/test_fused.py \
+      tests/test_fused_cf.py ;;
   layer)
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16 --repeats 5 \
       --output benchmarks/results/neuron_cuda.json ;;
+  kernels)
+    python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16 --repeats 5 --no_spikingjelly \
+      --only ours_fused ours_fused_a2sg ours_fused_a2sg_k10 ours_torch_a2sg ours_fused_tlsg ours_torch_tlsg \
+      ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg --output benchmarks/results/neuron_cuda_kernels.json ;;
   methods)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
       --recipes $RECIPES --output benchmarks/results/train_step_cuda_methods.json ;;
@@ -24,5 +30,5 @@ case "${1:-}" in
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
       --compile --variants ann_relu --recipes $RECIPES --output benchmarks/results/train_step_cuda_compiled.json ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh tests|layer|methods|compiled" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_check.sh tests|layer|kernels|methods|compiled" >&2; exit 2 ;;
 esac

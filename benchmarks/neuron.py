@@ -13,6 +13,12 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
   sigmoid surrogate alpha = 4), fused path (``models/fused_cf.py``) vs the reference loop;
 - ``ours_fused_cf_tlsg`` / ``ours_loop_cf_tlsg``: the same with its default learnable TLSG surrogate (k[t]
   per timestep, learned: the fused backward also returns dL/dk);
+- ``ours_fused_a2sg``: PLIF-style ``reference`` LIF with A2SG's paper mode (ramp, window search every step:
+  each call is a statistics step, the backward hands dL/ds and dL/du to the search);
+  ``ours_fused_a2sg_k10``: ``update_every=10``, measured between statistics steps (no callbacks);
+  ``ours_fused_tlsg``: the ``reference`` LIF with the learned TLSG (k[t]);
+- ``ours_torch_*``: the same fused layers with the Triton kernels off (``triton=False``), so on CUDA the
+  kernels' gain over the fused path's torch code (``a2sg``, ``tlsg``, ``cf``, ``cf_tlsg``);
 - ``snntorch_leaky``: stock ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` (ATan) stepped over T;
 - with ``--compile``: ``ours_compiled``, the ``ours_loop`` layer after ``layer.compile()`` (inductor fuses
   the traced reference loop; compilation happens in the warm-up run and is not timed);
@@ -33,6 +39,7 @@ the tensors the layer saves for backward (unique storages, through
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 10 32
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16   # the issue's layer table
     python benchmarks/neuron.py --batch 8 --channels 64 --size 16     # quicker
+    bash benchmarks/gpu_check.sh kernels                              # the A2SG / TLSG / CF kernel rows on CUDA
 
 Writes a JSON file (``--output``, default benchmarks/results/neuron.json).
 """
@@ -113,6 +120,12 @@ def spikingjelly_available() -> bool:
     return True
 
 
+def without_kernels(neuron: nn.Module) -> nn.Module:
+    """The circulate-firing neuron on its fused path's torch code (``models/fused_cf.py`` reads ``triton``)."""
+    neuron.triton = False
+    return neuron
+
+
 def compiled(module: nn.Module) -> nn.Module:
     module.compile()  # in place
     return module
@@ -133,6 +146,14 @@ def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = 
         "ours_loop_cf": lambda: CFNeuron(surrogate="sigmoid", fused=False),
         "ours_fused_cf_tlsg": lambda: CFNeuron(surrogate="learnable", num_steps=steps, fused=True),
         "ours_loop_cf_tlsg": lambda: CFNeuron(surrogate="learnable", num_steps=steps, fused=False),
+        "ours_fused_a2sg": lambda: LIF(surrogate=create_surrogate("a2sg"), preset="reference"),
+        "ours_torch_a2sg": lambda: LIF(surrogate=create_surrogate("a2sg"), preset="reference", triton=False),
+        "ours_fused_a2sg_k10": lambda: LIF(surrogate=create_surrogate("a2sg", update_every=10), preset="reference"),
+        "ours_fused_tlsg": lambda: LIF(surrogate=create_surrogate("learnable", num_steps=steps), preset="reference"),
+        "ours_torch_tlsg": lambda: LIF(surrogate=create_surrogate("learnable", num_steps=steps), preset="reference",
+                                       triton=False),
+        "ours_torch_cf": lambda: without_kernels(CFNeuron(surrogate="sigmoid", fused=True)),
+        "ours_torch_cf_tlsg": lambda: without_kernels(CFNeuron(surrogate="learnable", num_steps=steps, fused=True)),
         "snntorch_leaky": SnnTorchLoop,
     }
     if include_compiled:

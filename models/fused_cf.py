@@ -26,8 +26,8 @@ gradient.  Backward, g[t] = dL/dout[t], e[t] = dL/dU[t] (e[T-1] = 0), a = 0 if `
     e[t-1]    = beta dL/dH[t],        dL/dI[t] = dL/dH[t]
     dL/dk[t]  = sum over elements of G_up[t] sum_j dpsi_k/dk(H[t] - l_j) + G_down[t] sum_j dpsi_k/dk(-H[t] - l_j)
 
-(psi_k' and dpsi_k/dk by ``TimestepLearnableSurrogate.proxy_vjp``; the gradient of k[t] reaches rho
-through ``sharpness(t)``, evaluated before the Function.)
+(psi_k' and dpsi_k/dk from the closed forms ``TimestepLearnableSurrogate.proxy_derivatives``, through
+``proxy_vjp``; the gradient of k[t] reaches rho through ``sharpness(t)``, evaluated before the Function.)
 
 Recorded potentials (``record_potentials``: the balanced loss ``pnb``, the diagnostics): the Function also
 returns H[T, ...] (``recorded_potential="pre_fire"``) or U[T, ...] (``"post_reset"``), the steps of
@@ -55,6 +55,14 @@ observers or parameters that require gradients (fixed or per-call parameters: th
 observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG or any other
 surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.compile`` (not logged; the
 reference loop is traceable).
+
+Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
+kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing dL/dk[t]
+per program), chosen on CUDA (or in the Triton interpreter) when nothing is recorded, the surrogate has fixed
+parameters or is a learned TLSG, and its derivative (``shape``, or ``proxy_derivatives``) is written in the
+closed-form vocabulary (``surrogates/closed_form.py``); per-call parameters (``tgo``, ``mpd_agl``) keep the
+torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron`` keeps the torch code.  The kernels are tested
+in the Triton interpreter on CPU only (tests/test_triton_cf.py), not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -65,7 +73,8 @@ from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import learns_sharpness
-from .fused import differentiate, surrogate_unfused_reason
+from . import triton_cf, triton_surrogates
+from .fused import differentiate, kernel_derivative, kernels_apply, surrogate_unfused_reason
 
 if TYPE_CHECKING:
     from .circulate_firing import CFConfig  # circulate_firing imports this module
@@ -115,9 +124,17 @@ class FusedCFFunction(torch.autograd.Function):
                                for shifted, _ in crossing_inputs(charged, levels, config.mode)])
 
         recorded = neuron.recorded_potential if neuron.record_potentials else None
-        out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
+        kernel = None
+        if recorded is None and (fixed_params or k is not None) and getattr(neuron, "triton", True):
+            kernel = kernel_tables(surrogate, k, x)
+        if kernel is not None:
+            out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels, config.mode, config.reset_unit,
+                                                   config.scale), None
+        else:
+            out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, k)
+            ctx.kernel, ctx.level_tensor = kernel, neuron.levels
             ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
             ctx.surrogate_type, ctx.shape, ctx.recorded = type(surrogate), surrogate.shape, recorded
             ctx.per_level = fixed_params or k is not None  # scalar parameters: one level at a time
@@ -129,6 +146,13 @@ class FusedCFFunction(torch.autograd.Function):
         if torch.is_grad_enabled():  # create_graph=True: differentiate the rebuilt step graph
             return double_differentiable_grads(ctx, x, k, grad_out, grad_potentials)
         config, decay, levels = ctx.config, ctx.decay, ctx.levels
+        if ctx.kernel is not None:
+            shape, params, switches = ctx.kernel
+            grad_x, grad_k = triton_cf.cf_backward(x, grad_out, decay, ctx.level_tensor, config.mode, config.reset_unit,
+                                                   config.scale, config.reset_detach, shape, params,
+                                                   switches=switches, learned_k=k is not None)
+            return (grad_x if ctx.needs_input_grad[0] else None,
+                    grad_k.to(k.dtype) if ctx.needs_input_grad[1] else None, None)
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
         grad_out = grad_out.float()
         # H[t], overwritten by dL/dH[t] below
@@ -156,6 +180,18 @@ class FusedCFFunction(torch.autograd.Function):
             grad_mem[t] = grad_h
             carry = decay * grad_h
         return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
+
+
+def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor) -> tuple | None:
+    """(kernel derivative, parameter table [T, 1, P], switches) for ``triton_cf.cf_backward`` when the kernels
+    run on ``x``'s device and the derivative (fixed parameters, or a learned TLSG's k[t]) compiles; else None."""
+    derivative = kernel_derivative(surrogate, k)
+    if not kernels_apply(derivative, x):
+        return None
+    params = [surrogate.params] * x.shape[0] if k is None else [{"k": value} for value in k.detach().unbind()]
+    split = triton_surrogates.kernel_parameters(derivative, params)
+    table = None if split is None else triton_surrogates.parameter_table(params, split[0], torch.Size([1]), x.device)
+    return None if table is None else (triton_surrogates.kernel_shape(derivative), table, split[1])
 
 
 def crossing_grad(ctx, t: int, direction: int, charged: Tensor, upstream: Tensor, k: Tensor | None,

@@ -88,6 +88,12 @@ def triton_available(device: torch.device | str) -> bool:
 if triton is not None:
 
     @triton.jit
+    def _lanes(N, BLOCK: tl.constexpr):
+        """(offsets, valid, stride) of this program's BLOCK neurons in x viewed as [T, N] (int64 offsets)."""
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        return offsets, offsets < N, tl.cast(N, tl.int64)
+
+    @triton.jit
     def _fire(u, threshold, FIRE_GE: tl.constexpr):
         if FIRE_GE:
             spikes = (u >= threshold).to(tl.float32)

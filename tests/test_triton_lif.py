@@ -21,12 +21,11 @@ import math
 import os
 import random
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from kernel_launches import LaunchCounter, grads_of, run_in_triton_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton LIF kernels cannot be tested")
@@ -58,15 +57,8 @@ kernels_run_here = pytest.mark.skipif(
 
 @pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
 def test_kernels_in_triton_interpreter():
-    result = subprocess.run(
-        # -P: the checkout's repro/ folder must not shadow an installed (non-editable) package, e.g. on a GPU machine
-        [sys.executable, *(["-P"] if sys.version_info >= (3, 11) else []), "-m", "pytest", "-q", "-p",
-         "no:cacheprovider", "-k", "not in_triton_interpreter and not "
-         "cpu_reference_loop and not flips and not outside_the_vocabulary and not compile", __file__],
-        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
-    output = result.stdout[-6000:] + result.stderr[-3000:]
-    assert result.returncode == 0, output
-    assert " passed" in result.stdout and "skipped" not in result.stdout, output
+    run_in_triton_interpreter(__file__, "not in_triton_interpreter and not cpu_reference_loop and not flips and not "
+                                        "outside_the_vocabulary and not compile and not autograd_of_the_primitive")
 
 
 def test_triton_available():
@@ -239,39 +231,13 @@ def neuron_pair(make):
     return kernel.to(DEVICE), reference.to(DEVICE)
 
 
-def grads_of(neuron, x, upstream):
-    inputs = x.clone().requires_grad_()
-    out = neuron(inputs)
-    params = [inputs] + [p for p in neuron.parameters() if p.requires_grad]
-    return out, torch.autograd.grad(out, params, upstream)
-
-
-class LaunchCounter:
-    """Counts launches of the two kernels (monkeypatched module attributes)."""
-
-    def __init__(self, monkeypatch):
-        self.launches = []
-        for name in ("_forward_kernel", "_backward_kernel"):
-            kernel = getattr(triton_lif, name)
-            monkeypatch.setattr(triton_lif, name, self._counting(name, kernel))
-
-    def _counting(self, name, kernel):
-        counter = self
-
-        class Counting:
-            def __getitem__(self, grid):
-                counter.launches.append(name)
-                return kernel[grid]
-        return Counting()
-
-
 @kernels_run_here
 @pytest.mark.parametrize("scope", ["layer", "channel"])
 def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope):
     """DS-ATGO (adaptive theta_t per step, or per step and channel, TGO widths from the same statistics) and
     MPD-AGL (per-step widths, per layer or per channel): the torch forward, then the backward kernel with
     theta_t and the widths as tables; gradients equal the torch backward's."""
-    counter = LaunchCounter(monkeypatch)
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     norm = TDBatchNorm(3, dims=1)
     with torch.no_grad():
         norm.weight.uniform_(0.3, 1.5)
@@ -325,7 +291,7 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
     windows per layer or per channel: the backward kernel evaluates the shape with the windows as a table and
     hands its statistics callbacks the same x[t], g[t] and delta[t], in the same order, as the torch fused path;
     spikes equal, gradients to float tolerance, and over two search steps the same windows chosen."""
-    counter = LaunchCounter(monkeypatch)
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random(granularity), 3, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     for case in A2SG_CASES:
@@ -388,7 +354,7 @@ def test_tlsg_kernels_learn_the_sharpness(monkeypatch, reset, reset_decayed):
     """The learned TLSG (k[t] per step, or one k), every shape, attached reset and a learnable decay: one
     forward and one backward kernel, which evaluates psi_k' and reduces dL/dk[t] itself; spikes equal the
     reference loop's, input, decay and rho gradients to float tolerance."""
-    counter = LaunchCounter(monkeypatch)
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random(reset), 4, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(4)).to(DEVICE)
     rho = torch.randn(4, generator=torch.Generator().manual_seed(5))
@@ -435,7 +401,7 @@ def test_one_forward_and_one_backward_launch_and_no_temporaries(monkeypatch, pre
     kernel, saves only its input, and the backward allocates its input gradient plus the per-program decay
     partials (4 B per BLOCK neurons) and nothing else of size [T, ...]; its input gradient is the torch
     path's."""
-    counter = LaunchCounter(monkeypatch)
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     neuron = LIF(surrogate="atan", preset=preset, decay_learnable=preset == "reference").to(DEVICE)
     x = make_input(random.Random(preset), 8, False, 0.5, 1.0).requires_grad_()
     out = neuron(x)

@@ -1,0 +1,194 @@
+"""Triton kernels of the fused circulate-firing path (``models/fused_cf.py``): one forward and one backward kernel.
+
+One program owns a BLOCK of neurons (x viewed as [T, N], masked tail) and runs the time loop in registers.
+The equations are ``FusedCFFunction``'s [reconstructed, as in fused_cf.py]: beta = decay, l_j the D levels,
+r the reset unit, c the output scale, U[-1] = 0::
+
+    H[t]   = beta U[t-1] + I[t]
+    up[t]  = sum_j [H[t] >= l_j]          down[t] = sum_j [H[t] <= -l_j] (signed) | [H[t] < -l_j] (ring)
+    U[t]   = H[t] - r (up[t] - down[t])   (no down for ``unsigned``)
+    out[t] = c up[t] (wrap_binary) | c (up[t] - down[t])
+
+``_step`` does the fp32 operations of ``fused_cf.integrate`` in its order (multiply, then add;
+crossings by comparison; every launch with ``enable_fp_fusion=False``), so H, the counts and the outputs
+are bitwise the reference loop's on the same device.
+
+**Forward** (``cf_forward``): reads I in its own dtype, writes out in I's dtype (small integers times c),
+saves nothing.  **Backward** (``cf_backward``): replays H from I into registers (CHUNK steps at a time, as
+``triton_lif``), then, with e = dL/dU (e[T-1] = 0), a = 0 if ``reset_detach`` else 1, h the surrogate
+derivative (the surrogate's ``shape`` with its fixed parameters, or a learned TLSG's ``proxy_derivatives``
+with k[t]) evaluated in the kernel for every level::
+
+    G_up     = c g[t] - a r e[t]          G_down = -c g[t] [not wrap_binary] + a r e[t]
+    dL/dH[t] = e[t] + G_up sum_j h(H - l_j) - G_down sum_j h(-H - l_j)
+    e[t-1]   = beta dL/dH[t],   dL/dI[t] = dL/dH[t]
+    dL/dk[t] = sum over neurons of G_up sum_j dh/dk(H - l_j) + G_down sum_j dh/dk(-H - l_j)
+
+written in I's dtype; dL/dk as per-(program, t) partials summed in float64 by torch.  Gradients agree with
+the torch path to float tolerance (another association).  Tested in the Triton interpreter on CPU only
+(tests/test_triton_cf.py); not yet run on a GPU.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .triton_lif import CHUNK, _check_dtype, _decay_pointer, _device_guard, backward_block, forward_block
+
+try:
+    import triton
+    import triton.language as tl
+
+    from .triton_lif import _lanes, _surrogate
+except ImportError:  # triton_lif.triton_available() is False and the kernels below are not defined
+    triton = None
+
+MODES = ("signed", "unsigned", "wrap_signed", "wrap_binary")
+
+if triton is not None:
+
+    @triton.jit
+    def _step(u, ptr, valid, beta, levels_ptr, reset_unit, D: tl.constexpr, MODE: tl.constexpr):
+        """(H[t], up[t], net[t], U[t]) from U[t-1] and I[t] (at ``ptr``, in its own dtype), in the operation order
+        of fused_cf.integrate."""
+        charged = beta * u + tl.load(ptr, mask=valid, other=0.0).to(tl.float32)
+        up = tl.zeros_like(charged)
+        down = tl.zeros_like(charged)
+        for j in tl.static_range(D):
+            level = tl.load(levels_ptr + j)
+            up += (charged >= level).to(tl.float32)
+            if MODE == "signed":
+                down += (charged <= -level).to(tl.float32)
+            elif MODE != "unsigned":
+                down += (charged < -level).to(tl.float32)
+        net = up - down
+        return charged, up, net, charged - reset_unit * net
+
+    @triton.jit
+    def _cf_forward_kernel(x_ptr, beta_ptr, levels_ptr, out_ptr, N, reset_unit, scale, T: tl.constexpr,
+                           D: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
+        offsets, valid, stride = _lanes(N, BLOCK)
+        beta = tl.load(beta_ptr)
+        u = tl.zeros([BLOCK], dtype=tl.float32)
+        for t in tl.static_range(T):
+            charged, up, net, u = _step(u, x_ptr + t * stride + offsets, valid, beta, levels_ptr, reset_unit, D, MODE)
+            out = (up if MODE == "wrap_binary" else net) * scale
+            tl.store(out_ptr + t * stride + offsets, out.to(out_ptr.dtype.element_ty), mask=valid)
+
+    @triton.jit
+    def _crossings(SHAPE: tl.constexpr, charged, sign, levels_ptr, param_ptr, t, N_PARAMS: tl.constexpr,
+                   SWITCHES: tl.constexpr, D: tl.constexpr, LEARNED_K: tl.constexpr):
+        """(sum_j h(sign H - l_j), sum_j dh/dk(sign H - l_j)) (the second 0 unless LEARNED_K)."""
+        bumps = tl.zeros_like(charged)
+        slopes = tl.zeros_like(charged)
+        for j in tl.static_range(D):
+            shifted = sign * charged - tl.load(levels_ptr + j)
+            if LEARNED_K:
+                h, slope_k = _surrogate(SHAPE, shifted, param_ptr, t, 0, 1, N_PARAMS, False, SWITCHES)
+                slopes += slope_k
+            else:
+                h = _surrogate(SHAPE, shifted, param_ptr, t, 0, 1, N_PARAMS, False, SWITCHES)
+            bumps += h
+        return bumps, slopes
+
+    @triton.jit
+    def _cf_backward_kernel(x_ptr, g_ptr, beta_ptr, levels_ptr, param_ptr, gx_ptr, k_partial_ptr, N, reset_unit,
+                            scale, T: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexpr, MODE: tl.constexpr,
+                            DETACH: tl.constexpr, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr,
+                            SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, BLOCK: tl.constexpr):
+        offsets, valid, stride = _lanes(N, BLOCK)
+        beta = tl.load(beta_ptr)
+        # replay up to the last chunk's start, keeping U at every chunk start
+        u = tl.zeros([BLOCK], dtype=tl.float32)
+        starts = (u,)
+        for t in tl.static_range((T - 1) // CHUNK * CHUNK):
+            charged, up, net, u = _step(u, x_ptr + t * stride + offsets, valid, beta, levels_ptr, reset_unit, D, MODE)
+            if (t + 1) % CHUNK == 0:
+                starts = starts + (u,)
+        e = tl.zeros([BLOCK], dtype=tl.float32)  # dL/dU[t]
+        for k in tl.static_range((T - 1) // CHUNK, -1, -1):
+            u = starts[k]
+            stash = (u,)  # stash[j + 1] = H[k CHUNK + j]
+            for t in tl.static_range(k * CHUNK, k * CHUNK + CHUNK):
+                if t < T:
+                    charged, up, net, u = _step(u, x_ptr + t * stride + offsets, valid, beta, levels_ptr,
+                                                reset_unit, D, MODE)
+                    stash = stash + (charged,)
+            for t in tl.static_range(k * CHUNK + CHUNK - 1, k * CHUNK - 1, -1):
+                if t < T:
+                    charged = stash[t - k * CHUNK + 1]
+                    grad_out = tl.load(g_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
+                    grad_up = grad_out * scale
+                    if MODE == "wrap_binary":
+                        grad_down = tl.zeros_like(grad_up)
+                    else:
+                        grad_down = -grad_up
+                    if not DETACH:
+                        grad_up = grad_up - reset_unit * e
+                        grad_down = grad_down + reset_unit * e
+                    bumps, slopes = _crossings(SHAPE, charged, 1.0, levels_ptr, param_ptr, t, N_PARAMS, SWITCHES, D,
+                                               LEARNED_K)
+                    grad_h = e + grad_up * bumps
+                    slope_sum = grad_up * slopes
+                    if MODE != "unsigned":
+                        bumps, slopes = _crossings(SHAPE, charged, -1.0, levels_ptr, param_ptr, t, N_PARAMS,
+                                                   SWITCHES, D, LEARNED_K)
+                        grad_h = grad_h - grad_down * bumps
+                        slope_sum = slope_sum + grad_down * slopes
+                    if LEARNED_K:
+                        tl.store(k_partial_ptr + tl.program_id(0) * T + t,
+                                 tl.sum(tl.where(valid, slope_sum, 0.0), axis=0))
+                    tl.store(gx_ptr + t * stride + offsets, grad_h.to(gx_ptr.dtype.element_ty), mask=valid)
+                    e = beta * grad_h
+
+
+def _check(x: Tensor, mode: str, levels: Tensor) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _check_dtype(x)
+    if levels.dtype != torch.float32 or levels.dim() != 1:
+        raise ValueError(f"levels must be a 1-D fp32 tensor, got {levels.dtype} of shape {tuple(levels.shape)}")
+
+
+def cf_forward(x: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float, scale: float, *,
+               block: int | None = None) -> Tensor:
+    """Outputs [T, ...] in x's dtype, bitwise the reference loop's (module docstring).  ``decay``: beta, a
+    one-element tensor; ``levels``: the D levels l_j, fp32 [D] on x's device."""
+    _check(x, mode, levels)
+    x = x.contiguous()
+    out = torch.empty_like(x)
+    steps, neurons = x.shape[0], x[0].numel()
+    block = block or forward_block(x.dtype)
+    with _device_guard(x):
+        _cf_forward_kernel[(triton.cdiv(neurons, block),)](
+            x, _decay_pointer(decay), levels, out, neurons, reset_unit, scale, T=steps, D=levels.numel(), MODE=mode,
+            BLOCK=block, enable_fp_fusion=False)
+    return out
+
+
+def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float,
+                scale: float, reset_detach: bool, shape, params: Tensor, *, switches: tuple = (),
+                learned_k: bool = False, block: int | None = None,
+                chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
+    """(dL/dI [T, ...] in x's dtype, dL/dk[T] in float64 or None unless ``learned_k``).
+
+    ``shape``: a ``triton.jit`` derivative (``triton_surrogates.kernel_shape``: the surrogate's ``shape``, or
+    with ``learned_k`` a TLSG's ``proxy_derivatives``); ``params``: its numeric parameters per step, fp32
+    [T, 1, P] (both directions, every level); ``switches``: its trailing None / bool parameters.
+    """
+    _check(x, mode, levels)
+    x, grad_out = x.contiguous(), grad_out.contiguous()
+    steps, neurons = x.shape[0], x[0].numel()
+    if params.dim() != 3 or params.shape[:2] != (steps, 1):
+        raise ValueError(f"params must be fp32 [T = {steps}, 1, P], got shape {tuple(params.shape)}")
+    block = block or backward_block(steps)
+    programs = triton.cdiv(neurons, block)
+    grad_x = torch.empty_like(x)
+    k_partials = torch.empty((programs, steps) if learned_k else (1,), dtype=torch.float32, device=x.device)
+    with _device_guard(x):
+        _cf_backward_kernel[(programs,)](
+            x, grad_out, _decay_pointer(decay), levels, params.contiguous(), grad_x, k_partials, neurons, reset_unit,
+            scale, T=steps, CHUNK=chunk, D=levels.numel(), MODE=mode, DETACH=reset_detach, SHAPE=shape,
+            N_PARAMS=params.shape[2], SWITCHES=tuple(switches), LEARNED_K=learned_k, BLOCK=block,
+            enable_fp_fusion=False)
+    return grad_x, (k_partials.sum(0, dtype=torch.float64) if learned_k else None)

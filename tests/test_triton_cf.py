@@ -1,0 +1,97 @@
+"""The circulate-firing Triton kernels (models/triton_cf.py) against the reference loop of ``CFNeuron.forward`` (the
+oracle) and the torch fused path (models/fused_cf.py, kernels off with ``neuron.triton = False``).
+
+Bitwise: the outputs (crossing counts by comparison, the charge and reset in the reference loop's order, no
+contracted multiply-add), including inputs exactly on a level, where the mode's >= / <= / < decides.  Float
+tolerance: input gradients and dL/dk (another association).  Without a GPU the kernels run in the Triton
+interpreter on CPU tensors, in a subprocess with ``TRITON_INTERPRET=1`` (read when the kernels are decorated).
+"""
+import itertools
+import os
+
+import pytest
+import torch
+from kernel_launches import LaunchCounter, grads_of, run_in_triton_interpreter
+
+pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
+
+import repro.models.triton_cf as triton_cf  # noqa: E402
+from repro.models.circulate_firing import CFNeuron  # noqa: E402
+from repro.surrogates import create_surrogate  # noqa: E402
+
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEVICE = torch.device("cpu" if INTERPRETED else "cuda")
+kernels_run_here = pytest.mark.skipif(
+    not (INTERPRETED or torch.cuda.is_available()),
+    reason="no CUDA device: these run on CPU in test_cf_kernels_in_triton_interpreter's subprocess")
+
+
+@pytest.mark.skipif(INTERPRETED, reason="already inside the interpreter subprocess")
+def test_cf_kernels_in_triton_interpreter():
+    run_in_triton_interpreter(__file__, "not in_triton_interpreter")
+
+
+def make_surrogate(name: str, steps: int):
+    if name != "learnable":
+        return create_surrogate(name)
+    surrogate = create_surrogate("learnable", num_steps=steps)
+    with torch.no_grad():  # a different k at every step
+        surrogate.rho.copy_(torch.randn(steps, generator=torch.Generator().manual_seed(7)))
+    return surrogate
+
+
+def make_input(steps: int, levels: torch.Tensor):
+    """[T, 2, 3, 23] (N = 138: a masked second program at BLOCK 128), with step-0 currents exactly on +-l_j."""
+    x = torch.randn(steps, 2, 3, 23, generator=torch.Generator().manual_seed(steps)) * 2.0
+    x[0, 0, 0, :len(levels)] = levels
+    x[0, 0, 1, :len(levels)] = -levels
+    return x.to(DEVICE)
+
+
+@kernels_run_here
+@pytest.mark.parametrize("mode", ["signed", "unsigned", "wrap_signed", "wrap_binary"])
+def test_cf_kernels_match_reference_loop_and_torch_fused_path(monkeypatch, mode):
+    """Every mode (the ring with D wraps), attached and detached reset, the output scale theta, a fixed
+    surrogate (sigmoid: every level's term; triangle) and the learned TLSG (k[t]): one forward and one backward
+    kernel; outputs bitwise the reference loop's and the torch path's, input and rho gradients to float
+    tolerance."""
+    counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
+    for detach, surrogate in itertools.product([False, True], ["sigmoid", "triangle", "learnable"]):
+        runs = []
+        for path in ("kernels", "torch", "loop"):
+            neuron = CFNeuron(mode=mode, D=3, theta=0.75, reset_detach=detach, output_scale="theta_S",
+                              wrap_mode="modulo", surrogate=make_surrogate(surrogate, 4), fused=path != "loop",
+                              num_steps=4).to(DEVICE)
+            neuron.triton = path == "kernels"
+            x = make_input(4, neuron.levels)
+            upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+            counter.launches.clear()
+            runs.append(grads_of(neuron, x, upstream))
+            assert counter.launches == (["_cf_forward_kernel", "_cf_backward_kernel"] if path == "kernels" else [])
+        (out, grads), *others = runs
+        case = f"{mode} detach={detach} {surrogate}"
+        assert out.abs().sum() > 0 and len(grads) == (2 if surrogate == "learnable" else 1), case
+        for ref_out, ref_grads in others:
+            assert torch.equal(out, ref_out), case
+            for grad, ref_grad in zip(grads, ref_grads):
+                torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5, msg=case)
+
+
+@kernels_run_here
+def test_cf_backward_replays_in_chunks_and_reads_half_input():
+    """T = 7 replayed in chunks of 3 gives the one-chunk gradients (bitwise: the same operations); bf16 input
+    gives the outputs of its fp32 upcast (small integers times theta, exact in bf16)."""
+    levels = torch.tensor([1.0, 2.0, 3.0], device=DEVICE)
+    x = make_input(7, levels)
+    decay, upstream = torch.tensor(0.5, device=DEVICE), torch.randn(x.shape, device=DEVICE)
+    surrogate = create_surrogate("atan")
+    from repro.models.fused_cf import kernel_tables
+
+    shape, params, switches = kernel_tables(surrogate, None, x)
+    args = (x, upstream, decay, levels, "signed", 1.0, 1.0, False, shape, params)
+    whole, _ = triton_cf.cf_backward(*args, switches=switches)
+    chunked, _ = triton_cf.cf_backward(*args, switches=switches, chunk=3)
+    assert torch.equal(whole, chunked) and whole.abs().sum() > 0
+    half = triton_cf.cf_forward(x.bfloat16(), decay, levels, "signed", 1.0, 0.75)
+    assert half.dtype == torch.bfloat16
+    assert torch.equal(half.float(), triton_cf.cf_forward(x.bfloat16().float(), decay, levels, "signed", 1.0, 0.75))
