@@ -290,7 +290,8 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
     """A2SG, every shape (and the ramp with a fixed height, unclipped; the reconstructed controller), per-step
     windows per layer or per channel: the backward kernel evaluates the shape with the windows as a table and
     hands its statistics callbacks the same x[t], g[t] and delta[t], in the same order, as the torch fused path;
-    spikes equal, gradients to float tolerance, and over two search steps the same windows chosen."""
+    spikes equal, input and (learnable) decay gradients to float tolerance, and over two search steps the same
+    windows chosen."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random(granularity), 3, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
@@ -298,7 +299,7 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
         runs = []
         for triton_on in (True, False):
             neuron = LIF(surrogate=RecordingA2SG(granularity=granularity, **case), preset="reference",
-                         triton=triton_on).to(DEVICE)
+                         decay_learnable=True, triton=triton_on).to(DEVICE)
             with torch.no_grad():
                 neuron(x)  # sizes the windows, then distinct ones per step (and channel)
             neuron.surrogate.w_t.copy_(torch.linspace(0.3, 1.5, neuron.surrogate.w_t.numel()).view_as(
@@ -306,8 +307,8 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
             counter.launches.clear()
             grads = []
             for iteration in (1, 2):
-                out, (grad_x,) = grads_of(neuron, x, upstream)
-                grads.append(grad_x)
+                out, step_grads = grads_of(neuron, x, upstream)  # input and decay
+                grads.extend(step_grads)
                 neuron.surrogate.after_optimizer_step(iteration)
             assert counter.launches == (["_backward_kernel"] * 2 if triton_on else []), case
             runs.append((out, grads, neuron.surrogate))
