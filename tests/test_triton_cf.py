@@ -79,10 +79,11 @@ def test_cf_kernels_match_reference_loop_and_torch_fused_path(monkeypatch, mode)
 
 @kernels_run_here
 def test_cf_backward_replays_in_chunks_and_reads_half_input():
-    """T = 7 replayed in chunks of 3 gives the one-chunk gradients (bitwise: the same operations); bf16 input
+    """T = 4 replayed in chunks of 3 (a full and a partial one) gives the one-chunk gradients (bitwise: the same
+    operations); bf16 input
     gives the outputs of its fp32 upcast (small integers times theta, exact in bf16)."""
     levels = torch.tensor([1.0, 2.0, 3.0], device=DEVICE)
-    x = make_input(7, levels)
+    x = make_input(4, levels)
     decay, upstream = torch.tensor(0.5, device=DEVICE), torch.randn(x.shape, device=DEVICE)
     surrogate = create_surrogate("atan")
     from repro.models.fused_cf import kernel_tables
