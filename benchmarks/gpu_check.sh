@@ -25,7 +25,7 @@ case "${1:-}" in
     STEPS="${2:-4 32}"
     python benchmarks/neuron.py --device cuda --batch 128 --steps $STEPS --dtypes fp32 bf16 --repeats 5 --no_spikingjelly \
       --only ours_fused ours_fused_a2sg ours_fused_a2sg_k10 ours_torch_a2sg ours_fused_tlsg ours_torch_tlsg \
-      ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg \
+      ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg ours_fused_cf_rec ours_torch_cf_rec \
       --output "benchmarks/results/neuron_cuda_kernels_T${STEPS// /_}.json" ;;
   methods)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \

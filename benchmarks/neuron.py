@@ -16,7 +16,8 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
 - ``ours_fused_a2sg``: PLIF-style ``reference`` LIF with A2SG's paper mode (ramp, window search every step:
   each call is a statistics step, the backward hands dL/ds and dL/du to the search);
   ``ours_fused_a2sg_k10``: ``update_every=10``, measured between statistics steps (no callbacks);
-  ``ours_fused_tlsg``: the ``reference`` LIF with the learned TLSG (k[t]);
+  ``ours_fused_tlsg``: the ``reference`` LIF with the learned TLSG (k[t]); ``ours_fused_cf_rec``: the CF TLSG
+  layer recording its pre-fire potentials (as under the ``pnb`` loss; no gradient reaches them here);
 - ``ours_torch_*``: the same fused layers with the Triton kernels off (``triton=False``), so on CUDA the
   kernels' gain over the fused path's torch code (``a2sg``, ``tlsg``, ``cf``, ``cf_tlsg``);
 - ``snntorch_leaky``: stock ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` (ATan) stepped over T;
@@ -126,6 +127,12 @@ def without_kernels(neuron: nn.Module) -> nn.Module:
     return neuron
 
 
+def recording(neuron: nn.Module) -> nn.Module:
+    """The neuron recording its pre-fire potentials (what the balanced loss of the CF recipes reads)."""
+    neuron.record_potentials = True
+    return neuron
+
+
 def compiled(module: nn.Module) -> nn.Module:
     module.compile()  # in place
     return module
@@ -154,6 +161,9 @@ def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = 
                                        triton=False),
         "ours_torch_cf": lambda: without_kernels(CFNeuron(surrogate="sigmoid", fused=True)),
         "ours_torch_cf_tlsg": lambda: without_kernels(CFNeuron(surrogate="learnable", num_steps=steps, fused=True)),
+        "ours_fused_cf_rec": lambda: recording(CFNeuron(surrogate="learnable", num_steps=steps, fused=True)),
+        "ours_torch_cf_rec": lambda: recording(without_kernels(CFNeuron(surrogate="learnable", num_steps=steps,
+                                                                        fused=True))),
         "snntorch_leaky": SnnTorchLoop,
     }
     if include_compiled:

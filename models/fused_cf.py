@@ -57,11 +57,11 @@ surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.comp
 reference loop is traceable).
 
 Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
-kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing dL/dk[t]
-per program), chosen on CUDA (or in the Triton interpreter) when nothing is recorded, the surrogate has fixed
-parameters or is a learned TLSG, and its derivative (``shape``, or ``proxy_derivatives``) is written in the
-closed-form vocabulary (``surrogates/closed_form.py``); per-call parameters (``tgo``, ``mpd_agl``) keep the
-torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron`` keeps the torch code.  The kernels are tested
+kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing
+dL/dk[t] per program; recorded potentials and their gradient included), chosen on CUDA (or in the Triton
+interpreter) when the surrogate has fixed parameters or is a learned TLSG and its derivative (``shape``, or
+``proxy_derivatives``) is written in the closed-form vocabulary (``surrogates/closed_form.py``); per-call
+parameters (``tgo``, ``mpd_agl``) keep the torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron`` keeps the torch code.  The kernels are tested
 in the Triton interpreter on CPU only (tests/test_triton_cf.py), not yet on a GPU.
 """
 from __future__ import annotations
@@ -125,11 +125,11 @@ class FusedCFFunction(torch.autograd.Function):
 
         recorded = neuron.recorded_potential if neuron.record_potentials else None
         kernel = None
-        if recorded is None and (fixed_params or k is not None) and getattr(neuron, "triton", True):
+        if (fixed_params or k is not None) and getattr(neuron, "triton", True):
             kernel = kernel_tables(surrogate, k, x)
         if kernel is not None:
             out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels, config.mode, config.reset_unit,
-                                                   config.scale), None
+                                                   config.scale, record=recorded)
         else:
             out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
         if any(ctx.needs_input_grad[:2]):
@@ -150,7 +150,8 @@ class FusedCFFunction(torch.autograd.Function):
             shape, params, switches = ctx.kernel
             grad_x, grad_k = triton_cf.cf_backward(x, grad_out, decay, ctx.level_tensor, config.mode, config.reset_unit,
                                                    config.scale, config.reset_detach, shape, params,
-                                                   switches=switches, learned_k=k is not None)
+                                                   switches=switches, learned_k=k is not None, record=ctx.recorded,
+                                                   grad_potentials=grad_potentials)
             return (grad_x if ctx.needs_input_grad[0] else None,
                     grad_k.to(k.dtype) if ctx.needs_input_grad[1] else None, None)
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None

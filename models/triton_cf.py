@@ -13,8 +13,8 @@ r the reset unit, c the output scale, U[-1] = 0::
 crossings by comparison; every launch with ``enable_fp_fusion=False``), so H, the counts and the outputs
 are bitwise the reference loop's on the same device.
 
-**Forward** (``cf_forward``): reads I in its own dtype, writes out in I's dtype (small integers times c),
-saves nothing.  **Backward** (``cf_backward``): replays H from I into registers (CHUNK steps at a time, as
+**Forward** (``cf_forward``): reads I in its own dtype, writes out in I's dtype (small integers times c)
+and, when asked, the recorded potentials H[t] or U[t] in fp32 (the balanced loss), saves nothing.  **Backward** (``cf_backward``): replays H from I into registers (CHUNK steps at a time, as
 ``triton_lif``), then, with e = dL/dU (e[T-1] = 0), a = 0 if ``reset_detach`` else 1, h the surrogate
 derivative (the surrogate's ``shape`` with its fixed parameters, or a learned TLSG's ``proxy_derivatives``
 with k[t]) evaluated in the kernel for every level::
@@ -24,7 +24,8 @@ with k[t]) evaluated in the kernel for every level::
     e[t-1]   = beta dL/dH[t],   dL/dI[t] = dL/dH[t]
     dL/dk[t] = sum over neurons of G_up sum_j dh/dk(H - l_j) + G_down sum_j dh/dk(-H - l_j)
 
-written in I's dtype; dL/dk as per-(program, t) partials summed in float64 by torch.  Gradients agree with
+written in I's dtype; dL/dk as per-(program, t) partials summed in float64 by torch.  A gradient at the
+recorded potentials is added to dL/dH[t] (H recorded) or to e[t] (U recorded).  Gradients agree with
 the torch path to float tolerance (another association).  Tested in the Triton interpreter on CPU only
 (tests/test_triton_cf.py); not yet run on a GPU.
 """
@@ -44,6 +45,7 @@ except ImportError:  # triton_lif.triton_available() is False and the kernels be
     triton = None
 
 MODES = ("signed", "unsigned", "wrap_signed", "wrap_binary")
+RECORDS = (None, "pre_fire", "post_reset")
 
 if triton is not None:
 
@@ -65,8 +67,8 @@ if triton is not None:
         return charged, up, net, charged - reset_unit * net
 
     @triton.jit
-    def _cf_forward_kernel(x_ptr, beta_ptr, levels_ptr, out_ptr, N, reset_unit, scale, T: tl.constexpr,
-                           D: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):
+    def _cf_forward_kernel(x_ptr, beta_ptr, levels_ptr, out_ptr, pot_ptr, N, reset_unit, scale, T: tl.constexpr,
+                           D: tl.constexpr, MODE: tl.constexpr, RECORD: tl.constexpr, BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
         beta = tl.load(beta_ptr)
         u = tl.zeros([BLOCK], dtype=tl.float32)
@@ -74,6 +76,10 @@ if triton is not None:
             charged, up, net, u = _step(u, x_ptr + t * stride + offsets, valid, beta, levels_ptr, reset_unit, D, MODE)
             out = (up if MODE == "wrap_binary" else net) * scale
             tl.store(out_ptr + t * stride + offsets, out.to(out_ptr.dtype.element_ty), mask=valid)
+            if RECORD == "pre_fire":
+                tl.store(pot_ptr + t * stride + offsets, charged, mask=valid)
+            elif RECORD == "post_reset":
+                tl.store(pot_ptr + t * stride + offsets, u, mask=valid)
 
     @triton.jit
     def _crossings(SHAPE: tl.constexpr, charged, sign, levels_ptr, param_ptr, t, N_PARAMS: tl.constexpr,
@@ -92,9 +98,9 @@ if triton is not None:
         return bumps, slopes
 
     @triton.jit
-    def _cf_backward_kernel(x_ptr, g_ptr, beta_ptr, levels_ptr, param_ptr, gx_ptr, k_partial_ptr, N, reset_unit,
-                            scale, T: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexpr, MODE: tl.constexpr,
-                            DETACH: tl.constexpr, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr,
+    def _cf_backward_kernel(x_ptr, g_ptr, beta_ptr, levels_ptr, param_ptr, gx_ptr, k_partial_ptr, gp_ptr, N,
+                            reset_unit, scale, T: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexpr,
+                            MODE: tl.constexpr, RECORD: tl.constexpr, DETACH: tl.constexpr, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr,
                             SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
         beta = tl.load(beta_ptr)
@@ -117,6 +123,8 @@ if triton is not None:
             for t in tl.static_range(k * CHUNK + CHUNK - 1, k * CHUNK - 1, -1):
                 if t < T:
                     charged = stash[t - k * CHUNK + 1]
+                    if RECORD == "post_reset":  # a gradient at the recorded U[t] joins e[t]
+                        e += tl.load(gp_ptr + t * stride + offsets, mask=valid, other=0.0)
                     grad_out = tl.load(g_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
                     grad_up = grad_out * scale
                     if MODE == "wrap_binary":
@@ -138,45 +146,54 @@ if triton is not None:
                     if LEARNED_K:
                         tl.store(k_partial_ptr + tl.program_id(0) * T + t,
                                  tl.sum(tl.where(valid, slope_sum, 0.0), axis=0))
+                    if RECORD == "pre_fire":  # a gradient at the recorded H[t]
+                        grad_h += tl.load(gp_ptr + t * stride + offsets, mask=valid, other=0.0)
                     tl.store(gx_ptr + t * stride + offsets, grad_h.to(gx_ptr.dtype.element_ty), mask=valid)
                     e = beta * grad_h
 
 
-def _check(x: Tensor, mode: str, levels: Tensor) -> None:
+def _check(x: Tensor, mode: str, levels: Tensor, record: str | None) -> None:
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if record not in RECORDS:
+        raise ValueError(f"record must be one of {RECORDS}, got {record!r}")
     _check_dtype(x)
     if levels.dtype != torch.float32 or levels.dim() != 1:
         raise ValueError(f"levels must be a 1-D fp32 tensor, got {levels.dtype} of shape {tuple(levels.shape)}")
 
 
 def cf_forward(x: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float, scale: float, *,
-               block: int | None = None) -> Tensor:
-    """Outputs [T, ...] in x's dtype, bitwise the reference loop's (module docstring).  ``decay``: beta, a
-    one-element tensor; ``levels``: the D levels l_j, fp32 [D] on x's device."""
-    _check(x, mode, levels)
+               record: str | None = None, block: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """(outputs [T, ...] in x's dtype, the recorded potentials or None), bitwise the reference loop's (module
+    docstring).  ``decay``: beta, a one-element tensor; ``levels``: the D levels l_j, fp32 [D] on x's device;
+    ``record``: None, ``"pre_fire"`` (H[t]) or ``"post_reset"`` (U[t]), recorded in fp32."""
+    _check(x, mode, levels, record)
     x = x.contiguous()
     out = torch.empty_like(x)
+    potentials = torch.empty(x.shape, device=x.device) if record else None
     steps, neurons = x.shape[0], x[0].numel()
     block = block or forward_block(x.dtype)
     with _device_guard(x):
         _cf_forward_kernel[(triton.cdiv(neurons, block),)](
-            x, _decay_pointer(decay), levels, out, neurons, reset_unit, scale, T=steps, D=levels.numel(), MODE=mode,
-            BLOCK=block, enable_fp_fusion=False)
-    return out
+            x, _decay_pointer(decay), levels, out, out if potentials is None else potentials, neurons, reset_unit, scale,
+            T=steps, D=levels.numel(), MODE=mode, RECORD=record, BLOCK=block, enable_fp_fusion=False)
+    return out, potentials
 
 
 def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float,
                 scale: float, reset_detach: bool, shape, params: Tensor, *, switches: tuple = (),
-                learned_k: bool = False, block: int | None = None,
-                chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
+                learned_k: bool = False, record: str | None = None, grad_potentials: Tensor | None = None,
+                block: int | None = None, chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
     """(dL/dI [T, ...] in x's dtype, dL/dk[T] in float64 or None unless ``learned_k``).
 
     ``shape``: a ``triton.jit`` derivative (``triton_surrogates.kernel_shape``: the surrogate's ``shape``, or
     with ``learned_k`` a TLSG's ``proxy_derivatives``); ``params``: its numeric parameters per step, fp32
-    [T, 1, P] (both directions, every level); ``switches``: its trailing None / bool parameters.
+    [T, 1, P] (both directions, every level); ``switches``: its trailing None / bool parameters;
+    ``grad_potentials``: the gradient at the potentials ``cf_forward`` recorded (``record``), fp32 [T, ...].
     """
-    _check(x, mode, levels)
+    _check(x, mode, levels, record)
+    record = record if grad_potentials is not None else None
+    grad_potentials = None if grad_potentials is None else grad_potentials.float().contiguous()
     x, grad_out = x.contiguous(), grad_out.contiguous()
     steps, neurons = x.shape[0], x[0].numel()
     if params.dim() != 3 or params.shape[:2] != (steps, 1):
@@ -187,8 +204,9 @@ def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode
     k_partials = torch.empty((programs, steps) if learned_k else (1,), dtype=torch.float32, device=x.device)
     with _device_guard(x):
         _cf_backward_kernel[(programs,)](
-            x, grad_out, _decay_pointer(decay), levels, params.contiguous(), grad_x, k_partials, neurons, reset_unit,
-            scale, T=steps, CHUNK=chunk, D=levels.numel(), MODE=mode, DETACH=reset_detach, SHAPE=shape,
+            x, grad_out, _decay_pointer(decay), levels, params.contiguous(), grad_x, k_partials,
+            k_partials if grad_potentials is None else grad_potentials, neurons, reset_unit, scale, T=steps,
+            CHUNK=chunk, D=levels.numel(), MODE=mode, RECORD=record, DETACH=reset_detach, SHAPE=shape,
             N_PARAMS=params.shape[2], SWITCHES=tuple(switches), LEARNED_K=learned_k, BLOCK=block,
             enable_fp_fusion=False)
     return grad_x, (k_partials.sum(0, dtype=torch.float64) if learned_k else None)

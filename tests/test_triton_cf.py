@@ -93,6 +93,35 @@ def test_cf_backward_replays_in_chunks_and_reads_half_input():
     whole, _ = triton_cf.cf_backward(*args, switches=switches)
     chunked, _ = triton_cf.cf_backward(*args, switches=switches, chunk=3)
     assert torch.equal(whole, chunked) and whole.abs().sum() > 0
-    half = triton_cf.cf_forward(x.bfloat16(), decay, levels, "signed", 1.0, 0.75)
+    half, _ = triton_cf.cf_forward(x.bfloat16(), decay, levels, "signed", 1.0, 0.75)
     assert half.dtype == torch.bfloat16
-    assert torch.equal(half.float(), triton_cf.cf_forward(x.bfloat16().float(), decay, levels, "signed", 1.0, 0.75))
+    assert torch.equal(half.float(), triton_cf.cf_forward(x.bfloat16().float(), decay, levels, "signed", 1.0, 0.75)[0])
+
+
+@kernels_run_here
+@pytest.mark.parametrize("recorded", ["pre_fire", "post_reset"])
+def test_cf_kernels_record_the_potentials_and_take_their_gradient(monkeypatch, recorded):
+    """record_potentials (the balanced loss): the forward kernel records H[t] or U[t] bitwise as the reference
+    loop does, and the backward kernel adds the gradient arriving there; a loss on outputs and potentials gives
+    the reference loop's input and rho gradients."""
+    counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
+    for mode, surrogate in (("signed", "learnable"), ("wrap_signed", "sigmoid")):
+        runs = []
+        for fused in (True, False):
+            neuron = CFNeuron(mode=mode, D=3, surrogate=make_surrogate(surrogate, 4), fused=fused,
+                              num_steps=4).to(DEVICE)
+            neuron.record_potentials, neuron.recorded_potential = True, recorded
+            x = make_input(4, neuron.levels).requires_grad_()
+            counter.launches.clear()
+            out = neuron(x)
+            potentials = torch.stack(neuron.potentials)
+            weights = torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)
+            loss = (out * weights).sum() + potentials.sin().sum()
+            params = [x] + [p for p in neuron.parameters() if p.requires_grad]
+            runs.append((out, potentials, torch.autograd.grad(loss, params)))
+            assert counter.launches == (["_cf_forward_kernel", "_cf_backward_kernel"] if fused else [])
+        (out, potentials, grads), (ref_out, ref_potentials, ref_grads) = runs
+        case = f"{mode} {surrogate} {recorded}"
+        assert torch.equal(out, ref_out) and torch.equal(potentials, ref_potentials), case
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5, msg=case)
