@@ -54,7 +54,9 @@ observers or parameters that require gradients (fixed or per-call parameters: th
 ``st_smooth``).  Not fused (``unfused_reason`` says why; the reference loop runs and logs it once):
 observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG or any other
 surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.compile`` (not logged; the
-reference loop is traceable).
+reference loop is traceable), except where the kernels apply with a fixed surrogate or a learned TLSG and
+nothing is recorded (``compiled_kernel_shape``): there the layer is traced as the operator
+``repro::cf_outputs`` (``models/triton_cf.py``; no graph break, no double backward through it).
 
 Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
 kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing
@@ -73,8 +75,8 @@ from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import learns_sharpness
-from . import triton_cf, triton_surrogates
-from .fused import differentiate, kernel_derivative, kernels_apply, surrogate_unfused_reason
+from . import triton_cf, triton_lif, triton_surrogates
+from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_apply, surrogate_unfused_reason
 
 if TYPE_CHECKING:
     from .circulate_firing import CFConfig  # circulate_firing imports this module
@@ -87,7 +89,23 @@ def unfused_reason(neuron) -> str | None:
         return f"the surrogate {type(surrogate).__name__} overrides observe() (per-call side effects)"
     if isinstance(surrogate, Surrogate) and surrogate.observers:
         return "the surrogate has observers attached"
+    if torch.compiler.is_compiling() and compiled_kernel_shape(neuron) is not None:
+        return None
     return surrogate_unfused_reason(surrogate)
+
+
+def compiled_kernel_shape(neuron) -> str | None:
+    """Under torch.compile, the name of the derivative the ``repro::cf_outputs`` operator (the Triton kernels)
+    evaluates for ``neuron``, or None when the operator does not apply: it needs the kernels on the neuron's
+    device, no recorded potentials, and a fixed surrogate or a learned TLSG (st_smooth, or asgl_mix in eval)."""
+    surrogate = neuron.surrogate
+    fixed = (isinstance(surrogate, FixedSurrogate) and type(surrogate).call_params is FixedSurrogate.call_params
+             and type(surrogate).forward is Surrogate.forward)
+    learned = learns_sharpness(surrogate) and (surrogate.learn == "st_smooth" or not surrogate.training)
+    if not (getattr(neuron, "triton", True) and not neuron.record_potentials and (fixed or learned)
+            and triton_lif.triton_available(neuron.levels.device)):
+        return None
+    return kernel_shape_name(type(surrogate).proxy_derivatives if learned else surrogate.shape)
 
 
 def fused_cf(neuron, x: Tensor) -> Tensor:
@@ -96,6 +114,12 @@ def fused_cf(neuron, x: Tensor) -> Tensor:
     potentials go to ``neuron.potentials``."""
     surrogate = neuron.surrogate
     k = surrogate.sharpness_per_step(x.shape[0]) if learns_sharpness(surrogate) else None
+    if torch.compiler.is_compiling():  # unfused_reason let it through: the kernels as one operator
+        config = neuron.step_config()
+        params = [] if k is not None else [surrogate.params[name]
+                                           for name in triton_surrogates.shape_parameters(surrogate.shape)]
+        return torch.ops.repro.cf_outputs(x, k, neuron.decay, neuron.levels, params, compiled_kernel_shape(neuron),
+                                          config.mode, config.reset_unit, config.scale, config.reset_detach)
     if not neuron.record_potentials:
         return FusedCFFunction.apply(x, k, neuron)
     out, potentials = FusedCFFunction.apply(x, k, neuron)

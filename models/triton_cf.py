@@ -34,7 +34,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .triton_lif import CHUNK, _check_dtype, _decay_pointer, _device_guard, backward_block, forward_block
+from .triton_lif import CHUNK, _check_dtype, _decay_pointer, _device_guard, backward_block, forward_block, shape_of
+from .triton_surrogates import kernel_parameters, kernel_shape, parameter_table, shape_parameters
 
 try:
     import triton
@@ -210,3 +211,52 @@ def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode
             N_PARAMS=params.shape[2], SWITCHES=tuple(switches), LEARNED_K=learned_k, BLOCK=block,
             enable_fp_fusion=False)
     return grad_x, (k_partials.sum(0, dtype=torch.float64) if learned_k else None)
+
+
+@torch.library.custom_op("repro::cf_outputs", mutates_args=())
+def cf_outputs(x: Tensor, k: Tensor | None, decay: Tensor, levels: Tensor, params: list[float], shape: str, mode: str,
+               reset_unit: float, scale: float, reset_detach: bool) -> Tensor:
+    """Outputs of a circulate-firing layer with a fixed surrogate (``shape`` named by ``triton_lif.shape_name``,
+    ``params`` its parameters) or a learned TLSG (``shape`` its ``proxy_derivatives``, ``k`` = k[T]) as one operator
+    with its autograd formula: what ``torch.compile`` traces in place of ``models/fused_cf.py``'s autograd Function
+    (opaque to inductor, no graph break; no recorded potentials, no double backward)."""
+    return cf_forward(x, decay, levels, mode, reset_unit, scale)[0]
+
+
+@cf_outputs.register_fake
+def _(x, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach):
+    return torch.empty_like(x)
+
+
+@torch.library.custom_op("repro::cf_grads", mutates_args=())
+def cf_grads(x: Tensor, grad_out: Tensor, k: Tensor | None, decay: Tensor, levels: Tensor, params: list[float],
+             shape: str, mode: str, reset_unit: float, scale: float, reset_detach: bool) -> tuple[Tensor, Tensor]:
+    """(dL/dI, dL/dk[T] in float64, zeros without k) of ``cf_outputs`` through ``cf_backward``."""
+    function = shape_of(shape)
+    rows = ([{"k": value} for value in k.detach().unbind()] if k is not None
+            else [dict(zip(shape_parameters(function), params))] * x.shape[0])
+    names, switches = kernel_parameters(function, rows)
+    table = parameter_table(rows, names, torch.Size([1]), x.device)
+    grad_x, grad_k = cf_backward(x, grad_out, decay, levels, mode, reset_unit, scale, reset_detach,
+                                 kernel_shape(function), table, switches=switches, learned_k=k is not None)
+    return grad_x, (grad_k if grad_k is not None else x.new_zeros(x.shape[0], dtype=torch.float64))
+
+
+@cf_grads.register_fake
+def _(x, grad_out, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach):
+    return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float64)
+
+
+def _save_for_cf_grads(ctx, inputs, output) -> None:
+    x, k, decay, levels, *switches = inputs
+    ctx.save_for_backward(x, k, decay, levels)
+    ctx.switches = switches
+
+
+def _cf_outputs_backward(ctx, grad_out):
+    x, k, decay, levels = ctx.saved_tensors
+    grad_x, grad_k = torch.ops.repro.cf_grads(x, grad_out, k, decay, levels, *ctx.switches)
+    return (grad_x, None if k is None else grad_k.to(k.dtype)) + (None,) * (2 + len(ctx.switches))
+
+
+cf_outputs.register_autograd(_cf_outputs_backward, setup_context=_save_for_cf_grads)
