@@ -79,8 +79,8 @@ def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: in
     scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
     constants = dict(T=steps, CHUNK=chunk, RESET=reset, DECAYED=True, DETACH=False, DECAY_INPUT=False, FIRE_GE=True,
                      STEP_THRESHOLDS=False, THRESHOLD_CHANNELS=False, SHAPE=kernel_shape(shape),
-                     N_PARAMS=len(names), PARAM_CHANNELS=False, SWITCHES=switches, LEARNED_K=False, WANT_DECAY=True, STORE_SPIKE_GRADS=False,
-                     STORE_MEMBRANE_GRADS=False, BLOCK=triton_lif.backward_block(steps))
+                     N_PARAMS=len(names), PARAM_CHANNELS=False, SWITCHES=switches, LEARNED_K=False, WANT_DECAY=True,
+                     STORE_SPIKE_GRADS=False, STORE_MEMBRANE_GRADS=False, BLOCK=triton_lif.backward_block(steps))
     return compile_kernel(triton_lif._backward_kernel, pointers, scalars, constants, arch)
 
 

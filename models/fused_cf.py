@@ -54,17 +54,18 @@ observers or parameters that require gradients (fixed or per-call parameters: th
 ``st_smooth``).  Not fused (``unfused_reason`` says why; the reference loop runs and logs it once):
 observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG or any other
 surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.compile`` (not logged; the
-reference loop is traceable), except where the kernels apply with a fixed surrogate or a learned TLSG and
-nothing is recorded (``compiled_kernel_shape``): there the layer is traced as the operator
-``repro::cf_outputs`` (``models/triton_cf.py``; no graph break, no double backward through it).
+reference loop is traceable), except where the kernels apply with a fixed surrogate or a learned TLSG
+(``compiled_kernel_shape``): there the layer is traced as the operator ``repro::cf_outputs``
+(``models/triton_cf.py``; recorded potentials included; no graph break, no double backward through it).
 
 Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
 kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing
 dL/dk[t] per program; recorded potentials and their gradient included), chosen on CUDA (or in the Triton
 interpreter) when the surrogate has fixed parameters or is a learned TLSG and its derivative (``shape``, or
 ``proxy_derivatives``) is written in the closed-form vocabulary (``surrogates/closed_form.py``); per-call
-parameters (``tgo``, ``mpd_agl``) keep the torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron`` keeps the torch code.  The kernels are tested
-in the Triton interpreter on CPU only (tests/test_triton_cf.py), not yet on a GPU.
+parameters (``tgo``, ``mpd_agl``) keep the torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron``
+keeps the torch code.  The kernels are tested in the Triton interpreter on CPU only (tests/test_triton_cf.py),
+not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -97,12 +98,12 @@ def unfused_reason(neuron) -> str | None:
 def compiled_kernel_shape(neuron) -> str | None:
     """Under torch.compile, the name of the derivative the ``repro::cf_outputs`` operator (the Triton kernels)
     evaluates for ``neuron``, or None when the operator does not apply: it needs the kernels on the neuron's
-    device, no recorded potentials, and a fixed surrogate or a learned TLSG (st_smooth, or asgl_mix in eval)."""
+    device and a fixed surrogate or a learned TLSG (st_smooth, or asgl_mix in eval)."""
     surrogate = neuron.surrogate
     fixed = (isinstance(surrogate, FixedSurrogate) and type(surrogate).call_params is FixedSurrogate.call_params
              and type(surrogate).forward is Surrogate.forward)
     learned = learns_sharpness(surrogate) and (surrogate.learn == "st_smooth" or not surrogate.training)
-    if not (getattr(neuron, "triton", True) and not neuron.record_potentials and (fixed or learned)
+    if not (getattr(neuron, "triton", True) and (fixed or learned)
             and triton_lif.triton_available(neuron.levels.device)):
         return None
     return kernel_shape_name(type(surrogate).proxy_derivatives if learned else surrogate.shape)
@@ -118,8 +119,13 @@ def fused_cf(neuron, x: Tensor) -> Tensor:
         config = neuron.step_config()
         params = [] if k is not None else [surrogate.params[name]
                                            for name in triton_surrogates.shape_parameters(surrogate.shape)]
-        return torch.ops.repro.cf_outputs(x, k, neuron.decay, neuron.levels, params, compiled_kernel_shape(neuron),
-                                          config.mode, config.reset_unit, config.scale, config.reset_detach)
+        record = neuron.recorded_potential if neuron.record_potentials else ""
+        out, potentials = torch.ops.repro.cf_outputs(x, k, neuron.decay, neuron.levels, params,
+                                                     compiled_kernel_shape(neuron), config.mode, config.reset_unit,
+                                                     config.scale, config.reset_detach, record)
+        if record:
+            neuron.record_steps(potentials)
+        return out
     if not neuron.record_potentials:
         return FusedCFFunction.apply(x, k, neuron)
     out, potentials = FusedCFFunction.apply(x, k, neuron)

@@ -14,10 +14,11 @@ crossings by comparison; every launch with ``enable_fp_fusion=False``), so H, th
 are bitwise the reference loop's on the same device.
 
 **Forward** (``cf_forward``): reads I in its own dtype, writes out in I's dtype (small integers times c)
-and, when asked, the recorded potentials H[t] or U[t] in fp32 (the balanced loss), saves nothing.  **Backward** (``cf_backward``): replays H from I into registers (CHUNK steps at a time, as
-``triton_lif``), then, with e = dL/dU (e[T-1] = 0), a = 0 if ``reset_detach`` else 1, h the surrogate
-derivative (the surrogate's ``shape`` with its fixed parameters, or a learned TLSG's ``proxy_derivatives``
-with k[t]) evaluated in the kernel for every level::
+and, when asked, the recorded potentials H[t] or U[t] in fp32 (the balanced loss), saves nothing.
+**Backward** (``cf_backward``): replays H from I into registers (CHUNK steps at a time, as ``triton_lif``),
+then, with e = dL/dU (e[T-1] = 0), a = 0 if ``reset_detach`` else 1, h the surrogate derivative (the
+surrogate's ``shape`` with its fixed parameters, or a learned TLSG's ``proxy_derivatives`` with k[t])
+evaluated in the kernel for every level::
 
     G_up     = c g[t] - a r e[t]          G_down = -c g[t] [not wrap_binary] + a r e[t]
     dL/dH[t] = e[t] + G_up sum_j h(H - l_j) - G_down sum_j h(-H - l_j)
@@ -101,8 +102,9 @@ if triton is not None:
     @triton.jit
     def _cf_backward_kernel(x_ptr, g_ptr, beta_ptr, levels_ptr, param_ptr, gx_ptr, k_partial_ptr, gp_ptr, N,
                             reset_unit, scale, T: tl.constexpr, CHUNK: tl.constexpr, D: tl.constexpr,
-                            MODE: tl.constexpr, RECORD: tl.constexpr, DETACH: tl.constexpr, SHAPE: tl.constexpr, N_PARAMS: tl.constexpr,
-                            SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, BLOCK: tl.constexpr):
+                            MODE: tl.constexpr, RECORD: tl.constexpr, DETACH: tl.constexpr, SHAPE: tl.constexpr,
+                            N_PARAMS: tl.constexpr, SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr,
+                            BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
         beta = tl.load(beta_ptr)
         # replay up to the last chunk's start, keeping U at every chunk start
@@ -176,8 +178,8 @@ def cf_forward(x: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: 
     block = block or forward_block(x.dtype)
     with _device_guard(x):
         _cf_forward_kernel[(triton.cdiv(neurons, block),)](
-            x, _decay_pointer(decay), levels, out, out if potentials is None else potentials, neurons, reset_unit, scale,
-            T=steps, D=levels.numel(), MODE=mode, RECORD=record, BLOCK=block, enable_fp_fusion=False)
+            x, _decay_pointer(decay), levels, out, out if potentials is None else potentials, neurons, reset_unit,
+            scale, T=steps, D=levels.numel(), MODE=mode, RECORD=record, BLOCK=block, enable_fp_fusion=False)
     return out, potentials
 
 
@@ -215,22 +217,25 @@ def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode
 
 @torch.library.custom_op("repro::cf_outputs", mutates_args=())
 def cf_outputs(x: Tensor, k: Tensor | None, decay: Tensor, levels: Tensor, params: list[float], shape: str, mode: str,
-               reset_unit: float, scale: float, reset_detach: bool) -> Tensor:
-    """Outputs of a circulate-firing layer with a fixed surrogate (``shape`` named by ``triton_lif.shape_name``,
-    ``params`` its parameters) or a learned TLSG (``shape`` its ``proxy_derivatives``, ``k`` = k[T]) as one operator
-    with its autograd formula: what ``torch.compile`` traces in place of ``models/fused_cf.py``'s autograd Function
-    (opaque to inductor, no graph break; no recorded potentials, no double backward)."""
-    return cf_forward(x, decay, levels, mode, reset_unit, scale)[0]
+               reset_unit: float, scale: float, reset_detach: bool, record: str) -> tuple[Tensor, Tensor]:
+    """(outputs, recorded potentials or an empty tensor) of a circulate-firing layer with a fixed surrogate
+    (``shape`` named by ``triton_lif.shape_name``, ``params`` its parameters) or a learned TLSG (``shape`` its
+    ``proxy_derivatives``, ``k`` = k[T]), ``record`` "" (nothing), "pre_fire" or "post_reset", as one operator with
+    its autograd formula: what ``torch.compile`` traces in place of ``models/fused_cf.py``'s autograd Function
+    (opaque to inductor, no graph break; no double backward)."""
+    out, potentials = cf_forward(x, decay, levels, mode, reset_unit, scale, record=record or None)
+    return out, x.new_empty(0) if potentials is None else potentials
 
 
 @cf_outputs.register_fake
-def _(x, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach):
-    return torch.empty_like(x)
+def _(x, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach, record):
+    return torch.empty_like(x), torch.empty_like(x) if record else x.new_empty(0)
 
 
 @torch.library.custom_op("repro::cf_grads", mutates_args=())
-def cf_grads(x: Tensor, grad_out: Tensor, k: Tensor | None, decay: Tensor, levels: Tensor, params: list[float],
-             shape: str, mode: str, reset_unit: float, scale: float, reset_detach: bool) -> tuple[Tensor, Tensor]:
+def cf_grads(x: Tensor, grad_out: Tensor, grad_potentials: Tensor | None, k: Tensor | None, decay: Tensor,
+             levels: Tensor, params: list[float], shape: str, mode: str, reset_unit: float, scale: float,
+             reset_detach: bool, record: str) -> tuple[Tensor, Tensor]:
     """(dL/dI, dL/dk[T] in float64, zeros without k) of ``cf_outputs`` through ``cf_backward``."""
     function = shape_of(shape)
     rows = ([{"k": value} for value in k.detach().unbind()] if k is not None
@@ -238,12 +243,13 @@ def cf_grads(x: Tensor, grad_out: Tensor, k: Tensor | None, decay: Tensor, level
     names, switches = kernel_parameters(function, rows)
     table = parameter_table(rows, names, torch.Size([1]), x.device)
     grad_x, grad_k = cf_backward(x, grad_out, decay, levels, mode, reset_unit, scale, reset_detach,
-                                 kernel_shape(function), table, switches=switches, learned_k=k is not None)
+                                 kernel_shape(function), table, switches=switches, learned_k=k is not None,
+                                 record=record or None, grad_potentials=grad_potentials)
     return grad_x, (grad_k if grad_k is not None else x.new_zeros(x.shape[0], dtype=torch.float64))
 
 
 @cf_grads.register_fake
-def _(x, grad_out, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach):
+def _(x, grad_out, grad_potentials, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach, record):
     return torch.empty_like(x), x.new_empty(x.shape[0], dtype=torch.float64)
 
 
@@ -253,9 +259,11 @@ def _save_for_cf_grads(ctx, inputs, output) -> None:
     ctx.switches = switches
 
 
-def _cf_outputs_backward(ctx, grad_out):
+def _cf_outputs_backward(ctx, grad_out, grad_potentials):
     x, k, decay, levels = ctx.saved_tensors
-    grad_x, grad_k = torch.ops.repro.cf_grads(x, grad_out, k, decay, levels, *ctx.switches)
+    record = ctx.switches[-1]
+    grad_x, grad_k = torch.ops.repro.cf_grads(x, grad_out, grad_potentials if record else None, k, decay, levels,
+                                              *ctx.switches)
     return (grad_x, None if k is None else grad_k.to(k.dtype)) + (None,) * (2 + len(ctx.switches))
 
 

@@ -172,11 +172,11 @@ if triton is not None:
 
     @triton.jit
     def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, k_partial_ptr, gs_ptr,
-                         gu_ptr, N, inner, channels, theta, T: tl.constexpr, CHUNK: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr,
-                         DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
-                         STEP_THRESHOLDS: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr, SHAPE: tl.constexpr,
-                         N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr, SWITCHES: tl.constexpr,
-                         LEARNED_K: tl.constexpr, WANT_DECAY: tl.constexpr,
+                         gu_ptr, N, inner, channels, theta, T: tl.constexpr, CHUNK: tl.constexpr,
+                         RESET: tl.constexpr, DECAYED: tl.constexpr, DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                         FIRE_GE: tl.constexpr, STEP_THRESHOLDS: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr,
+                         SHAPE: tl.constexpr, N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr,
+                         SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, WANT_DECAY: tl.constexpr,
                          STORE_SPIKE_GRADS: tl.constexpr, STORE_MEMBRANE_GRADS: tl.constexpr, BLOCK: tl.constexpr):
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         valid = offsets < N
@@ -326,7 +326,8 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     with _device_guard(x):
         _backward_kernel[(programs,)](
             x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, k_partials,
-            _output_or(spike_grads, partials), _output_or(membrane_grads, partials), neurons, inner, channels, threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
+            _output_or(spike_grads, partials), _output_or(membrane_grads, partials), neurons, inner, channels,
+            threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
             DECAY_INPUT=decay_input, FIRE_GE=fire_ge, STEP_THRESHOLDS=step_thresholds is not None,
             THRESHOLD_CHANNELS=step_thresholds is not None and step_thresholds.shape[1] > 1, SHAPE=shape,
             N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, SWITCHES=tuple(switches),

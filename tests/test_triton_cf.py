@@ -130,7 +130,8 @@ def test_cf_kernels_record_the_potentials_and_take_their_gradient(monkeypatch, r
 @kernels_run_here
 def test_cf_kernel_operators_pass_opcheck():
     """``repro::cf_outputs`` / ``repro::cf_grads`` (what torch.compile traces): schema, fake outputs, autograd
-    registration and dispatch consistent (``torch.library.opcheck``), with a fixed surrogate and with k[T]."""
+    registration and dispatch consistent (``torch.library.opcheck``), with a fixed surrogate and with k[T], with
+    and without recorded potentials."""
     from repro.models.triton_lif import shape_name
     from repro.surrogates.learnable import SigmoidTLSG
 
@@ -139,19 +140,23 @@ def test_cf_kernel_operators_pass_opcheck():
     k = torch.tensor([3.0, 4.0, 5.0], device=DEVICE)
     for sharpness, params, shape in ((None, [4.0], shape_name(create_surrogate("sigmoid").shape)),
                                      (k, [], shape_name(SigmoidTLSG.proxy_derivatives))):
-        switches = (params, shape, "signed", 1.0, 1.0, False)
-        grad_k = None if sharpness is None else sharpness.clone().requires_grad_()
-        torch.library.opcheck(torch.ops.repro.cf_outputs.default,
-                              (x.clone().requires_grad_(), grad_k, decay, levels, *switches))
-        torch.library.opcheck(torch.ops.repro.cf_grads.default,
-                              (x, torch.randn_like(x), sharpness, decay, levels, *switches))
+        for record in ("", "pre_fire"):
+            switches = (params, shape, "signed", 1.0, 1.0, False, record)
+            grad_k = None if sharpness is None else sharpness.clone().requires_grad_()
+            torch.library.opcheck(torch.ops.repro.cf_outputs.default,
+                                  (x.clone().requires_grad_(), grad_k, decay, levels, *switches))
+            grad_potentials = torch.randn_like(x) if record else None
+            torch.library.opcheck(torch.ops.repro.cf_grads.default,
+                                  (x, torch.randn_like(x), grad_potentials, sharpness, decay, levels, *switches))
 
 
 @kernels_run_here
-@pytest.mark.parametrize("surrogate", ["sigmoid", "learnable"])
-def test_torch_compile_keeps_the_cf_kernels_without_graph_breaks(surrogate):
+@pytest.mark.parametrize("surrogate,recorded", [("sigmoid", None), ("learnable", "pre_fire"),
+                                                ("learnable", "post_reset")])
+def test_torch_compile_keeps_the_cf_kernels_without_graph_breaks(surrogate, recorded):
     """Under torch.compile (fullgraph: no graph break) the CF layer is the ``repro::cf_outputs`` operator in the
-    graph; outputs equal the reference loop's, input and rho gradients to float tolerance."""
+    graph, also recording its potentials (the balanced loss); outputs and potentials equal the reference loop's,
+    input and rho gradients (a loss on both) to float tolerance."""
     graphs = []
 
     def recording_backend(graph_module, example_inputs):
@@ -159,14 +164,20 @@ def test_torch_compile_keeps_the_cf_kernels_without_graph_breaks(surrogate):
         return graph_module.forward
 
     torch._dynamo.reset()
-    make = lambda fused: CFNeuron(mode="signed", D=3, surrogate=make_surrogate(surrogate, 4),  # noqa: E731
-                                  fused=fused, num_steps=4).to(DEVICE)
-    compiled, loop = torch.compile(make(True), backend=recording_backend, fullgraph=True), make(False)
-    x = make_input(4, loop.levels)
-    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
-    out, grads = grads_of(compiled, x, upstream)
-    ref_out, ref_grads = grads_of(loop, x, upstream)
+    runs = []
+    for fused in (True, False):
+        neuron = CFNeuron(mode="signed", D=3, surrogate=make_surrogate(surrogate, 4), fused=fused, num_steps=4)
+        neuron.record_potentials, neuron.recorded_potential = recorded is not None, recorded or "pre_fire"
+        layer = torch.compile(neuron.to(DEVICE), backend=recording_backend, fullgraph=True) if fused else neuron
+        x = make_input(4, neuron.levels).requires_grad_()
+        out = layer(x)
+        potentials = torch.stack(neuron.potentials) if recorded else out.new_zeros(())
+        loss = (out * torch.linspace(-1, 1, out.numel(), device=DEVICE).view_as(out)).sum() + potentials.sin().sum()
+        runs.append((out, potentials, torch.autograd.grad(loss, [x] + [p for p in neuron.parameters()
+                                                                       if p.requires_grad])))
+    (out, potentials, grads), (ref_out, ref_potentials, ref_grads) = runs
     assert any("repro.cf_outputs" in str(node.target) for graph in graphs for node in graph.graph.nodes)
-    assert torch.equal(out, ref_out) and len(grads) == (2 if surrogate == "learnable" else 1)
+    assert torch.equal(out, ref_out) and torch.equal(potentials, ref_potentials)
+    assert len(grads) == (2 if surrogate == "learnable" else 1)
     for grad, ref_grad in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)

@@ -284,7 +284,7 @@ A2SG_CASES = [dict(shape=shape, asym=0.5 if shape in a2sg.ASYMMETRY_SHAPES else 
 
 
 @kernels_run_here
-@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # asym_sigmoid's exp in the interpreter (-> 0, as intended)
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # asym_sigmoid's exp in the interpreter (-> 0)
 @pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
 def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity):
     """A2SG, every shape (and the ramp with a fixed height, unclipped; the reconstructed controller), per-step
