@@ -17,10 +17,10 @@ import os
 import sys
 
 from .checkpoint import CorruptCheckpointError
-from .config import (CommandLine, Config, ConfigError, apply_command_line, apply_smoke, read_command_line,
-                     with_file)
-from .datasets import EMBEDDED, CorruptFileError, modality_of
+from .config import CommandLine, Config, read_command_line
+from .datasets import CorruptFileError
 from .engine import train
+from .recipes import layered_config
 
 # ValueError covers ConfigError and the checks of the engine, registries and datasets; OSError the data
 # and run directory (DatasetNotFoundError, FileExistsError, a locked run); FloatingPointError a diverged run.
@@ -35,15 +35,7 @@ def say(message: str) -> None:
 
 def resolve(defaults: Config, line: CommandLine, vanilla: dict | None = None, smoke: dict | None = None) -> Config:
     """The run's config from the recipe's ``defaults`` and the parsed command line."""
-    base = with_file(defaults, line)
-    asked = apply_command_line(base, line)
-    if asked.vanilla and not line.file.get("vanilla"):  # a --config file holds a resolved config
-        if vanilla is None:
-            raise ConfigError("this recipe has no vanilla baseline (--vanilla); it is one already")
-        base = dataclasses.replace(base, **vanilla)
-    if asked.smoke and not line.file.get("smoke"):
-        base = apply_smoke(base, EMBEDDED[modality_of(asked.dataset)], **(smoke or {}))
-    config = apply_command_line(base, line)
+    config = layered_config(defaults, line, vanilla, smoke)
     if config.smoke:
         say("smoke run: a few batches on embedded data check the plumbing, not learning (accuracy means nothing)")
     warmup_given = "warmup_epochs" in line.fields or "warmup_epochs" in line.file

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection
 
-from .config import Config, apply_command_line, apply_smoke, read_command_line
+from .config import (CommandLine, Config, ConfigError, apply_command_line, apply_smoke, read_command_line,
+                     with_file)
 from .datasets import EMBEDDED, modality_of
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
@@ -131,26 +132,33 @@ def all_recipes(directory: Path = RECIPES_DIR) -> dict[str, Recipe]:
     return {p.name: load_recipe(p) for p in sorted(directory.glob("*.py")) if p.name not in NOT_RECIPES}
 
 
+def layered_config(defaults: Config, line: CommandLine, vanilla: dict | None = None,
+                   smoke: dict | None = None) -> Config:
+    """A recipe's config under a parsed command line, in repro.config's precedence: recipe -> ``--config FILE``
+    -> ``--vanilla`` (``vanilla``: the recipe's baseline changes) / ``--smoke`` (the embedded stand-in of the
+    modality, then ``smoke``) -> explicit flags.  A ``--config`` file that holds a resolved config (its
+    ``vanilla`` / ``smoke`` set) is not layered again."""
+    base = with_file(defaults, line)
+    asked = apply_command_line(base, line)
+    if asked.vanilla and not line.file.get("vanilla"):
+        if vanilla is None:
+            raise ConfigError("this recipe has no vanilla baseline (--vanilla); it is one already")
+        base = dataclasses.replace(base, **vanilla)
+    if asked.smoke and not line.file.get("smoke"):
+        base = apply_smoke(base, EMBEDDED[modality_of(asked.dataset)], **(smoke or {}))
+    return apply_command_line(base, line)
+
+
 @functools.cache
 def command_config(command: str, directory: Path = RECIPES_DIR) -> Config:
-    """The Config of a recipe command (``"ds_atgo_cifar10.py --vanilla --smoke"``): the recipe's config, its
-    VANILLA / SMOKE changes where the flags ask, then the other flags (repro.config's precedence).  Cached:
-    treat the result as read-only."""
+    """The Config of a recipe command (``"ds_atgo_cifar10.py --vanilla --smoke"``), as its command line
+    would resolve it (``layered_config``).  Cached: treat the result as read-only."""
     name, *argv = command.split()
     recipes = all_recipes(directory)
     if name not in recipes:
         raise ValueError(f"unknown recipe {name!r} in {command!r}; recipes: {', '.join(recipes)}")
     recipe = recipes[name]
-    line = read_command_line(recipe.config, argv)
-    asked = apply_command_line(recipe.config, line)
-    base = recipe.config
-    if asked.vanilla:
-        if recipe.vanilla is None:
-            raise ValueError(f"{name} has no vanilla baseline (--vanilla)")
-        base = dataclasses.replace(base, **recipe.vanilla)
-    if asked.smoke:
-        base = apply_smoke(base, EMBEDDED[modality_of(asked.dataset)], **(recipe.smoke or {}))
-    return apply_command_line(base, line)
+    return layered_config(recipe.config, read_command_line(recipe.config, argv), recipe.vanilla, recipe.smoke)
 
 
 def flag_differences(reference: Config, config: Config, ignore: Collection[str]) -> list[str]:
