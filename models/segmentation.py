@@ -217,7 +217,7 @@ def load_classification_weights(model: nn.Module, source: str | Path | dict) -> 
     "model"), such a dict, or a plain state_dict.  Matching names are copied; the classifier and any
     other extra entries are reported as unexpected, encoder entries absent from the checkpoint as missing.
     """
-    state = torch.load(source, map_location="cpu", weights_only=False) if isinstance(source, (str, Path)) else source
+    state = torch.load(source, map_location="cpu", weights_only=True) if isinstance(source, (str, Path)) else source
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     encoder = model if isinstance(model, SpikingResNetEncoder) else model.encoder
