@@ -11,6 +11,8 @@
 - Joint image/mask transforms: :class:`~repro.datasets.transforms.JointTransform`
   (``crop_size`` 512, random scale in ``scale_range`` (0.5, 2.0), crop and flip for train; longer
   side to ``crop_size`` and padding for eval), ImageNet normalisation (``mean`` / ``std``).
+- ``classes`` / ``palette``: the class names and [K, 3] uint8 colours of label ids 0..K-1
+  (:mod:`~repro.datasets.seg_classes`: VOC's colour map, ADE20K's 150-colour table).
 Items: (float [3, crop, crop], long [crop, crop] with 255 = ignore).
 """
 from __future__ import annotations
@@ -22,6 +24,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from .files import corrupt, not_found, read_image, read_label_map, require
+from .seg_classes import ADE20K_CLASSES, ADE20K_PALETTE, VOC_CLASSES, voc_colour_map
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, JointTransform, check_choice
 
 SPLITS = ("train", "test")
@@ -63,7 +66,8 @@ class _SegmentationFolder(Dataset):
 
 
 class VOC2012(_SegmentationFolder):
-    num_classes = 21
+    classes, palette = VOC_CLASSES, voc_colour_map(len(VOC_CLASSES))
+    num_classes = len(classes)
     LAYOUT = ("  VOCdevkit/VOC2012/JPEGImages/<id>.jpg\n  VOCdevkit/VOC2012/SegmentationClass/<id>.png\n"
               "  VOCdevkit/VOC2012/ImageSets/Segmentation/train.txt, val.txt")
 
@@ -86,7 +90,8 @@ class VOC2012(_SegmentationFolder):
 
 
 class ADE20K(_SegmentationFolder):
-    num_classes = 150
+    classes, palette = ADE20K_CLASSES, ADE20K_PALETTE
+    num_classes = len(classes)
     LAYOUT = ("  ADEChallengeData2016/images/training/*.jpg, images/validation/*.jpg\n"
               "  ADEChallengeData2016/annotations/training/*.png, annotations/validation/*.png")
     LABELS = np.concatenate([[IGNORE_INDEX], np.arange(255)]).astype(np.uint8)  # 0 -> 255, k -> k - 1

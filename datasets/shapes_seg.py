@@ -5,8 +5,8 @@ segmentation runs and tests need no download.
   with a linear gradient and pixel noise; 1-3 shapes drawn in order (later ones on top), each a
   circle, square or equilateral triangle with random centre, size (radius S/10..S/4, the square's
   and triangle's circumradius), rotation and a colour far from the background.
-- Mask: 0 background, 1 circle, 2 square, 3 triangle; pixels with a 4-neighbour of another class
-  are 255 (ignored), like VOC's boundary band.
+- Mask: 0 background, 1 circle, 2 square, 3 triangle (``classes``; ``palette``: the VOC colour map);
+  pixels with a 4-neighbour of another class are 255 (ignored), like VOC's boundary band.
 - Deterministic: split ``train`` (320 scenes) uses seed 0 and ``test`` (96) seed 1.
 - Items go through the same :class:`~repro.datasets.transforms.JointTransform` as VOC2012 / ADE20K
   with ``crop_size = image_size`` (train: random scale, pad, crop, flip; test: identity geometry),
@@ -21,6 +21,7 @@ from typing import Sequence
 import numpy as np
 from torch.utils.data import Dataset
 
+from .seg_classes import voc_colour_map
 from .transforms import JointTransform, check_choice
 
 CLASSES = ("background", "circle", "square", "triangle")
@@ -73,6 +74,7 @@ def draw_scene(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndar
 class ShapesSeg(Dataset):
     """See the module docstring; ``root`` and ``download`` are accepted for a uniform call and unused."""
 
+    classes, palette = CLASSES, voc_colour_map(len(CLASSES))
     num_classes = len(CLASSES)
     in_channels = 3
     modality = "segmentation"

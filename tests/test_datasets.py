@@ -14,6 +14,7 @@ from repro.datasets import (DATASETS, EMBEDDED, CorruptFileError, DatasetNotFoun
                             to_model_input)
 from repro.datasets import cifar10_dvs
 from repro.datasets.nd_digits import SENSOR_SIZE, saccade_events
+from repro.datasets.seg_classes import voc_colour_map
 from repro.datasets.shapes_seg import shape_mask
 from repro.datasets.transforms import Cutout, FlipRoll, JointTransform, events_to_frames
 
@@ -480,6 +481,38 @@ def test_ade20k_label_mapping_layout_and_errors(tmp_path):
     broken.write_bytes(broken.read_bytes()[:200])
     with pytest.raises(CorruptFileError, match="ADE_val_00000001.jpg"):
         test[0]
+
+
+def test_segmentation_class_names_and_palettes_follow_the_loaders_label_ids(tmp_path):
+    voc = DATASETS.get("voc2012")
+    assert len(voc.classes) == voc.num_classes == 21 and voc.palette.shape == (21, 3) and voc.palette.dtype == np.uint8
+    # the devkit's colour map: 1 aeroplane, 15 person, 20 tvmonitor; 255 is the colour of VOC's boundary band
+    assert (voc.classes[1], *voc.palette[1]) == ("aeroplane", 128, 0, 0)
+    assert (voc.classes[15], *voc.palette[15]) == ("person", 192, 128, 128)
+    assert (voc.classes[20], *voc.palette[20]) == ("tvmonitor", 0, 64, 128)
+    assert voc.classes[0] == "background" and voc_colour_map(256)[255].tolist() == [224, 224, 192]
+    shapes = create_dataset("shapes_seg", "test", num_scenes=1)
+    assert shapes.classes == ("background", "circle", "square", "triangle")
+    assert np.array_equal(shapes.palette, voc.palette[:4])
+
+    # ADE20K: raw annotation j in 1..150 is label j - 1, whose name and colour are SceneParse150's class j
+    ade = DATASETS.get("ade20k")
+    assert len(ade.classes) == len(set(ade.classes)) == ade.num_classes == 150 and ade.palette.shape == (150, 3)
+    known = {1: ("wall", (120, 120, 120)), 3: ("sky", (6, 230, 230)), 13: ("person", (150, 5, 61)),
+             21: ("car", (0, 102, 200)), 150: ("flag", (92, 0, 255))}
+    raw = np.zeros((32, 32), np.uint8)  # 0 = "other" outside the stripes
+    for column, j in enumerate(known):
+        raw[:, 4 * column:4 * column + 4] = j
+    base = tmp_path / "ADEChallengeData2016"
+    for folder in ("images", "annotations"):
+        (base / folder / "validation").mkdir(parents=True)
+    Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(base / "images/validation/ADE_val_00000001.jpg")
+    Image.fromarray(raw).save(base / "annotations/validation/ADE_val_00000001.png")
+    _, mask = create_dataset("ade20k", "test", root=str(tmp_path), crop_size=32)[0]
+    for column, (name, colour) in enumerate(known.values()):
+        label = int(mask[0, 4 * column])
+        assert (ade.classes[label], tuple(ade.palette[label])) == (name, colour)
+    assert bool((mask[:, 4 * len(known):] == 255).all())
 
 
 # --------------------------------------------------------------------------------- embedded stand-ins
