@@ -19,6 +19,8 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import FixedLocator, MaxNLocator, ScalarFormatter  # noqa: E402
 
+from .datasets.seg_classes import voc_colour_map  # noqa: E402
+
 DPI = 110
 FIRING_RATE = "firing rate (spikes / neuron / step)"  # the axis label of every firing-rate figure
 TITLE_FIELDS = (("model", "{}"), ("neuron", "{} neuron"), ("surrogate", "{} surrogate"), ("loss", "{} loss"),
@@ -154,57 +156,54 @@ def results_table(history: list[dict], summary: dict) -> str:
     return "\n".join(lines)
 
 
-def voc_palette(count: int) -> np.ndarray:
-    """[count, 3] RGB in [0, 1]: the PASCAL VOC colour map (bits of the class index spread over R, G, B;
-    the palette of the VOC masks, class 0 black), used for every segmentation dataset."""
-    palette = np.zeros((count, 3))
-    for index in range(count):
-        value = index
-        for shift in range(7, -1, -1):
-            palette[index] += [(value >> bit & 1) << shift for bit in range(3)]
-            value >>= 3
-    return palette / 255.0
-
-
-def class_names(dataset) -> list[str]:
-    names = getattr(dataset, "classes", None)
-    return [str(n) for n in names] if names is not None and len(names) == dataset.num_classes else \
-        [f"class {k}" for k in range(dataset.num_classes)]
+def class_table(dataset) -> tuple[list[str], np.ndarray]:
+    """(names, [K, 3] RGB in [0, 1]) of a segmentation dataset's label ids 0..K-1: its ``classes`` and
+    ``palette`` (uint8), else "class k" and the PASCAL VOC colour map."""
+    count = dataset.num_classes
+    names, palette = getattr(dataset, "classes", None), getattr(dataset, "palette", None)
+    names = [f"class {k}" for k in range(count)] if names is None else list(names)
+    palette = voc_colour_map(count) if palette is None else np.asarray(palette)
+    if len(names) != count or palette.shape != (count, 3):
+        raise ValueError(f"{type(dataset).__name__}: {len(names)} class names and a palette of shape "
+                         f"{palette.shape} for {count} classes; give one name and one RGB colour per class")
+    return [str(name) for name in names], palette / 255.0
 
 
 @torch.no_grad()
 def segmentation_examples_figure(model, dataset, info: dict | None = None, label: str = "", count: int = 4,
                                  ignore_index: int = 255) -> Figure:
-    """Rows of image | ground truth | prediction for the first ``count`` test samples, masks in the VOC
-    palette (``voc_palette``), ignored pixels white, and a legend of the classes present; the title names
-    the run (``label`` and ``run_title`` of ``info``, a config or summary dict)."""
+    """Rows of image | ground truth | prediction for the first ``count`` test samples, masks in the
+    dataset's palette (``class_table``), ignored pixels white, and a legend of the classes present; the
+    title names the run (``label`` and ``run_title`` of ``info``, a config or summary dict)."""
     model.eval()
     device = next(model.parameters()).device
-    count = min(count, len(dataset))
-    palette, names = voc_palette(dataset.num_classes), class_names(dataset)
-    fig, axes = plt.subplots(count, 3, figsize=(9, 3 * count + 0.6), squeeze=False)
-    shown = set()
-    for row in range(count):
-        image, mask = dataset[row]
-        prediction = model(image[None].to(device)).argmax(1)[0].cpu().numpy()
+    names, palette = class_table(dataset)
+    rows = []
+    for index in range(min(count, len(dataset))):
+        image, mask = dataset[index]
         picture = image.permute(1, 2, 0).float().numpy()
-        picture = (picture - picture.min()) / max(float(picture.max() - picture.min()), 1e-8)
-        truth = mask.numpy()
+        rows.append(((picture - picture.min()) / max(float(picture.max() - picture.min()), 1e-8), mask.numpy(),
+                     model(image[None].to(device)).argmax(1)[0].cpu().numpy()))
+    shown = np.union1d(np.concatenate([truth[truth != ignore_index] for _, truth, _ in rows]),
+                       np.concatenate([prediction.ravel() for _, _, prediction in rows]))
+    handles = [Patch(facecolor=palette[k], edgecolor="0.5", label=names[k]) for k in shown]
+    handles.append(Patch(facecolor="white", edgecolor="0.5", label=f"ignored ({ignore_index})"))
+    columns = min(len(handles), 6)
+    legend_height = 0.22 * -(-len(handles) // columns)  # inches: a line per row of entries
+    fig, axes = plt.subplots(len(rows), 3, figsize=(9, 3 * len(rows) + legend_height + 0.6), squeeze=False,
+                             layout="constrained")
+    for row, (picture, truth, prediction) in enumerate(rows):
         ignored = truth == ignore_index
         truth_rgb = palette[np.where(ignored, 0, truth)]
         truth_rgb[ignored] = 1.0
-        shown |= set(np.unique(truth[~ignored]).tolist()) | set(np.unique(prediction).tolist())
         for ax, picture_rgb, name in zip(axes[row], (picture, truth_rgb, palette[prediction]),
                                          ("image", "ground truth", "prediction")):
             ax.imshow(picture_rgb, interpolation="nearest")
             ax.set_title(f"{name}, test sample {row}", fontsize=9)
             ax.axis("off")
-    handles = [Patch(facecolor=palette[k], edgecolor="0.5", label=names[k]) for k in sorted(shown)]
-    handles.append(Patch(facecolor="white", edgecolor="0.5", label=f"ignored ({ignore_index})"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=columns, fontsize=8)
     fig.suptitle("Segmentation examples" + (f": {label}" if label else "") + (f"\n{run_title([info])}" if info else ""),
                  fontsize=10)
-    fig.tight_layout(rect=(0, 0.6 / (3 * count + 0.6) + 0.02, 1, 0.97))
     return fig
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .plots import FIRING_RATE, class_names, headline, plot_training_curves, run_title, save_segmentation_examples
+from .plots import FIRING_RATE, class_table, headline, plot_training_curves, run_title, save_segmentation_examples
 from .report_figures import (plot_histograms, plot_landscape, plot_layer_bars, plot_state_trajectories,
                              plot_step_heatmaps, plot_surrogate_parameters, state_trajectories)
 from .report_runs import CHECKPOINTS, Run, load_run, mean_std, measure, seed_groups
@@ -117,19 +117,23 @@ def summary_section(runs: list[Run], results: dict[str, dict]) -> list[str]:
 
 
 def segmentation_section(runs: list[Run], out_dir: Path) -> list[str]:
-    """Per-class IoU of the measured weights' epoch (from metrics.jsonl) and the examples figure."""
+    """Per-class IoU of the measured weights' epoch (from metrics.jsonl), one table per dataset with its
+    class names (``class_table``), and the examples figure of each run."""
     runs = [run for run in runs if run.modality == "segmentation"]
     if not runs:
         return []
     lines = ["## Segmentation", "",
              "IoU per class (%) on the test split at the epoch of the measured weights (metrics.jsonl); n/a: the "
-             "class is in neither prediction nor ground truth, or the run predates per-class IoU.", ""]
-    names = class_names(runs[0].test_set)
-    rows = []
-    for run in runs:
-        per_class = run.checkpoint_row.get("test_iou_per_class") or [None] * len(names)
-        rows.append([f"`{run.label}`", run.checkpoint_row.get("test_miou"), *per_class])
-    lines += _table(["run", "mIoU", *names], rows)
+             "class is in neither prediction nor ground truth, or the run predates per-class IoU.  One table per "
+             "dataset: a row per class (label id and name), a column per run.", ""]
+    for dataset in dict.fromkeys(run.config["dataset"] for run in runs):
+        group = [run for run in runs if run.config["dataset"] == dataset]
+        names = class_table(group[0].test_set)[0]
+        per_class = [run.checkpoint_row.get("test_iou_per_class") or [None] * len(names) for run in group]
+        lines += [f"`{dataset}`:", ""]
+        lines += _table(["class", *(f"`{run.label}`" for run in group)],
+                        [["mIoU", *(run.checkpoint_row.get("test_miou") for run in group)]]
+                        + [[f"{k} {name}", *(ious[k] for ious in per_class)] for k, name in enumerate(names)])
     for run in runs:
         path = save_segmentation_examples(run.model, run.test_set, out_dir / f"examples_{_slug(run.label)}.png",
                                           run.config, run.label)

@@ -80,8 +80,9 @@ def test_report_on_static_event_and_segmentation_runs_with_spikes(tmp_path, segm
     assert "| mIoU | 50 (best_model.pt, epoch 1) | 20 | 50 |" in seg_row
     assert "| top-1 accuracy |" in next(line for line in text.splitlines() if line.startswith("| `event` |"))
     per_class = json.loads((seg / "metrics.jsonl").read_text().splitlines()[0])["test_iou_per_class"]
-    assert "| run | mIoU | class 0 | class 1 | class 2 | class 3 |" in text
-    assert "| `seg` | 50 | " + " | ".join("n/a" if v is None else f"{v:.4g}" for v in per_class) + " |" in text
+    assert "| class | `seg` |\n|---|---|\n| mIoU | 50 |\n" + "".join(
+        f"| {k} {name} | {'n/a' if v is None else f'{v:.4g}'} |\n"
+        for k, (name, v) in enumerate(zip(("background", "circle", "square", "triangle"), per_class))) in text
     event_diagnostics = json.loads((out / "diagnostics_event.json").read_text())
     assert event_diagnostics["num_steps"] == 4  # built as the engine builds it: one frame per step
     assert len(event_diagnostics["traces"]["features.1"]["spikes"]) == 4

@@ -12,8 +12,9 @@ from PIL import Image
 import repro.report_figures
 from repro.datasets import create_dataset
 from repro.models.neurons import LIF
-from repro.plots import results_table, segmentation_examples_figure, training_curves_figure, voc_palette
-from repro.report import summary_section
+from repro.datasets.seg_classes import ADE20K_CLASSES, ADE20K_PALETTE, voc_colour_map
+from repro.plots import class_table, results_table, segmentation_examples_figure, training_curves_figure
+from repro.report import segmentation_section, summary_section
 from repro.report_figures import plot_state_trajectories, plot_surrogate_parameters, state_trajectories
 from repro.spike_figures import event_frames_figure, membrane_figure, raster_figure
 from repro.tasks import SegmentationTask
@@ -82,10 +83,38 @@ def test_saved_figures_have_no_offset_tick_labels(tmp_path, monkeypatch):
     plt.close(default)
 
 
-def test_voc_palette_is_the_voc_colour_map():
-    palette = np.round(voc_palette(21) * 255).astype(int)
-    assert palette[0].tolist() == [0, 0, 0] and palette[1].tolist() == [128, 0, 0]
-    assert palette[15].tolist() == [192, 128, 128] and palette[20].tolist() == [0, 64, 128]  # person, tv/monitor
+def test_class_table_reads_the_dataset_or_falls_back_to_class_k_and_the_voc_map():
+    names, palette = class_table(SimpleNamespace(num_classes=3))  # a dataset without names or palette
+    assert names == ["class 0", "class 1", "class 2"]
+    assert np.allclose(palette * 255, [[0, 0, 0], [128, 0, 0], [0, 128, 0]])
+    names, palette = class_table(SimpleNamespace(num_classes=2, classes=("a", "b"),
+                                                 palette=[[10, 20, 30], [255, 0, 0]]))
+    assert names == ["a", "b"] and np.allclose(palette, [[10 / 255, 20 / 255, 30 / 255], [1, 0, 0]])
+    with pytest.raises(ValueError, match="2 class names .* for 3 classes"):
+        class_table(SimpleNamespace(num_classes=3, classes=("a", "b")))
+
+
+class StripedADE:
+    """Two ADE20K-labelled samples: stripes of labels 0 wall, 2 sky, 12 person, 149 flag and 255 (ignored)."""
+    num_classes, classes, palette = 150, ADE20K_CLASSES, ADE20K_PALETTE
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        mask = torch.tensor([0, 2, 12, 149, 255]).repeat_interleave(4).expand(20, 20).clone()
+        return torch.rand(3, 20, 20), mask
+
+
+class ConstantLogits(torch.nn.Module):
+    """Predicts ``label`` at every pixel."""
+
+    def __init__(self, num_classes, label):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.nn.functional.one_hot(torch.tensor(label), num_classes).float())
+
+    def forward(self, x):
+        return self.logits[None, :, None, None].expand(len(x), -1, *x.shape[-2:])
 
 
 def test_per_class_iou_from_summed_counts_by_hand():
@@ -163,7 +192,8 @@ def test_segmentation_examples_show_image_truth_and_prediction_in_the_palette():
     dataset = create_dataset("shapes_seg", "test", num_scenes=2)
     model = torch.nn.Conv2d(3, dataset.num_classes, 1)  # any [B, K, H, W] model
     fig = segmentation_examples_figure(model, dataset, {**INFO, "dataset": "shapes_seg"}, "seg", count=2)
-    palette = voc_palette(dataset.num_classes)
+    palette = voc_colour_map(dataset.num_classes) / 255.0
+    shown = set()
     for row in range(2):
         image, mask = dataset[row]
         image_ax, truth_ax, prediction_ax = fig.axes[3 * row:3 * row + 3]
@@ -175,10 +205,48 @@ def test_segmentation_examples_show_image_truth_and_prediction_in_the_palette():
         with torch.no_grad():
             predicted = model(image[None]).argmax(1)[0].numpy()
         assert np.allclose(prediction_ax.get_images()[0].get_array(), palette[predicted])
+        shown |= set(mask.numpy()[~ignored].tolist()) | set(predicted.ravel().tolist())
     legend = [text.get_text() for text in fig.legends[0].get_texts()]
-    assert legend[-1] == "ignored (255)" and set(legend[:-1]) <= {f"class {k}" for k in range(4)}
+    assert legend == [("background", "circle", "square", "triangle")[k] for k in sorted(shown)] + ["ignored (255)"]
     assert fig.get_suptitle().startswith("Segmentation examples: seg\nresnet19 · lif neuron")
     plt.close(fig)
+
+
+def test_ade20k_examples_use_its_names_and_palette():
+    fig = segmentation_examples_figure(ConstantLogits(150, 12), StripedADE(), count=1)
+    truth_ax, prediction_ax = fig.axes[1:3]
+    truth = truth_ax.get_images()[0].get_array()
+    assert [tuple(np.round(truth[0, 4 * i] * 255)) for i in range(5)] == [
+        (120, 120, 120), (6, 230, 230), (150, 5, 61), (92, 0, 255), (255, 255, 255)]  # wall, sky, person, flag, ignored
+    assert np.allclose(prediction_ax.get_images()[0].get_array() * 255, (150, 5, 61))  # person everywhere
+    legend = fig.legends[0]
+    assert [text.get_text() for text in legend.get_texts()] == ["wall", "sky", "person", "flag", "ignored (255)"]
+    assert np.allclose([patch.get_facecolor()[:3] for patch in legend.get_patches()][:4],
+                       ADE20K_PALETTE[[0, 2, 12, 149]] / 255.0)
+    plt.close(fig)
+
+
+def test_segmentation_section_tables_the_iou_of_each_class_by_name(tmp_path):
+    def run(label, dataset, test_set, ious):
+        return SimpleNamespace(label=label, modality="segmentation", config={**INFO, "dataset": dataset},
+                               checkpoint_row={"test_miou": 50.0, "test_iou_per_class": ious},
+                               model=ConstantLogits(test_set.num_classes, 1), test_set=test_set)
+    shapes = create_dataset("shapes_seg", "test", num_scenes=1)
+    ade_ious = [None] * 150
+    ade_ious[12] = 33.3
+    runs = [run("s1", "shapes_seg", shapes, [90.0, 75.0, None, 12.5]), run("s2", "shapes_seg", shapes, None),
+            run("a", "ade20k", StripedADE(), ade_ious)]
+    lines = segmentation_section(runs, tmp_path)
+    shapes_table = lines[lines.index("`shapes_seg`:") + 2:lines.index("`ade20k`:") - 1]
+    assert shapes_table == ["| class | `s1` | `s2` |", "|---|---|---|", "| mIoU | 50 | 50 |",
+                            "| 0 background | 90 | n/a |", "| 1 circle | 75 | n/a |", "| 2 square | n/a | n/a |",
+                            "| 3 triangle | 12.5 | n/a |"]
+    ade_table = lines[lines.index("`ade20k`:") + 2:]
+    assert ade_table[:5] == ["| class | `a` |", "|---|---|", "| mIoU | 50 |", "| 0 wall | n/a |",
+                             "| 1 building | n/a |"]
+    assert "| 12 person | 33.3 |" in ade_table and "| 149 flag | n/a |" in ade_table
+    assert [line for line in lines if line.startswith("![")] == [
+        f"![segmentation examples {name}](examples_{name}.png)" for name in ("s1", "s2", "a")]
 
 
 def test_spike_figures_draw_the_recorded_traces():
