@@ -204,7 +204,9 @@ def test_firing_rates_and_energy_count_real_tokens_only(embedded):
 
 def test_short_training_run_learns_the_embedded_text(embedded):
     """Circulate-firing neurons with the learnable surrogate on a tiny text Spikformer (T = 2, one block of
-    width 32), AdamW, 4 epochs: measured 87.7 % test accuracy (chance 50 %, a bag of words 51.8 %)."""
+    width 32), AdamW lr 3e-3, 8 epochs: measured 96.2-100 % test accuracy over seeds 0-4 (chance 50 %, a bag of
+    words 51.8 %).  With lr 1e-2 and 4 epochs two of those five seeds stayed at chance, so that budget is not
+    used here."""
     import torch.nn.functional as F
 
     train, test = embedded
@@ -212,11 +214,11 @@ def test_short_training_run_learns_the_embedded_text(embedded):
     model = create_model("spikformer_text", in_channels=train.in_channels, num_steps=2, neuron="circulate_firing",
                          neuron_kwargs={"reset_detach": True}, surrogate="learnable", attn_threshold_option="theta",
                          **TINY)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # tiny matrices: a second thread only waits, and on a shared CPU it spins
     try:
-        for _ in range(4):
+        for _ in range(8):
             model.train()
             for batch in torch.randperm(len(train)).split(64):
                 loss = F.cross_entropy(model(train.tokens[batch]).mean(0), train.targets[batch])
@@ -227,4 +229,4 @@ def test_short_training_run_learns_the_embedded_text(embedded):
             accuracy = (model.eval()(test.tokens).mean(0).argmax(-1) == test.targets).float().mean().item()
     finally:
         torch.set_num_threads(threads)
-    assert accuracy > 0.7, accuracy  # seeds 1 and 2: >= 0.75 and 0.74
+    assert accuracy > 0.85, accuracy
