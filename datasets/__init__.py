@@ -4,7 +4,8 @@ Every dataset object has ``num_classes``, ``in_channels`` and ``modality`` (``st
 ``event``, ``segmentation`` or ``text``); ``in_memory = True`` marks cheap items (no loader workers).
 Items: static ``(float [C, H, W], int)``; event ``(float [T, C, H, W], int)`` (batches are
 ``[B, T, ...]``; :func:`to_model_input` makes them time-first); segmentation
-``(float [3, H, W], long [H, W])`` with 255 = ignore; text ``(long [L] token ids, int)``, padded with id 0,
+``(float [3, H, W], long [H, W])`` with 255 = ignore, and ``classes`` (names by label id) and ``palette``
+(uint8 [K, 3]) for figures; text ``(long [L] token ids, int)``, padded with id 0,
 whose ``in_channels`` is the vocabulary size.  Embedded stand-ins (:data:`EMBEDDED`) need no
 root and no network; the others read ``root`` and download only with ``download=True``.
 """
