@@ -239,6 +239,18 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def write_results(results: dict, info: dict, output: str) -> dict:
+    """Record the load average at the end, print it with the start's, and write ``results`` as JSON."""
+    if hasattr(os, "getloadavg"):
+        info["load_average_end"] = os.getloadavg()
+    print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2))
+    print(f"wrote {path}")
+    return results
+
+
 def benchmark_steps(steps: int, args, device: torch.device, dtype: str = "fp32") -> list[dict]:
     shape = (steps, args.batch, args.channels, args.size, args.size)
     generator = torch.Generator().manual_seed(args.seed)
@@ -331,14 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             results["tables"].append(rows)
             print_table(f"T={steps}, {dtype} input {rows[0]['shape']} on {device}, fwd+bwd, {args.repeats} interleaved "
                         f"runs ({info['torch_threads']} threads)", rows, columns)
-    if hasattr(os, "getloadavg"):
-        info["load_average_end"] = os.getloadavg()
-    print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
-    print(f"wrote {output}")
-    return results
+    return write_results(results, info, args.output)
 
 
 if __name__ == "__main__":

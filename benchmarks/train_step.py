@@ -34,8 +34,6 @@ Writes a JSON file (``--output``, default benchmarks/results/train_step.json).
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import runpy
 import statistics
 from pathlib import Path
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuron import (ReLUFloor, SnnTorchLoop, SpikingJellyLIF, interleaved_timing, machine_info, print_table,
-                    spikingjelly_available, synchronize)
+                    spikingjelly_available, synchronize, write_results)
 from repro.diagnostics import saved_tensor_bytes
 from repro.models import create_model, resnet19
 
@@ -206,14 +204,7 @@ def main(argv: list[str] | None = None) -> dict:
         print_table(f"{model}, width {args.width}, training step, T={steps}, B={batch}, "
                     f"{device}, autocast {args.autocast}, {args.repeats} interleaved runs "
                     f"({info['torch_threads']} threads)", rows, columns)
-    if hasattr(os, "getloadavg"):
-        info["load_average_end"] = os.getloadavg()
-    print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(results, indent=2))
-    print(f"wrote {output}")
-    return results
+    return write_results(results, info, args.output)
 
 
 if __name__ == "__main__":
