@@ -75,7 +75,7 @@ import torch
 from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
-from ..surrogates.learnable import learns_sharpness
+from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
 from . import triton_cf, triton_lif, triton_surrogates
 from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_apply, surrogate_unfused_reason
 
@@ -102,7 +102,8 @@ def compiled_kernel_shape(neuron) -> str | None:
     surrogate = neuron.surrogate
     fixed = (isinstance(surrogate, FixedSurrogate) and type(surrogate).call_params is FixedSurrogate.call_params
              and type(surrogate).forward is Surrogate.forward)
-    learned = learns_sharpness(surrogate) and (surrogate.learn == "st_smooth" or not surrogate.training)
+    learned = (learns_sharpness(surrogate) and type(surrogate).forward is TimestepLearnableSurrogate.forward
+               and (surrogate.learn == "st_smooth" or not surrogate.training))
     if not (getattr(neuron, "triton", True) and (fixed or learned)
             and triton_lif.triton_available(neuron.levels.device)):
         return None
@@ -158,13 +159,13 @@ class FusedCFFunction(torch.autograd.Function):
         if (fixed_params or k is not None) and getattr(neuron, "triton", True):
             kernel = kernel_tables(surrogate, k, x)
         if kernel is not None:
-            out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels, config.mode, config.reset_unit,
-                                                   config.scale, record=recorded)
+            out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels.float(), config.mode,
+                                                   config.reset_unit, config.scale, record=recorded)
         else:
             out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, k)
-            ctx.kernel, ctx.level_tensor = kernel, neuron.levels
+            ctx.kernel, ctx.level_tensor = kernel, neuron.levels.float()
             ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
             ctx.surrogate_type, ctx.shape, ctx.recorded = type(surrogate), surrogate.shape, recorded
             ctx.per_level = fixed_params or k is not None  # scalar parameters: one level at a time

@@ -157,9 +157,7 @@ if triton is not None:
     def _forward_kernel(x_ptr, lam_ptr, out_ptr, N, theta, T: tl.constexpr, RESET: tl.constexpr,
                         DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
                         KEEP: tl.constexpr, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = offsets < N
-        stride = tl.cast(N, tl.int64)
+        offsets, valid, stride = _lanes(N, BLOCK)
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
         u = tl.zeros([BLOCK], dtype=tl.float32)
@@ -178,9 +176,7 @@ if triton is not None:
                          SHAPE: tl.constexpr, N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr,
                          SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, WANT_DECAY: tl.constexpr,
                          STORE_SPIKE_GRADS: tl.constexpr, STORE_MEMBRANE_GRADS: tl.constexpr, BLOCK: tl.constexpr):
-        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        valid = offsets < N
-        stride = tl.cast(N, tl.int64)
+        offsets, valid, stride = _lanes(N, BLOCK)
         channel = (offsets // inner) % channels  # of element n of a step [B, C, ...]
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
