@@ -372,18 +372,17 @@ def kernel_tables(torch_shape: Callable, config: StepConfig, thresholds: list, p
     [T, 1 or C, P], the shape's switches) for ``triton_lif.lif_backward``; None when a threshold or
     parameter is neither a number nor one value per layer or channel, or a switch changes between steps
     (the torch backward runs then)."""
-    split = triton_surrogates.kernel_parameters(torch_shape, params)
-    table = None if split is None else triton_surrogates.parameter_table(params, split[0], x[0].shape, x.device)
-    if table is None:
+    inputs = triton_surrogates.kernel_inputs(torch_shape, params, x[0].shape, x.device)
+    if inputs is None:
         return None
-    shape = triton_surrogates.kernel_shape(torch_shape)
+    shape, table, switches = inputs
     if all(isinstance(t, (int, float)) and t == config.threshold for t in thresholds):
-        return shape, None, table, split[1]
+        return shape, None, table, switches
     rows = [triton_surrogates.per_channel(t, x[0].shape, x.device) for t in thresholds]
     if any(row is None for row in rows):
         return None
     widest = max(row.numel() for row in rows)
-    return shape, torch.stack([row.expand(widest) for row in rows]), table, split[1]
+    return shape, torch.stack([row.expand(widest) for row in rows]), table, switches
 
 
 def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:

@@ -221,9 +221,7 @@ def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor) -> tuple | 
     if not kernels_apply(derivative, x):
         return None
     params = [surrogate.params] * x.shape[0] if k is None else [{"k": value} for value in k.detach().unbind()]
-    split = triton_surrogates.kernel_parameters(derivative, params)
-    table = None if split is None else triton_surrogates.parameter_table(params, split[0], torch.Size([1]), x.device)
-    return None if table is None else (triton_surrogates.kernel_shape(derivative), table, split[1])
+    return triton_surrogates.kernel_inputs(derivative, params, torch.Size([1]), x.device)
 
 
 def crossing_grad(ctx, t: int, direction: int, charged: Tensor, upstream: Tensor, k: Tensor | None,

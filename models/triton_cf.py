@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .triton_lif import CHUNK, _check_dtype, _decay_pointer, _device_guard, backward_block, forward_block, shape_of
-from .triton_surrogates import kernel_parameters, kernel_shape, parameter_table, shape_parameters
+from .triton_surrogates import kernel_inputs, shape_parameters
 
 try:
     import triton
@@ -240,10 +240,9 @@ def cf_grads(x: Tensor, grad_out: Tensor, grad_potentials: Tensor | None, k: Ten
     function = shape_of(shape)
     rows = ([{"k": value} for value in k.detach().unbind()] if k is not None
             else [dict(zip(shape_parameters(function), params))] * x.shape[0])
-    names, switches = kernel_parameters(function, rows)
-    table = parameter_table(rows, names, torch.Size([1]), x.device)
+    compiled, table, switches = kernel_inputs(function, rows, torch.Size([1]), x.device)  # checked at forward
     grad_x, grad_k = cf_backward(x, grad_out, decay, levels, mode, reset_unit, scale, reset_detach,
-                                 kernel_shape(function), table, switches=switches, learned_k=k is not None,
+                                 compiled, table, switches=switches, learned_k=k is not None,
                                  record=record or None, grad_potentials=grad_potentials)
     return grad_x, (grad_k if grad_k is not None else x.new_zeros(x.shape[0], dtype=torch.float64))
 

@@ -56,7 +56,7 @@ import os
 import torch
 from torch import Tensor
 
-from .triton_surrogates import kernel_shape, parameter_table, shape_parameters
+from .triton_surrogates import kernel_inputs, shape_parameters
 
 try:
     import triton
@@ -375,10 +375,10 @@ def lif_grads(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, p
               fire_ge: bool) -> tuple[Tensor, Tensor]:
     """(dL/dI, dL/dlambda as a float64 scalar) of ``lif_spikes`` through ``lif_backward``."""
     function = shape_of(shape)
-    table = parameter_table([dict(zip(shape_parameters(function), params))] * x.shape[0],
-                            shape_parameters(function), x[0].shape, x.device)
-    return lif_backward(x, grad_spikes, decay, threshold, None, kernel_shape(function), table, reset, reset_decayed,
-                        reset_detach, decay_input, fire_ge, True)[:2]
+    compiled, table, switches = kernel_inputs(function, [dict(zip(shape_parameters(function), params))] * x.shape[0],
+                                              x[0].shape, x.device)  # checked when the operator was chosen
+    return lif_backward(x, grad_spikes, decay, threshold, None, compiled, table, reset, reset_decayed,
+                        reset_detach, decay_input, fire_ge, True, switches=switches)[:2]
 
 
 @lif_grads.register_fake

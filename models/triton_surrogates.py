@@ -129,6 +129,16 @@ def _global_names(code: types.CodeType) -> set[str]:
     return names
 
 
+def kernel_inputs(derivative: Callable, params: list[dict], step_shape: torch.Size,
+                  device: torch.device) -> tuple | None:
+    """(the Triton compilation of ``derivative``, its parameter table [T, 1 or C, P], its switches) for the
+    backward kernels from the per-step parameter dicts; None when a value does not fit a table or a switch
+    changes between steps (the torch backward runs then)."""
+    split = kernel_parameters(derivative, params)
+    table = None if split is None else parameter_table(params, split[0], step_shape, device)
+    return None if table is None else (kernel_shape(derivative), table, split[1])
+
+
 def parameter_table(params: list[dict], names: tuple[str, ...], step_shape: torch.Size,
                     device: torch.device) -> Tensor | None:
     """fp32 [T, C, P] from the per-step parameter dicts (floats, or tensors holding one value or one per
