@@ -1,10 +1,9 @@
 """Sentence classification: SST-2, SST-5, MR and Subj from the Hugging Face hub, tokenised to fixed-length
 token ids.  docs/methods.md, "Circulate-firing recipes" (the SpikeBERT text setup) [reconstructed].
 
-- Files: each dataset is read from the files its hub repository publishes, kept under
-  ``root/<repo id>/`` with the hub's own names (JSON lines for the SetFit sets, parquet for MR), with
-  pyarrow, the reader Hugging Face ``datasets`` uses for them (``datasets`` itself cannot be imported
-  from the repository root, where our ``datasets/`` package shadows it).  ``download=True`` fetches
+- Files: each dataset is read with Hugging Face ``datasets`` (``load_dataset("json" | "parquet")``, cached
+  as Arrow in its own cache) from the files its hub repository publishes, kept under ``root/<repo id>/``
+  with the hub's own names (JSON lines for the SetFit sets, parquet for MR).  ``download=True`` fetches
   missing files with ``huggingface_hub``.
 - Splits: the hub's ``train`` / ``validation`` / ``test``.  SST-2 is the sentence-level SST binary set
   (6920 / 872 / 1821, labelled test), not GLUE's phrase-level set, whose test labels are hidden
@@ -20,6 +19,10 @@ of ``in_channels`` symbols, which is what the model's embedding needs.
 """
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
+import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -120,19 +123,38 @@ HUB_TEXT = {
 }
 
 
-def read_columns(path: Path, text: str, label: str) -> tuple[list[str], list[int]]:
-    """The text and label columns of one published file (JSON lines or parquet, by extension)."""
+def hf_datasets():
+    """Hugging Face ``datasets``, imported also where this repository's own ``datasets/`` folder would shadow
+    it: with the checkout's root on ``sys.path`` (``python -m ...`` run from the root), a plain
+    ``import datasets`` finds our folder.  The search skips that root; the module is then imported once, as
+    ``datasets``, as a plain import would."""
+    if "datasets" in sys.modules:
+        return sys.modules["datasets"]
+    checkout = Path(__file__).resolve().parents[1]
+    search = [p for p in sys.path if Path(p or os.getcwd()).resolve() != checkout]
+    spec = importlib.machinery.PathFinder.find_spec("datasets", search)
+    if spec is None:
+        raise ImportError("reading the hub's text datasets needs Hugging Face datasets: pip install -e \".[text]\"")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["datasets"] = module
     try:
-        import pyarrow.json
-        import pyarrow.parquet
-    except ImportError as error:
-        raise ImportError(f"reading {path.name} needs pyarrow: pip install -e \".[text]\"") from error
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules["datasets"]
+        raise
+    return module
 
-    read = pyarrow.json.read_json if path.suffix == ".jsonl" else pyarrow.parquet.read_table
+
+def read_columns(path: Path, text: str, label: str) -> tuple[list[str], list[int]]:
+    """The text and label columns of one published file (JSON lines or parquet, by extension), read with
+    ``datasets.load_dataset``."""
+    hf = hf_datasets()
+    hf.disable_progress_bars()
+    builder = "json" if path.suffix == ".jsonl" else "parquet"
     try:
-        table = read(path)
-        return table.column(text).to_pylist(), [int(y) for y in table.column(label).to_pylist()]
-    except (KeyError, ValueError, OSError, pyarrow.ArrowException) as error:
+        table = hf.load_dataset(builder, data_files=str(path), split="train")
+        return list(table[text]), [int(y) for y in table[label]]
+    except (KeyError, ValueError, OSError, hf.exceptions.DatasetsError) as error:
         raise corrupt(path, error, f"it must be the hub's file with columns {text!r} and {label!r}: delete it and "
                                    "fetch it again (--download)") from error
 

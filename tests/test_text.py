@@ -2,12 +2,16 @@
 tokenizer, the spiking text Transformer (shapes, padding, diagnostics, energy) and a short training run.
 The recipes' ``--smoke`` runs through ``accelerate launch`` are in test_recipes.py (every recipe)."""
 import json
+import subprocess
+import sys
+from functools import partial
+from pathlib import Path
 
 import pytest
 import torch
 
 from repro.datasets import CorruptFileError, DatasetNotFoundError, create_dataset
-from repro.datasets.text import PAD_ID, hub_tokenizer
+from repro.datasets.text import PAD_ID, hf_datasets, hub_tokenizer
 from repro.datasets.text_embedded import NUM_TEST, NUM_TRAIN, generate
 from repro.models import create_model, spiking_layers
 from repro.models.spikformer_text import PAD_ID as MODEL_PAD_ID
@@ -46,7 +50,9 @@ def write_published(root, repo: str, files: dict, rows: dict) -> None:
             pyarrow.parquet.write_table(pyarrow.table(columns), root / repo / name)
 
 
-def test_hub_datasets_read_the_published_files(tmp_path):
+def test_hub_datasets_read_the_published_files(tmp_path, monkeypatch):
+    hf = hf_datasets()
+    monkeypatch.setattr(hf.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     rows = {"train": {"text": ["a fine film", "a dull film", "fine and moving"], "label": [1, 0, 1],
                       "label_text": ["positive", "negative", "positive"]},
             "test": {"text": ["dull , dull", "moving"], "label": [0, 1], "label_text": ["negative", "positive"]}}
@@ -55,6 +61,7 @@ def test_hub_datasets_read_the_published_files(tmp_path):
                     {"train": "train.parquet", "test": "test.parquet"}, rows)
     for name in ("sst2", "mr"):
         test = create_dataset(name, "test", root=str(tmp_path), tokenizer="trained", max_length=8)
+        assert any((tmp_path / "hf_cache").glob("*/*/*/*/*.arrow"))  # read by datasets, cached as Arrow
         assert test.modality == "text" and test.num_classes == 2 and test.targets.tolist() == [0, 1]
         assert test.in_channels == 4 + 6  # [PAD] [UNK] [CLS] [SEP] + the 6 distinct training words
         tokens = [[test.tokenizer.id_to_token(i) for i in ids] for ids in test.tokens.tolist()]
@@ -68,6 +75,18 @@ def test_hub_datasets_read_the_published_files(tmp_path):
     (tmp_path / "SetFit/sst2/test.jsonl").write_text('{"text": "x", "lab')
     with pytest.raises(CorruptFileError, match="test.jsonl"):
         create_dataset("sst2", "test", root=str(tmp_path), tokenizer="trained")
+
+
+def test_hugging_face_datasets_is_found_past_our_own_datasets_folder():
+    """From the checkout's root ``import datasets`` finds our folder; ``hf_datasets`` finds Hugging Face's."""
+    root = Path(__file__).resolve().parents[1]
+    run = partial(subprocess.run, capture_output=True, text=True, cwd=root, timeout=120)
+    plain = run([sys.executable, "-c", "import datasets"])
+    assert plain.returncode != 0 and "relative import beyond top-level package" in plain.stderr
+    ours = run([sys.executable, "-c", "from repro.datasets.text import hf_datasets; hf = hf_datasets(); import datasets; "
+                "print(hf is datasets, datasets.load_dataset.__module__)"])
+    assert ours.returncode == 0, ours.stderr
+    assert ours.stdout.split() == ["True", "datasets.load"]
 
 
 def test_hub_tokenizer_comes_from_the_cache_and_is_never_fetched_without_download(tmp_path, monkeypatch):
