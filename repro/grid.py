@@ -30,6 +30,10 @@ def run_grid(configs: dict[str, Config], seeds: list[int], output_dir: Path) -> 
     return rows
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+def mean_std(values: list[float | None]) -> tuple[float, float] | None:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of the values that are not None; None
+    when there are none."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return None
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)

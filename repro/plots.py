@@ -209,8 +209,5 @@ def segmentation_examples_figure(model, dataset, info: dict | None = None, label
 
 def save_segmentation_examples(model, dataset, path: str | Path, info: dict | None = None, label: str = "",
                                count: int = 4, ignore_index: int = 255) -> Path:
-    """``segmentation_examples_figure`` saved to ``path``."""
-    fig = segmentation_examples_figure(model, dataset, info, label, count, ignore_index)
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return Path(path)
+    """``segmentation_examples_figure`` saved to ``path`` by ``save_figure``."""
+    return save_figure(segmentation_examples_figure(model, dataset, info, label, count, ignore_index), path)

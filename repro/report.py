@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .grid import mean_std
 from .plots import FIRING_RATE, class_table, headline, plot_training_curves, run_title, save_segmentation_examples
 from .report_figures import (plot_histograms, plot_landscape, plot_layer_bars, plot_state_trajectories,
                              plot_step_heatmaps, plot_surrogate_parameters, state_trajectories)
-from .report_runs import CHECKPOINTS, Run, load_run, mean_std, measure, seed_groups
+from .report_runs import CHECKPOINTS, Run, load_run, measure, seed_groups
 from .spike_figures import event_frames_figure, membrane_figure, raster_figure, save as save_spike_figure
 from .surrogates import A2SG
 from .surrogates.a2sg_statistics import STATISTICS_DEFINITIONS

@@ -11,7 +11,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
@@ -136,10 +135,3 @@ def seed_groups(runs: list[Run]) -> list[list[Run]]:
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 
-
-def mean_std(values: list) -> tuple[float, float] | None:
-    """Mean and sample standard deviation (ddof 1; 0 for one value) of the values that are not None."""
-    values = [float(v) for v in values if v is not None]
-    if not values:
-        return None
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0

@@ -1,6 +1,6 @@
 """Pictures of spikes for ``repro.report --spikes``: spike rasters per layer, membrane traces against the
 threshold and the gradient window (both from ``repro.traces.record_traces``), and the frames of event data.
-Each returns the saved path, or None when there is nothing to plot."""
+Each returns a Figure, or None when there is nothing to plot; ``save`` writes it and returns the path."""
 from __future__ import annotations
 
 from pathlib import Path
