@@ -73,10 +73,12 @@ function in the kernel, with the saved theta_t and surrogate parameters as small
 None / bool parameters (A2SG's ramp ``height``, ``clip``) as compile-time switches; for a learned TLSG it
 also sums dL/dk[t] per program.  Where callbacks are registered (A2SG's statistics steps) the kernel also
 writes dL/ds[t] and e[t] (two fp32 [T, ...] tensors, on those steps only) and the callbacks get them in the
-torch path's order after the kernel.  For a fixed threshold with fixed surrogate parameters or a learned
-k[t], and no observer, the forward is a kernel too, otherwise the torch forward below runs (observers and
-A2SG's ``call_params`` / ``observe`` need u[t] per step; it fires the same spikes: both round as
-``neurons.charge``).  ``LIF(triton=False)`` keeps the torch code.  The A2SG and TLSG kernels are tested in the
+torch path's order after the kernel.  For a fixed threshold the forward is a kernel too (the spikes need
+nothing from the surrogate): it writes the spikes, or, where the surrogate reads u[t] (per-call parameters:
+A2SG's windows, MPD-AGL's widths, TGO; ``observe``: observers, A2SG's statistics), the membrane u[T, ...]
+in fp32, bitwise ``integrate``'s, whose steps then go to ``fire_context`` and the surrogate in the loop's
+order, and the spikes are compared from it.  A per-step threshold (DS-ATGO) keeps the torch forward.
+``LIF(triton=False)`` keeps the torch code.  The A2SG and TLSG kernels are tested in the
 Triton interpreter on CPU only (``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
 from __future__ import annotations
@@ -221,13 +223,21 @@ class FusedLIFFunction(torch.autograd.Function):
         recording = neuron.record_potentials
         derivative = kernel_derivative(surrogate, k)
         kernels = not recording and not half and neuron.triton and kernels_apply(derivative, x)
-        if (kernels and (fixed_params or k is not None) and not observed
-                and type(neuron).fire_context is LIF.fire_context):
-            # fixed threshold, parameters fixed or k[t] given: nothing to compute between steps, the forward kernel
-            spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
-                                            config.decay_input, config.fire_ge)
-            thresholds = [config.threshold] * x.shape[0]
-            params = [surrogate.params] * x.shape[0] if k is None else [{"k": value} for value in k.detach().unbind()]
+        if kernels and type(neuron).fire_context is LIF.fire_context:
+            # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
+            # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
+            per_step = observed or not (fixed_params or k is not None)
+            out = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
+                                         config.decay_input, config.fire_ge, keep=per_step)
+            if per_step:
+                for step in range(x.shape[0]):
+                    threshold_at(out[step], step)
+                spikes = (out >= config.threshold if config.fire_ge else out > config.threshold).to(x.dtype)
+            else:
+                spikes = out
+                thresholds = [config.threshold] * x.shape[0]
+                params = ([surrogate.params] * x.shape[0] if k is None
+                          else [{"k": value} for value in k.detach().unbind()])
         else:
             spikes, membrane = integrate(x.float(), decay, config, threshold_at, keep=recording)
         if any(ctx.needs_input_grad[:3]):

@@ -74,9 +74,11 @@ def forward_block(dtype: torch.dtype) -> int:
 
 
 def backward_block(steps: int) -> int:
-    """4 warps x 32 lanes x V neurons per lane, V = 4, 2 or 1 so that min(T, CHUNK) x V <= 32 replayed fp32
-    values per lane (compiled for sm_90: 115 registers, no spills, at T = 32 and V = 1; 254 at V = 2)."""
-    return 128 * max(1, min(4, 32 // min(steps, CHUNK)))
+    """4 warps x 32 lanes x V neurons per lane, V = 4, 2 or 1 (a power of two, as ``tl.arange`` needs) so that
+    min(T, CHUNK) x V <= 32 replayed fp32 values per lane (compiled for sm_90: 115 registers, no spills, at
+    T = 32 and V = 1; 254 at V = 2)."""
+    lanes = max(1, min(4, 32 // min(steps, CHUNK)))
+    return 128 * (1 << (lanes.bit_length() - 1))
 
 
 def triton_available(device: torch.device | str) -> bool:

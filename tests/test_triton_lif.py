@@ -66,6 +66,14 @@ def test_triton_available():
     assert triton_available(torch.device("cpu")) == INTERPRETED
 
 
+def test_blocks_are_powers_of_two():
+    """``tl.arange`` takes only power-of-two ranges: every T and dtype gets such a block (T = 9, 10 once got 384)."""
+    blocks = {triton_lif.backward_block(steps) for steps in range(1, 70)}
+    blocks |= {triton_lif.forward_block(dtype) for dtype in (torch.float32, torch.bfloat16, torch.float16)}
+    assert all(block & (block - 1) == 0 for block in blocks), blocks
+    assert [triton_lif.backward_block(steps) for steps in (4, 10, 16, 32, 64)] == [512, 256, 256, 128, 128]
+
+
 def bitwise_equal(a, b) -> bool:
     """Equal bit patterns (signed zeros included)."""
     return a.dtype == b.dtype and torch.equal(a.view(torch.int32), b.view(torch.int32))
@@ -235,8 +243,9 @@ def neuron_pair(make):
 @pytest.mark.parametrize("scope", ["layer", "channel"])
 def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope):
     """DS-ATGO (adaptive theta_t per step, or per step and channel, TGO widths from the same statistics) and
-    MPD-AGL (per-step widths, per layer or per channel): the torch forward, then the backward kernel with
-    theta_t and the widths as tables; gradients equal the torch backward's."""
+    MPD-AGL (per-step widths, per layer or per channel): DS-ATGO's torch forward (theta_t needs the step's
+    statistics), MPD-AGL's forward kernel (fixed threshold; its widths from the kernel's membrane), then the
+    backward kernel with theta_t and the widths as tables; spikes equal, gradients equal the torch backward's."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     norm = TDBatchNorm(3, dims=1)
     with torch.no_grad():
@@ -248,14 +257,15 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
         neuron.set_input_norm(norm)
         return neuron
 
-    makers = [lambda: AdaptiveThresholdLIF(num_steps=5, stat_scope=scope), mpd_agl]
-    for make in makers:
+    makers = {"_backward_kernel": lambda: AdaptiveThresholdLIF(num_steps=5, stat_scope=scope),
+              "_forward_kernel _backward_kernel": mpd_agl}
+    for launches, make in makers.items():
         kernel, reference = neuron_pair(make)
         x = make_input(random.Random(scope), 5, False, 0.2, 1.0)
         upstream = torch.randn(x.shape, device=DEVICE)
         counter.launches.clear()
         out, grads = grads_of(kernel, x, upstream)
-        assert counter.launches == ["_backward_kernel"]
+        assert counter.launches == launches.split()
         ref_out, ref_grads = grads_of(reference, x, upstream)
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1
         for grad, ref_grad in zip(grads, ref_grads):
@@ -288,8 +298,9 @@ A2SG_CASES = [dict(shape=shape, asym=0.5 if shape in a2sg.ASYMMETRY_SHAPES else 
 @pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
 def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity):
     """A2SG, every shape (and the ramp with a fixed height, unclipped; the reconstructed controller), per-step
-    windows per layer or per channel: the backward kernel evaluates the shape with the windows as a table and
-    hands its statistics callbacks the same x[t], g[t] and delta[t], in the same order, as the torch fused path;
+    windows per layer or per channel: the forward kernel's membrane gives the window search the same x[t] as the
+    torch fused path, and the backward kernel evaluates the shape with the windows as a table and hands its
+    statistics callbacks the same g[t] and delta[t], in the same order;
     spikes equal, input and (learnable) decay gradients to float tolerance, and over two search steps the same
     windows chosen."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
@@ -310,7 +321,7 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
                 out, step_grads = grads_of(neuron, x, upstream)  # input and decay
                 grads.extend(step_grads)
                 neuron.surrogate.after_optimizer_step(iteration)
-            assert counter.launches == (["_backward_kernel"] * 2 if triton_on else []), case
+            assert counter.launches == (["_forward_kernel", "_backward_kernel"] * 2 if triton_on else []), case
             runs.append((out, grads, neuron.surrogate))
         (out, grads, kernel), (ref_out, ref_grads, reference) = runs
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1, case
