@@ -3,7 +3,7 @@
 #
 #   bash benchmarks/gpu_check.sh tests     # CUDA tests of the kernels and the fused paths (in-process, no interpreter)
 #   bash benchmarks/gpu_check.sh layer     # one LIF layer at T = 4 and 32, fp32 and bf16 input, B = 128 (x sj, x fp32)
-#   bash benchmarks/gpu_check.sh kernels   # A2SG / TLSG / circulate-firing layers: kernels vs the fused torch code
+#   bash benchmarks/gpu_check.sh kernels   # A2SG / TLSG / CF / DS-ATGO layers: kernels vs the fused torch code
 #                                          # (T = 4 and 32; `kernels 4`, `kernels 32` one T each: the unrolled
 #                                          # T = 32 backward kernels take minutes to compile on a fresh machine)
 #   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
@@ -26,6 +26,7 @@ case "${1:-}" in
     python benchmarks/neuron.py --device cuda --batch 128 --steps $STEPS --dtypes fp32 bf16 --repeats 5 --no_spikingjelly \
       --only ours_fused ours_fused_a2sg ours_fused_a2sg_k10 ours_torch_a2sg ours_fused_tlsg ours_torch_tlsg \
       ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg ours_fused_cf_rec ours_torch_cf_rec \
+      ours_fused_ds_atgo ours_torch_ds_atgo \
       --output "benchmarks/results/neuron_cuda_kernels_T${STEPS// /_}.json" ;;
   methods)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \

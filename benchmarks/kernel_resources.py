@@ -63,10 +63,12 @@ def resources(compiled) -> dict:
 
 
 def forward_kernel(steps: int, dtype: str, reset: str, arch: int):
-    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}"}
-    constants = dict(T=steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True, KEEP=False,
-                     BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
-    return compile_kernel(triton_lif._forward_kernel, pointers, {"N": "i32", "theta": "fp32"}, constants, arch)
+    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}", "thr_ptr": "*fp32",
+                "fired_ptr": f"*{dtype}"}
+    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
+    constants = dict(T=steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True, KEEP=False, RESUME=False,
+                     THRESHOLD_CHANNELS=False, BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
+    return compile_kernel(triton_lif._forward_kernel, pointers, scalars, constants, arch)
 
 
 def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: int, chunk: int):

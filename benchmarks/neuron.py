@@ -18,8 +18,10 @@ Rows (same input, same upstream gradient, measured interleaved in one run):
   ``ours_fused_a2sg_k10``: ``update_every=10``, measured between statistics steps (no callbacks);
   ``ours_fused_tlsg``: the ``reference`` LIF with the learned TLSG (k[t]); ``ours_fused_cf_rec``: the CF TLSG
   layer recording its pre-fire potentials (as under the ``pnb`` loss; no gradient reaches them here);
+  ``ours_fused_ds_atgo``: DS-ATGO's adaptive-threshold LIF (layer statistics of u[t] every step, TGO surrogate,
+  training mode: one forward kernel launch per step with torch's statistics between them);
 - ``ours_torch_*``: the same fused layers with the Triton kernels off (``triton=False``), so on CUDA the
-  kernels' gain over the fused path's torch code (``a2sg``, ``tlsg``, ``cf``, ``cf_tlsg``);
+  kernels' gain over the fused path's torch code (``a2sg``, ``tlsg``, ``cf``, ``cf_tlsg``, ``ds_atgo``);
 - ``snntorch_leaky``: stock ``snntorch.Leaky(beta=0.5, reset_mechanism="zero")`` (ATan) stepped over T;
 - with ``--compile``: ``ours_compiled``, the ``ours_loop`` layer after ``layer.compile()`` (inductor fuses
   the traced reference loop; compilation happens in the warm-up run and is not timed);
@@ -40,7 +42,7 @@ the tensors the layer saves for backward (unique storages, through
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 10 32
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16   # the issue's layer table
     python benchmarks/neuron.py --batch 8 --channels 64 --size 16     # quicker
-    bash benchmarks/gpu_check.sh kernels                              # the A2SG / TLSG / CF kernel rows on CUDA
+    bash benchmarks/gpu_check.sh kernels                              # A2SG / TLSG / CF / DS-ATGO kernel rows
 
 Writes a JSON file (``--output``, default benchmarks/results/neuron.json).
 """
@@ -61,7 +63,7 @@ import torch
 from torch import nn
 
 from repro.diagnostics import saved_tensor_bytes
-from repro.models import LIF, CFNeuron, plif
+from repro.models import LIF, AdaptiveThresholdLIF, CFNeuron, plif
 from repro.surrogates import create_surrogate
 
 
@@ -122,7 +124,7 @@ def spikingjelly_available() -> bool:
 
 
 def without_kernels(neuron: nn.Module) -> nn.Module:
-    """The circulate-firing neuron on its fused path's torch code (``models/fused_cf.py`` reads ``triton``)."""
+    """The neuron on its fused path's torch code (``models/fused.py``, ``models/fused_cf.py`` read ``triton``)."""
     neuron.triton = False
     return neuron
 
@@ -159,6 +161,8 @@ def layer_factories(include_spikingjelly: bool = True, include_compiled: bool = 
         "ours_fused_tlsg": lambda: LIF(surrogate=create_surrogate("learnable", num_steps=steps), preset="reference"),
         "ours_torch_tlsg": lambda: LIF(surrogate=create_surrogate("learnable", num_steps=steps), preset="reference",
                                        triton=False),
+        "ours_fused_ds_atgo": lambda: AdaptiveThresholdLIF(num_steps=steps, surrogate="tgo"),
+        "ours_torch_ds_atgo": lambda: without_kernels(AdaptiveThresholdLIF(num_steps=steps, surrogate="tgo")),
         "ours_torch_cf": lambda: without_kernels(CFNeuron(surrogate="sigmoid", fused=True)),
         "ours_torch_cf_tlsg": lambda: without_kernels(CFNeuron(surrogate="learnable", num_steps=steps, fused=True)),
         "ours_fused_cf_rec": lambda: recording(CFNeuron(surrogate="learnable", num_steps=steps, fused=True)),

@@ -77,8 +77,12 @@ torch path's order after the kernel.  For a fixed threshold the forward is a ker
 nothing from the surrogate): it writes the spikes, or, where the surrogate reads u[t] (per-call parameters:
 A2SG's windows, MPD-AGL's widths, TGO; ``observe``: observers, A2SG's statistics), the membrane u[T, ...]
 in fp32, bitwise ``integrate``'s, whose steps then go to ``fire_context`` and the surrogate in the loop's
-order, and the spikes are compared from it.  A per-step threshold (DS-ATGO) keeps the torch forward.
-``LIF(triton=False)`` keeps the torch code.  The A2SG and TLSG kernels are tested in the
+order, and the spikes are compared from it.  A threshold computed from u[t] (``fire_context`` overridden:
+DS-ATGO's layer or channel statistics) takes one launch of the same kernel per step
+(``triton_lif.lif_forward_by_step``): it charges u[t], bitwise ``integrate``'s, into one fp32 buffer [B, C, ...],
+``fire_context`` and the surrogate run on it in torch exactly as in the loop, and the next launch fires s[t]
+against theta_t; so thresholds, running thresholds, spikes and the saved tables equal the torch path's.
+``LIF(triton=False)`` keeps the torch code.  The A2SG, TLSG and per-step (DS-ATGO) kernels are tested in the
 Triton interpreter on CPU only (``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
 from __future__ import annotations
@@ -238,6 +242,9 @@ class FusedLIFFunction(torch.autograd.Function):
                 thresholds = [config.threshold] * x.shape[0]
                 params = ([surrogate.params] * x.shape[0] if k is None
                           else [{"k": value} for value in k.detach().unbind()])
+        elif kernels:  # theta_t from the statistics of u[t] (DS-ATGO): a kernel launch per step, threshold_at between
+            spikes = triton_lif.lif_forward_by_step(x, decay, config.threshold, config.reset, config.reset_decayed,
+                                                    config.decay_input, config.fire_ge, threshold_at)
         else:
             spikes, membrane = integrate(x.float(), decay, config, threshold_at, keep=recording)
         if any(ctx.needs_input_grad[:3]):

@@ -18,6 +18,11 @@ bitwise the reference loop's on the same device (products with a 0/1 spike are e
 **Forward** (``lif_forward``): reads I in its own dtype (fp32, bf16 or fp16), computes in fp32 and
 writes s in I's dtype; saves nothing.
 
+**Per-step forward** (``lif_forward_by_step``, DS-ATGO: theta_t from statistics of the layer's u[t]): the
+same kernel with T = 1 and ``RESUME``, launched once per step.  Launch t reads u[t-1] from an fp32 buffer,
+fires s[t-1] against theta_{t-1} (a device table of 1, C or N values, written by the caller's torch code
+after launch t-1), writes it in I's dtype, charges u[t] and writes it back; s[T-1] is one torch comparison.
+
 **Backward** (``lif_backward``): reads the saved I, g = dL/ds and the small tables, writes dL/dI in I's
 dtype, and nothing else of size [T, ...].  It replays the membrane from I into registers (the same
 ``_charge`` and thresholds as the forward, so the same u and s), then runs the reverse recurrence with
@@ -45,18 +50,20 @@ and add-with-alpha, fused multiply-adds), the decay gradient (another summation 
 shapes (each backend's exp).  Tested in the Triton interpreter on CPU (``TRITON_INTERPRET=1``) in
 tests/test_triton_lif.py and compiled for sm_90 offline (``benchmarks/kernel_resources.py``); the fixed
 surrogates' kernels ran on an H200 (docs/performance.md), the A2SG windows / switches, the callbacks'
-outputs and the learned-k reduction only in the interpreter so far.
+outputs, the learned-k reduction and the per-step forward only in the interpreter so far.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import math
 import os
+from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .triton_surrogates import kernel_inputs, shape_parameters
+from .triton_surrogates import kernel_inputs, per_channel, shape_parameters
 
 try:
     import triton
@@ -156,14 +163,20 @@ if triton is not None:
         return h
 
     @triton.jit
-    def _forward_kernel(x_ptr, lam_ptr, out_ptr, N, theta, T: tl.constexpr, RESET: tl.constexpr,
-                        DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
-                        KEEP: tl.constexpr, BLOCK: tl.constexpr):
+    def _forward_kernel(x_ptr, lam_ptr, out_ptr, thr_ptr, fired_ptr, N, inner, channels, theta, T: tl.constexpr,
+                        RESET: tl.constexpr, DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
+                        KEEP: tl.constexpr, RESUME: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr,
+                        BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
         u = tl.zeros([BLOCK], dtype=tl.float32)
         s = tl.zeros([BLOCK], dtype=tl.float32)
+        if RESUME:  # a step of lif_forward_by_step: u[t-1] from out, s[t-1] fired against theta_{t-1} into fired
+            u = tl.load(out_ptr + offsets, mask=valid, other=0.0)
+            s = _fire(u, _step_threshold(thr_ptr, 0, (offsets // inner) % channels, channels, theta, True,
+                                         THRESHOLD_CHANNELS), FIRE_GE)
+            tl.store(fired_ptr + offsets, s.to(fired_ptr.dtype.element_ty), mask=valid)
         for t in tl.static_range(T):
             current = _current(x_ptr + t * stride + offsets, valid, scale, DECAY_INPUT)
             u = _charge(u, s, current, lam, theta, RESET, DECAYED)
@@ -283,9 +296,50 @@ def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_de
     block = block or forward_block(x.dtype)
     with _device_guard(x):
         _forward_kernel[(triton.cdiv(neurons, block),)](
-            x, _decay_pointer(decay), out, neurons, threshold, T=steps, RESET=reset, DECAYED=reset_decayed,
-            DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=keep, BLOCK=block, enable_fp_fusion=False)
+            x, _decay_pointer(decay), out, out, out, neurons, 1, 1, threshold, T=steps, RESET=reset,
+            DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=keep, RESUME=False,
+            THRESHOLD_CHANNELS=False, BLOCK=block, enable_fp_fusion=False)  # thr_ptr, fired_ptr unused: out
     return out
+
+
+def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool,
+                        decay_input: bool, fire_ge: bool, threshold_at: Callable[[Tensor, int], float | Tensor], *,
+                        block: int | None = None) -> Tensor:
+    """Spikes [T, ...] in x's dtype of a neuron whose firing threshold theta_t is computed from the membrane
+    u[t] of the whole layer (DS-ATGO): one launch per step.  Launch t reads u[t-1] from one fp32 membrane
+    buffer [B, C, ...], fires s[t-1] against theta_{t-1}, charges u[t] (bitwise ``integrate``'s) and writes it
+    back in place; then ``threshold_at(u[t], t)`` (the caller's statistics, in torch) gives theta_t: a number
+    or a tensor broadcasting to a step, read by the next launch on the device (no host synchronisation).
+    s[T-1] is one comparison.  ``threshold``: theta of the reset terms; ``decay``: lambda, one element."""
+    _check(x, reset)
+    x = x.contiguous()
+    spikes = torch.empty_like(x)
+    membrane = torch.empty(x.shape[1:], dtype=torch.float32, device=x.device)
+    block = block or forward_block(x.dtype)
+    lam, step_threshold = _decay_pointer(decay), None
+    with _device_guard(x):
+        for step in range(x.shape[0]):
+            table, inner, channels = (membrane, 1, 1) if step == 0 else _threshold_table(step_threshold, membrane)
+            _forward_kernel[(triton.cdiv(membrane.numel(), block),)](
+                x[step], lam, membrane, table, spikes[step - 1], membrane.numel(), inner, channels, threshold, T=1,
+                RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=True,
+                RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1, BLOCK=block, enable_fp_fusion=False)
+            step_threshold = threshold_at(membrane, step)
+    (torch.ge if fire_ge else torch.gt)(membrane, step_threshold, out=spikes[-1])
+    return spikes
+
+
+def _threshold_table(value: float | Tensor, membrane: Tensor) -> tuple[Tensor, int, int]:
+    """(theta_t as fp32 [1], [C] or [N], inner, channels) for a step [B, C, ...] like ``membrane``: the forward
+    kernel reads entry (n // inner) % channels for neuron n; one value, one per channel, or one per neuron (any
+    other tensor that broadcasts to the step)."""
+    table = per_channel(value, membrane.shape, membrane.device)
+    if table is None:
+        table = torch.broadcast_to(value.detach().float(), membrane.shape).reshape(-1)
+        return table, 1, table.numel()
+    if table.numel() == 1:
+        return table, 1, 1
+    return table, math.prod(membrane.shape[2:]), table.numel()
 
 
 def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, step_thresholds: Tensor | None,

@@ -243,9 +243,10 @@ def neuron_pair(make):
 @pytest.mark.parametrize("scope", ["layer", "channel"])
 def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope):
     """DS-ATGO (adaptive theta_t per step, or per step and channel, TGO widths from the same statistics) and
-    MPD-AGL (per-step widths, per layer or per channel): DS-ATGO's torch forward (theta_t needs the step's
-    statistics), MPD-AGL's forward kernel (fixed threshold; its widths from the kernel's membrane), then the
-    backward kernel with theta_t and the widths as tables; spikes equal, gradients equal the torch backward's."""
+    MPD-AGL (per-step widths, per layer or per channel): DS-ATGO's forward kernel launched per step (theta_t from
+    the step's statistics between launches), MPD-AGL's forward kernel (fixed threshold; its widths from the
+    kernel's membrane), then the backward kernel with theta_t and the widths as tables; spikes equal, gradients
+    equal the torch backward's."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     norm = TDBatchNorm(3, dims=1)
     with torch.no_grad():
@@ -257,19 +258,89 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
         neuron.set_input_norm(norm)
         return neuron
 
-    makers = {"_backward_kernel": lambda: AdaptiveThresholdLIF(num_steps=5, stat_scope=scope),
-              "_forward_kernel _backward_kernel": mpd_agl}
-    for launches, make in makers.items():
+    makers = [(["_forward_kernel"] * 5 + ["_backward_kernel"],  # DS-ATGO: a forward launch per step
+               lambda: AdaptiveThresholdLIF(num_steps=5, stat_scope=scope)),
+              (["_forward_kernel", "_backward_kernel"], mpd_agl)]
+    for launches, make in makers:
         kernel, reference = neuron_pair(make)
         x = make_input(random.Random(scope), 5, False, 0.2, 1.0)
         upstream = torch.randn(x.shape, device=DEVICE)
         counter.launches.clear()
         out, grads = grads_of(kernel, x, upstream)
-        assert counter.launches == launches.split()
+        assert counter.launches == launches
         ref_out, ref_grads = grads_of(reference, x, upstream)
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1
         for grad, ref_grad in zip(grads, ref_grads):
             torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+DS_ATGO_CASES = [dict(stat_scope="layer"), dict(stat_scope="channel", fire_ge=False),
+                 dict(stat_scope="layer", at=False), dict(stat_scope="channel", at=False),
+                 dict(stat_scope="layer", sync_stats=True, fire_ge=False),
+                 dict(stat_scope="channel", at_variant="estimated")]
+
+
+@kernels_run_here
+@pytest.mark.parametrize("options", DS_ATGO_CASES, ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()))
+def test_ds_atgo_forward_kernel_per_step_equals_the_torch_path(monkeypatch, options):
+    """DS-ATGO's adaptive threshold (layer or channel statistics, at on or off, fire_ge either way, float64 moments
+    with sync_stats, TGO widths, learnable decay): one forward launch per step, theta_t from torch between them,
+    then the backward kernel.  Two training forwards and an eval forward (running thresholds): spikes, the
+    thresholds of every step and the running thresholds bitwise the torch path's, gradients to float tolerance."""
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
+    x = make_input(random.Random(str(options)), 4, False, 0.2, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
+    kernel, reference = neuron_pair(lambda: AdaptiveThresholdLIF(num_steps=4, **options))
+    for training in (True, True, False):
+        kernel.train(training)
+        reference.train(training)
+        counter.launches.clear()
+        out, grads = grads_of(kernel, x, upstream)
+        assert counter.launches == ["_forward_kernel"] * 4 + ["_backward_kernel"]
+        ref_out, ref_grads = grads_of(reference, x, upstream)
+        case = f"{options} training={training}"
+        assert torch.equal(out, ref_out) and 0 < out.mean() < 1, case
+        assert bitwise_equal(torch.stack(kernel.thresholds), torch.stack(reference.thresholds)), case
+        assert bitwise_equal(kernel.running_thr, reference.running_thr), case
+        assert len(grads) == 2, case  # input and decay
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=case)
+    moved = kernel.running_thr != kernel.threshold  # two training forwards updated them (at=True only)
+    assert moved.all() if kernel.at else not moved.any()
+
+
+class ShapedThresholdLIF(LIF):
+    """theta_t = theta (1 + 0.1 t) times a fixed pattern of shape ``shape`` against a step [B, C, W]."""
+
+    def __init__(self, shape, **options):
+        super().__init__(**options)
+        self.pattern = shape
+
+    def fire_context(self, u, step):
+        threshold = self.threshold * (1 + 0.1 * step) * torch.linspace(0.8, 1.2, math.prod(self.pattern),
+                                                                          device=u.device).view(self.pattern)
+        return threshold, dict(mem=u, step=step, neuron=self, threshold=threshold)
+
+
+@kernels_run_here
+@pytest.mark.parametrize("reset", ["zero", "subtract"])
+def test_per_step_forward_kernel_takes_channel_and_neuron_thresholds(monkeypatch, reset):
+    """A ``fire_context`` threshold per channel ([1, C, 1]: a [T, C] table for the backward kernel) or per neuron
+    ([W], broadcast: the forward kernel reads it per neuron, the backward runs in torch); the subtract reset
+    removes the fixed theta, the spike compares with theta_t: spikes equal the torch path's, gradients too."""
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
+    x = make_input(random.Random(reset), 3, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE)
+    for shape, backward in (((1, 3, 1), ["_backward_kernel"]), ((x.shape[-1],), [])):
+        kernel, reference = neuron_pair(lambda: ShapedThresholdLIF(shape, surrogate="tgo", preset="reference",
+                                                                    reset=reset, decay_learnable=True))
+        counter.launches.clear()
+        out, grads = grads_of(kernel, x, upstream)
+        assert counter.launches == ["_forward_kernel"] * 3 + backward, shape
+        ref_out, ref_grads = grads_of(reference, x, upstream)
+        assert torch.equal(out, ref_out) and 0 < out.mean() < 1, shape
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=str(shape))
 
 
 class RecordingA2SG(a2sg.A2SG):
