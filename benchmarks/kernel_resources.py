@@ -62,12 +62,15 @@ def resources(compiled) -> dict:
             "loads": ptx.count("ld.global"), "stores": ptx.count("st.global")}
 
 
-def forward_kernel(steps: int, dtype: str, reset: str, arch: int):
-    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}", "thr_ptr": "*fp32",
-                "fired_ptr": f"*{dtype}"}
+def forward_kernel(steps: int, dtype: str, reset: str, arch: int, per_step: str | None = None):
+    """The forward kernel over T steps, or (``per_step`` "layer" / "channel") one step of
+    ``lif_forward_by_step`` (T = 1, membrane in and out in fp32, theta_{t-1} one value or one per channel)."""
+    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": "*fp32" if per_step else f"*{dtype}",
+                "thr_ptr": "*fp32", "fired_ptr": f"*{dtype}"}
     scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
-    constants = dict(T=steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True, KEEP=False, RESUME=False,
-                     THRESHOLD_CHANNELS=False, BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
+    constants = dict(T=1 if per_step else steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True,
+                     KEEP=bool(per_step), RESUME=bool(per_step), THRESHOLD_CHANNELS=per_step == "channel",
+                     BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
     return compile_kernel(triton_lif._forward_kernel, pointers, scalars, constants, arch)
 
 
@@ -100,14 +103,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for steps in args.steps:
         for dtype in args.dtypes:
             variants = [("forward", "-", lambda: forward_kernel(steps, dtype, args.reset, args.arch))]
+            if steps == args.steps[0]:  # lif_forward_by_step (DS-ATGO): T = 1 per launch, whatever T
+                variants += [(f"forward_step_{scope}", "-", lambda scope=scope: forward_kernel(
+                    1, dtype, args.reset, args.arch, per_step=scope)) for scope in ("layer", "channel")]
             variants += [("backward", name, lambda name=name: backward_kernel(steps, dtype, args.reset, name, args.arch,
                                                                         args.chunk))
                          for name in args.surrogates]
             for kernel, surrogate, build in variants:
                 start = time.perf_counter()
                 compiled = build()
-                row = {"kernel": kernel, "T": steps, "dtype": dtype, "surrogate": surrogate, "arch": args.arch,
-                       "compile_s": time.perf_counter() - start, **resources(compiled)}
+                row = {"kernel": kernel, "T": 1 if kernel.startswith("forward_step") else steps, "dtype": dtype,
+                       "surrogate": surrogate, "arch": args.arch, "compile_s": time.perf_counter() - start,
+                       **resources(compiled)}
                 rows.append(row)
                 print("  ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
                                 for key, value in row.items()), flush=True)

@@ -19,6 +19,7 @@ of ``in_channels`` symbols, which is what the model's embedding needs.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.machinery
 import importlib.util
 import os
@@ -124,17 +125,17 @@ HUB_TEXT = {
 
 
 def hf_datasets():
-    """Hugging Face ``datasets``, imported also where this repository's own ``datasets/`` folder would shadow
-    it: with the checkout's root on ``sys.path`` (``python -m ...`` run from the root), a plain
-    ``import datasets`` finds our folder.  The search skips that root; the module is then imported once, as
-    ``datasets``, as a plain import would."""
+    """Hugging Face ``datasets``, imported also where a checkout's own ``datasets/`` folder would shadow it:
+    with a checkout's root on ``sys.path`` (``python -m ...`` run from the root), a plain ``import datasets``
+    finds our folder.  The search skips every entry holding our folder (known by its ``text_embedded.py``);
+    the module is then imported once, as ``datasets``, as a plain import would."""
     if "datasets" in sys.modules:
         return sys.modules["datasets"]
-    checkout = Path(__file__).resolve().parents[1]
-    search = [p for p in sys.path if Path(p or os.getcwd()).resolve() != checkout]
+    search = [p for p in sys.path if not (Path(p or os.getcwd()) / "datasets" / "text_embedded.py").is_file()]
     spec = importlib.machinery.PathFinder.find_spec("datasets", search)
     if spec is None:
-        raise ImportError("reading the hub's text datasets needs Hugging Face datasets: pip install -e \".[text]\"")
+        raise ImportError("the hub's text datasets are read with Hugging Face datasets, which is not installed: "
+                          "pip install \"datasets>=2.19\" (in a checkout: pip install -e \".[text]\")")
     module = importlib.util.module_from_spec(spec)
     sys.modules["datasets"] = module
     try:
@@ -145,11 +146,24 @@ def hf_datasets():
     return module
 
 
+def unshadow_hf_datasets() -> None:
+    """Where a plain ``import datasets`` would find a checkout's ``datasets/`` folder and Hugging Face's package
+    is installed, import the latter now (``hf_datasets``), so that libraries which probe for it (accelerate's
+    ``prepare`` does) get it and not our folder.  Otherwise nothing (the import costs a second or more)."""
+    if "datasets" in sys.modules:
+        return
+    spec = importlib.util.find_spec("datasets")
+    if spec is not None and spec.origin and Path(spec.origin).with_name("text_embedded.py").is_file():
+        with contextlib.suppress(ImportError):
+            hf_datasets()
+
+
 def read_columns(path: Path, text: str, label: str) -> tuple[list[str], list[int]]:
     """The text and label columns of one published file (JSON lines or parquet, by extension), read with
     ``datasets.load_dataset``."""
     hf = hf_datasets()
-    hf.disable_progress_bars()
+    if hf.is_progress_bar_enabled():
+        hf.disable_progress_bars()
     builder = "json" if path.suffix == ".jsonl" else "parquet"
     try:
         table = hf.load_dataset(builder, data_files=str(path), split="train")
@@ -164,6 +178,7 @@ def hub_text_dataset(name: str, split: str, root: str | Path, download: bool, to
     spec = HUB_TEXT[name]
     if split not in spec.files:
         raise ValueError(f"{name} has splits {sorted(spec.files)}, got {split!r}")
+    hf_datasets()  # not installed: say so before any download
     directory = Path(root) / spec.repo
     needed = [split] + (["train"] if tokenizer == "trained" and split != "train" else [])
     missing = [directory / spec.files[s] for s in needed if not (directory / spec.files[s]).exists()]

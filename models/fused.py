@@ -81,7 +81,8 @@ order, and the spikes are compared from it.  A threshold computed from u[t] (``f
 DS-ATGO's layer or channel statistics) takes one launch of the same kernel per step
 (``triton_lif.lif_forward_by_step``): it charges u[t], bitwise ``integrate``'s, into one fp32 buffer [B, C, ...],
 ``fire_context`` and the surrogate run on it in torch exactly as in the loop, and the next launch fires s[t]
-against theta_t; so thresholds, running thresholds, spikes and the saved tables equal the torch path's.
+against theta_t (read in fp32); so thresholds, running thresholds, spikes and the saved tables equal the
+torch path's.
 ``LIF(triton=False)`` keeps the torch code.  The A2SG, TLSG and per-step (DS-ATGO) kernels are tested in the
 Triton interpreter on CPU only (``TRITON_INTERPRET=1``, which also selects them there), not yet on a GPU.
 """
@@ -236,7 +237,8 @@ class FusedLIFFunction(torch.autograd.Function):
             if per_step:
                 for step in range(x.shape[0]):
                     threshold_at(out[step], step)
-                spikes = (out >= config.threshold if config.fire_ge else out > config.threshold).to(x.dtype)
+                spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+                (torch.ge if config.fire_ge else torch.gt)(out, config.threshold, out=spikes)
             else:
                 spikes = out
                 thresholds = [config.threshold] * x.shape[0]

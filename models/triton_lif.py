@@ -309,7 +309,8 @@ def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, 
     u[t] of the whole layer (DS-ATGO): one launch per step.  Launch t reads u[t-1] from one fp32 membrane
     buffer [B, C, ...], fires s[t-1] against theta_{t-1}, charges u[t] (bitwise ``integrate``'s) and writes it
     back in place; then ``threshold_at(u[t], t)`` (the caller's statistics, in torch) gives theta_t: a number
-    or a tensor broadcasting to a step, read by the next launch on the device (no host synchronisation).
+    or a tensor broadcasting to a step, read in fp32 by the next launch on the device (no host
+    synchronisation; a float64 theta_t is rounded to fp32 here, where the torch loop would compare in float64).
     s[T-1] is one comparison.  ``threshold``: theta of the reset terms; ``decay``: lambda, one element."""
     _check(x, reset)
     x = x.contiguous()
@@ -325,7 +326,8 @@ def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, 
                 RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=True,
                 RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1, BLOCK=block, enable_fp_fusion=False)
             step_threshold = threshold_at(membrane, step)
-    (torch.ge if fire_ge else torch.gt)(membrane, step_threshold, out=spikes[-1])
+    last = step_threshold.float() if isinstance(step_threshold, Tensor) else step_threshold  # as the kernel's table
+    (torch.ge if fire_ge else torch.gt)(membrane, last, out=spikes[-1])
     return spikes
 
 

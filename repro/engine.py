@@ -50,6 +50,7 @@ from .checkpoint import (first_nonfinite, load_checkpoint, load_pretrained, lock
 from .config import Config, ConfigError, coerce, field_types
 from .datasets import DATASETS, create_dataset, modality_of, to_model_input
 from .datasets.sampling import EpochSampler, SeededItems
+from .datasets.text import unshadow_hf_datasets
 from .diagnostics import DEFAULT_MEASURES, FiringRateMonitor, collect_diagnostics
 from .export import PRETRAINED_DIR, save_pretrained
 from .losses import LOSSES, create_loss
@@ -392,6 +393,7 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
     train_loader = make_loader(train_set, config, True, accelerator.num_processes)
     sampler = train_loader.sampler
     test_loader = make_loader(test_set, config, False, accelerator.num_processes)
+    unshadow_hf_datasets()  # accelerate probes for Hugging Face datasets; run from a checkout it finds our folder
     model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
     if config.resume and start_epoch and accelerator.scaler is not None and state.get("scaler"):
         accelerator.scaler.load_state_dict(state["scaler"])

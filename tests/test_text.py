@@ -4,7 +4,6 @@ The recipes' ``--smoke`` runs through ``accelerate launch`` are in test_recipes.
 import json
 import subprocess
 import sys
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -77,16 +76,24 @@ def test_hub_datasets_read_the_published_files(tmp_path, monkeypatch):
         create_dataset("sst2", "test", root=str(tmp_path), tokenizer="trained")
 
 
-def test_hugging_face_datasets_is_found_past_our_own_datasets_folder():
-    """From the checkout's root ``import datasets`` finds our folder; ``hf_datasets`` finds Hugging Face's."""
+def test_hugging_face_datasets_is_found_past_our_own_datasets_folder(tmp_path):
+    """From the checkout's root ``import datasets`` finds our folder; ``hf_datasets`` finds Hugging Face's, and
+    ``unshadow_hf_datasets`` (the engine calls it before accelerate's ``prepare``, which probes for it) imports
+    that one, there and only there."""
     root = Path(__file__).resolve().parents[1]
-    run = partial(subprocess.run, capture_output=True, text=True, cwd=root, timeout=120)
-    plain = run([sys.executable, "-c", "import datasets"])
+    def python(code: str, cwd: Path) -> str:
+        result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    plain = subprocess.run([sys.executable, "-c", "import datasets"], capture_output=True, text=True, cwd=root)
     assert plain.returncode != 0 and "relative import beyond top-level package" in plain.stderr
-    ours = run([sys.executable, "-c", "from repro.datasets.text import hf_datasets; hf = hf_datasets(); import datasets; "
-                "print(hf is datasets, datasets.load_dataset.__module__)"])
-    assert ours.returncode == 0, ours.stderr
-    assert ours.stdout.split() == ["True", "datasets.load"]
+    assert python("from repro.datasets.text import hf_datasets; hf = hf_datasets(); import datasets; "
+                  "print(hf is datasets, datasets.load_dataset.__module__)", root) == ["True", "datasets.load"]
+    unshadow = ("import sys; from repro.datasets.text import unshadow_hf_datasets; unshadow_hf_datasets(); "
+                "print('datasets' in sys.modules); import datasets; print(datasets.load_dataset.__module__)")
+    assert python(unshadow, root) == ["True", "datasets.load"]
+    assert python(unshadow, tmp_path) == ["False", "datasets.load"]  # not shadowed: nothing imported early
 
 
 def test_hub_tokenizer_comes_from_the_cache_and_is_never_fetched_without_download(tmp_path, monkeypatch):

@@ -277,7 +277,8 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
 DS_ATGO_CASES = [dict(stat_scope="layer"), dict(stat_scope="channel", fire_ge=False),
                  dict(stat_scope="layer", at=False), dict(stat_scope="channel", at=False),
                  dict(stat_scope="layer", sync_stats=True, fire_ge=False),
-                 dict(stat_scope="channel", at_variant="estimated")]
+                 dict(stat_scope="channel", at_variant="estimated"), dict(stat_scope="layer", num_steps=1),
+                 dict(stat_scope="channel", dtype=torch.bfloat16)]
 
 
 @kernels_run_here
@@ -288,25 +289,50 @@ def test_ds_atgo_forward_kernel_per_step_equals_the_torch_path(monkeypatch, opti
     then the backward kernel.  Two training forwards and an eval forward (running thresholds): spikes, the
     thresholds of every step and the running thresholds bitwise the torch path's, gradients to float tolerance."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
-    x = make_input(random.Random(str(options)), 4, False, 0.2, 1.0)
-    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
-    kernel, reference = neuron_pair(lambda: AdaptiveThresholdLIF(num_steps=4, **options))
+    options = dict(options)
+    steps, dtype = options.pop("num_steps", 4), options.pop("dtype", torch.float32)
+    x = make_input(random.Random(str(options)), steps, False, 0.2, 1.0).to(dtype)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE, dtype)
+    tolerance = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2e-2, atol=1e-3)
+    kernel, reference = neuron_pair(lambda: AdaptiveThresholdLIF(num_steps=steps, **options))
     for training in (True, True, False):
         kernel.train(training)
         reference.train(training)
         counter.launches.clear()
         out, grads = grads_of(kernel, x, upstream)
-        assert counter.launches == ["_forward_kernel"] * 4 + ["_backward_kernel"]
+        assert counter.launches == ["_forward_kernel"] * steps + ["_backward_kernel"]
         ref_out, ref_grads = grads_of(reference, x, upstream)
-        case = f"{options} training={training}"
+        case = f"{options} T={steps} {dtype} training={training}"
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1, case
         assert bitwise_equal(torch.stack(kernel.thresholds), torch.stack(reference.thresholds)), case
         assert bitwise_equal(kernel.running_thr, reference.running_thr), case
         assert len(grads) == 2, case  # input and decay
         for grad, ref_grad in zip(grads, ref_grads):
-            torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6, msg=case)
+            torch.testing.assert_close(grad, ref_grad, **tolerance, msg=case)
     moved = kernel.running_thr != kernel.threshold  # two training forwards updated them (at=True only)
     assert moved.all() if kernel.at else not moved.any()
+
+
+@kernels_run_here
+def test_forward_kernel_hands_observers_the_membrane_of_each_step(monkeypatch):
+    """A fixed-threshold LIF whose surrogate has an observer: the forward kernel writes u, the observer gets
+    x[t] = u[t] - theta for t = 0..T-1, bitwise the torch path's, and the spikes equal it."""
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
+    x = make_input(random.Random("observer"), 4, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    runs = []
+    for neuron in neuron_pair(lambda: LIF(surrogate="atan", preset="reference", decay_learnable=True)):
+        seen = []
+        neuron.surrogate.observers.append(lambda sg, u, params, context: seen.append((context["step"], u.clone())))
+        counter.launches.clear()
+        runs.append((*grads_of(neuron, x, upstream), seen, list(counter.launches)))
+    (out, grads, seen, launches), (ref_out, ref_grads, ref_seen, ref_launches) = runs
+    assert launches == ["_forward_kernel", "_backward_kernel"] and ref_launches == []
+    assert torch.equal(out, ref_out) and 0 < out.mean() < 1
+    assert [step for step, _ in seen] == [step for step, _ in ref_seen] == [0, 1, 2, 3]
+    assert all(bitwise_equal(u, ref_u) for (_, u), (_, ref_u) in zip(seen, ref_seen))
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
 
 
 class ShapedThresholdLIF(LIF):
@@ -599,8 +625,8 @@ def test_cuda_kernels_against_the_cpu_reference_loop():
 
 @pytest.mark.skipif(INTERPRETED, reason="compiles the real kernels (the interpreter only runs them)")
 def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp_path):
-    """Compiled offline for an H100/H200 (Triton's ptxas, no GPU needed), forward and backward (T = 5 replayed
-    in chunks of 2), fp32 and bf16: no FMA in the LIF arithmetic, IEEE division in the surrogate, no register
+    """Compiled offline for an H100/H200 (Triton's ptxas, no GPU needed), forward, the per-step forward (layer and
+    channel thresholds) and backward (T = 5 replayed in chunks of 2), fp32 and bf16: no FMA in the LIF arithmetic, IEEE division in the surrogate, no register
     spills (benchmarks/kernel_resources.py reports the same at T = 4 and 32)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton wheel ships no NVIDIA tools")
@@ -608,8 +634,8 @@ def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp
         patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
         main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_resources.py"))["main"]
         rows = main(["--steps", "5", "--chunk", "2", "--surrogates", "atan", "--output", str(tmp_path / "k.json")])
-    assert [(row["kernel"], row["dtype"]) for row in rows] == [("forward", "fp32"), ("backward", "fp32"),
-                                                             ("forward", "bf16"), ("backward", "bf16")]
+    kernels = ["forward", "forward_step_layer", "forward_step_channel", "backward"]  # step: DS-ATGO's per-step forward
+    assert [(row["kernel"], row["dtype"]) for row in rows] == [(k, dtype) for dtype in ("fp32", "bf16") for k in kernels]
     for row in rows:
         assert row["fma"] == 0 and row["approx_div"] == 0 and row["spill_bytes"] == 0, row
 
