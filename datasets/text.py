@@ -124,14 +124,19 @@ HUB_TEXT = {
 }
 
 
+def is_our_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a checkout's ``datasets/`` (this package's source), known by ``text_embedded.py``."""
+    return (folder / "text_embedded.py").is_file()
+
+
 def hf_datasets():
     """Hugging Face ``datasets``, imported also where a checkout's own ``datasets/`` folder would shadow it:
     with a checkout's root on ``sys.path`` (``python -m ...`` run from the root), a plain ``import datasets``
-    finds our folder.  The search skips every entry holding our folder (known by its ``text_embedded.py``);
-    the module is then imported once, as ``datasets``, as a plain import would."""
+    finds our folder.  The search skips every entry holding our folder (``is_our_folder``); the module is
+    then imported once, as ``datasets``, as a plain import would."""
     if "datasets" in sys.modules:
         return sys.modules["datasets"]
-    search = [p for p in sys.path if not (Path(p or os.getcwd()) / "datasets" / "text_embedded.py").is_file()]
+    search = [p for p in sys.path if not is_our_folder(Path(p or os.getcwd()) / "datasets")]
     spec = importlib.machinery.PathFinder.find_spec("datasets", search)
     if spec is None:
         raise ImportError("the hub's text datasets are read with Hugging Face datasets, which is not installed: "
@@ -153,7 +158,7 @@ def unshadow_hf_datasets() -> None:
     if "datasets" in sys.modules:
         return
     spec = importlib.util.find_spec("datasets")
-    if spec is not None and spec.origin and Path(spec.origin).with_name("text_embedded.py").is_file():
+    if spec is not None and spec.origin and is_our_folder(Path(spec.origin).parent):
         with contextlib.suppress(ImportError):
             hf_datasets()
 
