@@ -2,7 +2,7 @@
 
 For every (kernel, T, dtype, surrogate) asked for: registers per thread, spilled bytes (local memory),
 and in the PTX the count of fused multiply-adds (``fma``; the LIF arithmetic must have none: it follows
-``neurons.charge`` rounding by rounding), approximate divisions (``div.full``/``div.approx``; the surrogate
+``dynamics.charge`` rounding by rounding), approximate divisions (``div.full``/``div.approx``; the surrogate
 vocabulary uses IEEE ``div.rn``) and global load/store instructions (vectorised: pointers and N are
 compiled as 16-byte aligned / multiples of 16, as a launch on such tensors specialises them).  The sigmoid
 surrogate's FMAs are inside libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).

@@ -46,12 +46,11 @@ the reason is logged once.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch import Tensor
 
 from ..surrogates import Surrogate, create_surrogate
+from .dynamics import CFConfig, crossing_inputs, discharge
 from .fused import report_fallback
 from .fused_cf import fused_cf, unfused_reason
 from .neurons import SpikingNeuron
@@ -59,37 +58,6 @@ from .neurons import SpikingNeuron
 MODES = ("signed", "unsigned", "wrap_signed", "wrap_binary")
 WRAP_MODES = ("single", "modulo")
 OUTPUT_SCALES = ("S", "theta_S")
-
-
-class CFConfig(NamedTuple):
-    """The switches of one step, captured at forward time (the fused backward reads no module state):
-    the mode, r (theta, or 2 theta on the ring), ``reset_detach``, the output scale (1 or theta) and the
-    levels l_j as Python numbers (the fp32 values of the ``levels`` buffer; no device read in the loops)."""
-
-    mode: str
-    reset_unit: float
-    reset_detach: bool
-    scale: float
-    levels: tuple[float, ...]
-
-
-def crossing_inputs(potential: Tensor, levels: Tensor, mode: str) -> list[tuple[Tensor, bool]]:
-    """The surrogate inputs x [levels, ...] of one step with their ``fire_ge``: up-crossings H - l_j >= 0, then
-    (not ``unsigned``) down-crossings -H - l_j >= 0 (signed) or > 0 (the ring [-theta, theta) is half-open).
-    ``levels`` is [levels, 1, ...] (one 1 per dimension of ``potential``)."""
-    up = (potential - levels, True)
-    if mode == "unsigned":
-        return [up]
-    return [up, (-potential - levels, mode == "signed")]
-
-
-def discharge(charged: Tensor, counts: list[Tensor], config: CFConfig) -> tuple[Tensor, Tensor]:
-    """(U_t, output_t) from H_t and the crossing counts [up] or [up, down] (differentiable): the soft reset
-    and the output."""
-    up = counts[0]
-    net = up - counts[1] if len(counts) > 1 else up
-    reset = net.detach() if config.reset_detach else net
-    return charged - config.reset_unit * reset, (up if config.mode == "wrap_binary" else net) * config.scale
 
 
 class CFNeuron(SpikingNeuron):

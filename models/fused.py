@@ -5,7 +5,7 @@ tensors per step and a dozen graph nodes).  The fused path computes the same for
 graph and runs the reverse-time recurrence itself in ``backward`` [reconstructed; the BPTT
 equations below follow from the forward of ``models/neurons.py``].
 
-Forward (``neurons.charge`` + ``LIF.fire``), lambda = decay, c = 1 - lambda if ``decay_input`` else 1,
+Forward (``dynamics.charge`` + ``LIF.fire``), lambda = decay, c = 1 - lambda if ``decay_input`` else 1,
 theta = the neuron's fixed threshold (used by the reset), theta_t = the firing threshold of step t
 (``neuron.fire_context``: theta for ``LIF``, a detached per-step tensor for adaptive subclasses)::
 
@@ -28,7 +28,7 @@ e[t] = dL/du[t], e[T] = 0::
                  R'[t] = R[t] (zero, subtract decayed), u[t] (subtract not decayed, none)
 
 Double backward (``create_graph=True``: Hessian-vector products, sharpness): ``backward`` rebuilds the
-step graph from the saved I with ``neurons.charge`` and the core ``SpikeFunction`` (saved thresholds
+step graph from the saved I with ``dynamics.charge`` and the core ``SpikeFunction`` (saved thresholds
 and parameters) and differentiates it, so second derivatives equal the reference loop's.
 
 The fused forward is bitwise equal to the reference loop (same floating-point operations in the
@@ -97,6 +97,7 @@ from torch import Tensor
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
 from . import triton_lif, triton_surrogates
+from .dynamics import charge
 
 logger = logging.getLogger(__name__)
 _reported: set[tuple[str, str]] = set()
@@ -114,13 +115,8 @@ class StepConfig(NamedTuple):
 
 
 def unfused_reason(neuron, x: Tensor) -> str | None:
-    """Why this forward of ``neuron`` (an ``LIF``) on ``x`` cannot take the fused path (None: it can)."""
-    from .neurons import LIF
-
-    cls = type(neuron)
-    for method in ("step", "fire"):
-        if getattr(cls, method) is not getattr(LIF, method):
-            return f"{cls.__name__} overrides {method}() (override fire_context() to keep the fused path)"
+    """Why the fused path cannot run this forward of ``neuron`` (an ``LIF`` that keeps its ``step`` and
+    ``fire``: ``LIF.unfused_reason`` checks that) on ``x`` (None: it can)."""
     if torch.compiler.is_compiling() and compiled_kernels_apply(neuron, x):
         return None
     return surrogate_unfused_reason(neuron.surrogate)
@@ -147,11 +143,9 @@ def compiled_kernels_apply(neuron, x: Tensor) -> bool:
     """Under torch.compile, whether ``neuron`` runs as the ``repro::lif_spikes`` operator (the Triton kernels):
     as the eager kernel forward, a fixed threshold and fixed surrogate parameters, no observer, no recorded
     potentials, the exact saved input."""
-    from .neurons import LIF
-
     surrogate = neuron.surrogate
     return (neuron.triton and not neuron.record_potentials and neuron.saved_precision == "fp32"
-            and type(neuron).fire_context is LIF.fire_context and isinstance(surrogate, FixedSurrogate)
+            and neuron.fixed_threshold and isinstance(surrogate, FixedSurrogate)
             and type(surrogate).call_params is FixedSurrogate.call_params
             and type(surrogate).observe is Surrogate.observe and not surrogate.observers
             and triton_lif.triton_available(x.device) and kernel_shape_name(surrogate.shape) is not None)
@@ -197,8 +191,6 @@ class FusedLIFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, decay: Tensor, k: Tensor | None, neuron) -> Tensor:
-        from .neurons import LIF
-
         config = StepConfig(float(neuron.threshold), neuron.reset, neuron.reset_decayed, neuron.reset_detach,
                             neuron.decay_input, neuron.fire_ge)
         surrogate = neuron.surrogate
@@ -228,7 +220,7 @@ class FusedLIFFunction(torch.autograd.Function):
         recording = neuron.record_potentials
         derivative = kernel_derivative(surrogate, k)
         kernels = not recording and not half and neuron.triton and kernels_apply(derivative, x)
-        if kernels and type(neuron).fire_context is LIF.fire_context:
+        if kernels and neuron.fixed_threshold:
             # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
             # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
             per_step = observed or not (fixed_params or k is not None)
@@ -414,10 +406,8 @@ def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:
 def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None, grad_spikes: Tensor,
                                 grad_membrane: Tensor | None):
     """Input, decay and sharpness gradients as differentiable functions of (I, lambda, k, upstream
-    gradients): the step graph rebuilt with ``neurons.charge`` and ``SpikeFunction`` (saved thresholds and
+    gradients): the step graph rebuilt with ``dynamics.charge`` and ``SpikeFunction`` (saved thresholds and
     parameters) or the TLSG's straight-through term (saved k)."""
-    from .neurons import charge
-
     config, inputs = ctx.config, x.float()
     mem, spk, out, mems = torch.zeros_like(inputs[0]), torch.zeros_like(inputs[0]), [], []
     for t in range(x.shape[0]):
@@ -452,7 +442,7 @@ def differentiate(outputs: list[tuple[Tensor, Tensor | None]], inputs: tuple, ne
 @torch.no_grad()
 def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callable[[Tensor, int], object],
               keep: bool, fire: bool = True) -> tuple[Tensor | None, Tensor | None]:
-    """The forward time loop without a graph, bitwise equal to ``neurons.charge`` + ``LIF.fire``.
+    """The forward time loop without a graph, bitwise equal to ``dynamics.charge`` + ``LIF.fire``.
 
     ``threshold_at(u, t)`` gives theta_t (the forward calls ``fire_context`` and the surrogate there; the
     backward's replay looks up the saved thresholds).  Returns (spikes fp32 [T, ...] if ``fire``, u [T, ...]
@@ -479,7 +469,7 @@ def integrate(x: Tensor, decay: Tensor, config: StepConfig, threshold_at: Callab
             fired = mask if spikes is None else spikes[t - 1]  # s[t-1] for subtract
             if zero and on_cpu:  # lambda * u * (1 - s) + c I; the CPU's addcmul is fma(lambda u, mask, c I)
                 torch.addcmul(current, prev, mask, value=lam_value, out=u)  # = the separate ops (mask 0/1)
-            elif zero:  # CUDA's addcmul is fma(value, t1 t2, self): round lambda u first, as neurons.charge
+            elif zero:  # CUDA's addcmul is fma(value, t1 t2, self): round lambda u first, as dynamics.charge
                 torch.mul(prev, lam, out=u)
                 torch.addcmul(current, u, mask, out=u)  # fma(1, (lambda u) mask, c I): mask 0/1, one rounding
             elif subtract and config.reset_decayed:  # lambda * (u - theta s) + c I

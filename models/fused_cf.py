@@ -69,7 +69,7 @@ not yet on a GPU.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -77,10 +77,8 @@ from torch import Tensor
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
 from . import triton_cf, triton_lif, triton_surrogates
+from .dynamics import CFConfig, crossing_inputs, discharge
 from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_apply, surrogate_unfused_reason
-
-if TYPE_CHECKING:
-    from .circulate_firing import CFConfig  # circulate_firing imports this module
 
 
 def unfused_reason(neuron) -> str | None:
@@ -140,7 +138,6 @@ class FusedCFFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, k: Tensor | None, neuron) -> Tensor:
-        from .circulate_firing import crossing_inputs
 
         config = neuron.step_config()
         levels = neuron.levels.view(-1, *([1] * (x.dim() - 1)))
@@ -230,7 +227,6 @@ def crossing_grad(ctx, t: int, direction: int, charged: Tensor, upstream: Tensor
     of step t, and a learned k[t]'s gradient added to ``grad_k``.  With scalar parameters (fixed ones or
     k[t]) the levels are taken one at a time: [levels, ...] temporaries are D times larger, and on CPU
     allocations above 32 MiB are page-faulted afresh at every step."""
-    from .circulate_firing import crossing_inputs
 
     if not ctx.per_level:  # per-call parameters, computed at forward time for the [levels, ...] input
         shifted, _ = crossing_inputs(charged, ctx.levels, ctx.config.mode)[direction]
@@ -252,7 +248,6 @@ def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tens
                                grad_potentials: Tensor | None):
     """Input and sharpness gradients as differentiable functions of (I, k, upstream gradient): the
     reference step graph rebuilt with ``crossing_inputs`` and ``discharge`` and the captured surrogate."""
-    from .circulate_firing import crossing_inputs, discharge
 
     config = ctx.config
     potential, out, recorded = torch.zeros_like(x[0]), [], []

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from ..surrogates import Surrogate, create_surrogate
+from .dynamics import charge
 from .fused import fused_lif, report_fallback, unfused_reason
 
 PRESETS = {
@@ -47,20 +48,6 @@ PRESETS = {
 
 def _logit(p: float) -> float:
     return -math.log(1.0 / p - 1.0)
-
-
-def charge(x: Tensor, mem: Tensor, spk: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool,
-           reset_detach: bool, decay_input: bool) -> Tensor:
-    """u[t] from I[t] = ``x``, u[t-1] = ``mem`` and s[t-1] = ``spk`` (module docstring); differentiable."""
-    prev = spk.detach() if reset_detach else spk
-    current = (1 - decay) * x if decay_input else x
-    if reset == "zero":
-        return decay * mem * (1 - prev) + current
-    if reset == "subtract" and reset_decayed:
-        return decay * (mem - threshold * prev) + current
-    if reset == "subtract":
-        return decay * mem + current - threshold * prev
-    return decay * mem + current
 
 
 class SpikingNeuron(nn.Module):
@@ -202,6 +189,20 @@ class LIF(SpikingNeuron):
         detached (it receives no gradient)."""
         return self.threshold, dict(mem=u, step=step, neuron=self)
 
+    @property
+    def fixed_threshold(self) -> bool:
+        """Whether theta_t is the constant ``threshold`` (``fire_context`` not overridden): the fused path then
+        computes the spikes without calling the surrogate."""
+        return type(self).fire_context is LIF.fire_context
+
+    def unfused_reason(self, x: Tensor) -> str | None:
+        """Why this forward on ``x`` cannot take the fused path (None: it can): a subclass overriding ``step`` or
+        ``fire``, which the fused path replaces, or a reason of the path (``fused.unfused_reason``)."""
+        for method in ("step", "fire"):
+            if getattr(type(self), method) is not getattr(LIF, method):
+                return f"{type(self).__name__} overrides {method}() (override fire_context() to keep the fused path)"
+        return unfused_reason(self, x)
+
     def fire(self, u: Tensor, step: int | None) -> Tensor:
         """Spike of the pre-reset membrane; the surrogate gets the neuron's context."""
         self.record(u, step)
@@ -239,7 +240,7 @@ class LIF(SpikingNeuron):
                 "rebuild the model with num_steps matching the data"
             )
         if self.fused:
-            reason = unfused_reason(self, x)
+            reason = self.unfused_reason(x)
             if reason is None:  # bf16 / fp16 input as it is: fp32 inside, spikes in the input's dtype
                 return fused_lif(self, x, decay).to(dtype)
             if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path

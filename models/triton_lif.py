@@ -11,7 +11,7 @@ firing threshold of step t (theta, or a per-step / per-step-and-channel table)::
     u[t] = lambda u[t-1] + c I[t]                               none
     s[t] = u[t] >= theta_t (fire_ge) | u[t] > theta_t
 
-``_charge`` performs the fp32 operations of ``models/neurons.py::charge`` in its order, and every launch
+``_charge`` performs the fp32 operations of ``models/dynamics.py::charge`` in its order, and every launch
 uses ``enable_fp_fusion=False`` (no multiply-add is contracted into an FMA): u, hence the spikes, are
 bitwise the reference loop's on the same device (products with a 0/1 spike are exact).
 
@@ -112,7 +112,7 @@ if triton is not None:
 
     @triton.jit
     def _charge(u, s, current, lam, theta, RESET: tl.constexpr, DECAYED: tl.constexpr):
-        """u[t] from u[t-1], s[t-1] and c I[t], in the operation order of neurons.charge."""
+        """u[t] from u[t-1], s[t-1] and c I[t], in the operation order of dynamics.charge."""
         if RESET == "zero":
             u = lam * u * (1.0 - s) + current
         elif RESET == "subtract" and DECAYED:

@@ -13,7 +13,7 @@ from torch import nn
 import repro.models.fused as fused_module
 from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm
 from repro.diagnostics import saved_tensor_bytes
-from repro.models.fused import StepConfig, integrate, unfused_reason
+from repro.models.fused import StepConfig, integrate
 from repro.surrogates import Surrogate, create_surrogate
 from reference import assert_fused_model_step_matches, assert_inference_matches, fused_test_loss_backward
 
@@ -57,7 +57,7 @@ def test_fused_equals_reference_loop_for_every_switch(reset, reset_decayed, surr
             surrogate=surrogate, channels=channels, decay=rng.choice([0.2, 0.5, 0.9]), threshold=rng.choice([0.5, 1.0]),
             reset=reset, reset_decayed=reset_decayed, fire_ge=fire_ge, reset_detach=reset_detach,
             decay_input=decay_input, decay_param=decay_param, decay_learnable=learnable)
-        assert unfused_reason(fused, inputs) is None
+        assert fused.unfused_reason(inputs) is None
         out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
         assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
         ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
@@ -201,7 +201,7 @@ def test_fire_context_override_stays_fused_and_matches_reference():
         kwargs = dict(surrogate="tgo", preset="reference", decay_learnable=True, reset=reset)
         fused, reference = StepThresholdLIF(fused=True, **kwargs), StepThresholdLIF(fused=False, **kwargs)
         fused.surrogate.tgo_stat = reference.surrogate.tgo_stat = "thr"  # width from the per-step threshold
-        assert unfused_reason(fused, inputs) is None
+        assert fused.unfused_reason(inputs) is None
         out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
         ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1
@@ -217,7 +217,7 @@ def test_adaptive_threshold_neuron_equals_reference_whichever_path():
     fused = AdaptiveThresholdLIF(num_steps=4, surrogate=create_surrogate("tgo"))
     reference = AdaptiveThresholdLIF(num_steps=4, surrogate=create_surrogate("tgo"))
     reference.fused = False
-    reason = unfused_reason(fused, inputs)
+    reason = fused.unfused_reason(inputs)
     assert reason is None or "overrides fire()" in reason
     out, grad_x, grad_decay = forward_backward(fused, inputs, upstream)
     ref_out, ref_grad_x, ref_grad_decay = forward_backward(reference, inputs, upstream)
@@ -255,25 +255,25 @@ class OverridingFire(LIF):
 
 def test_fallback_reasons():
     x = torch.randn(3, 2, 4, requires_grad=True)
-    assert unfused_reason(LIF(), x) is None
+    assert LIF().unfused_reason(x) is None
     recording = LIF()
     recording.record_potentials = True
-    assert unfused_reason(recording, x) is None  # the Function returns u[T] too
-    assert "overrides fire()" in unfused_reason(OverridingFire(), x)
-    assert "plain callable" in unfused_reason(LIF(surrogate=lambda v: (v > 0).float()), x)
-    assert unfused_reason(LIF(surrogate="a2sg"), x) is None  # statistics through Surrogate.observe
-    assert unfused_reason(LIF(surrogate=create_surrogate("learnable", num_steps=3)), x) is None  # k[t] an input
+    assert recording.unfused_reason(x) is None  # the Function returns u[T] too
+    assert "overrides fire()" in OverridingFire().unfused_reason(x)
+    assert "plain callable" in LIF(surrogate=lambda v: (v > 0).float()).unfused_reason(x)
+    assert LIF(surrogate="a2sg").unfused_reason(x) is None  # statistics through Surrogate.observe
+    assert LIF(surrogate=create_surrogate("learnable", num_steps=3)).unfused_reason(x) is None  # k[t] an input
     mix = LIF(surrogate=create_surrogate("learnable", learn="asgl_mix", num_steps=3))
-    assert "asgl_mix" in unfused_reason(mix, x) and unfused_reason(mix.eval(), x) is None
-    assert "overrides forward" in unfused_reason(LIF(surrogate=OverridingForward()), x)
+    assert "asgl_mix" in mix.unfused_reason(x) and mix.eval().unfused_reason(x) is None
+    assert "overrides forward" in LIF(surrogate=OverridingForward()).unfused_reason(x)
     observed = LIF()
     observed.surrogate.observers.append(lambda *args: None)
-    assert unfused_reason(observed, x) is None
+    assert observed.unfused_reason(x) is None
     scaled = LIF(surrogate=LearnableScaleATan())
-    assert "learnable parameters" in unfused_reason(scaled, x)
+    assert "learnable parameters" in scaled.unfused_reason(x)
     scaled.surrogate.alpha.requires_grad_(False)
-    assert unfused_reason(scaled, x) is None
-    assert unfused_reason(LIF().eval(), x) is None
+    assert scaled.unfused_reason(x) is None
+    assert LIF().eval().unfused_reason(x) is None
 
 
 def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):
@@ -470,3 +470,21 @@ def test_fp16_saved_margins_refuse_double_backward_and_keep_the_input_when_neede
     assert kept[0] == kept[1] >= inputs.numel() * 4
     with pytest.raises(ValueError, match="saved_precision"):
         LIF(saved_precision="bf16")
+
+
+def test_neuron_code_imports_only_lower_layers():
+    """docs/performance.md's layers: step equations -> kernels -> fused paths -> modules; no module of the neuron
+    code imports one above it (function-level imports included)."""
+    import ast
+    from pathlib import Path
+
+    layers = ["dynamics", "triton_surrogates", "triton_lif", "triton_cf", "fused", "fused_cf", "neurons",
+              "circulate_firing"]
+    folder = Path(__file__).resolve().parents[1] / "models"
+    for rank, name in enumerate(layers):
+        tree = ast.parse((folder / f"{name}.py").read_text())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {alias.name for alias in node.names}
+        assert imported <= set(layers[:rank]), f"models/{name}.py imports {sorted(imported - set(layers[:rank]))}"
