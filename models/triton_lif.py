@@ -377,10 +377,12 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     partials = torch.empty(programs if want_decay else 1, dtype=torch.float32, device=x.device)
     k_partials = torch.empty((programs, steps) if learned_k else (1,), dtype=torch.float32, device=x.device)
     thresholds = params if step_thresholds is None else step_thresholds.contiguous()  # unused pointer if None
+    spike_grads_out, membrane_grads_out = (_output_or(name, output, x, partials) for name, output in
+                                           (("spike_grads", spike_grads), ("membrane_grads", membrane_grads)))
     with _device_guard(x):
         _backward_kernel[(programs,)](
             x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, k_partials,
-            _output_or(spike_grads, partials), _output_or(membrane_grads, partials), neurons, inner, channels,
+            spike_grads_out, membrane_grads_out, neurons, inner, channels,
             threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
             DECAY_INPUT=decay_input, FIRE_GE=fire_ge, STEP_THRESHOLDS=step_thresholds is not None,
             THRESHOLD_CHANNELS=step_thresholds is not None and step_thresholds.shape[1] > 1, SHAPE=shape,
@@ -392,10 +394,13 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
             k_partials.sum(0, dtype=torch.float64) if learned_k else None)
 
 
-def _output_or(output: Tensor | None, unused: Tensor) -> Tensor:
-    """An optional fp32 [T, ...] output of the backward kernel (``unused``, never written, stands in for None)."""
-    if output is not None and (output.dtype != torch.float32 or not output.is_contiguous()):
-        raise ValueError(f"spike_grads / membrane_grads must be contiguous fp32 tensors, got {output.dtype}")
+def _output_or(name: str, output: Tensor | None, x: Tensor, unused: Tensor) -> Tensor:
+    """The optional fp32 output ``name`` of the backward kernel, shaped as ``x`` (``unused``, never written, stands
+    in for None)."""
+    if output is not None and (output.dtype != torch.float32 or not output.is_contiguous() or output.shape != x.shape):
+        raise ValueError(f"{name} must be a contiguous fp32 tensor of the input's shape {tuple(x.shape)}, got a "
+                         f"{'' if output.is_contiguous() else 'non-contiguous '}{output.dtype} tensor of shape "
+                         f"{tuple(output.shape)}")
     return unused if output is None else output
 
 

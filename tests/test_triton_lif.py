@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import random
+import re
 import runpy
 from pathlib import Path
 
@@ -229,6 +230,19 @@ def test_shapes_outside_the_vocabulary_are_not_compiled():
     assert kernel_shape(lambda x, w: torch.tanh(x) / w) is None
     width = 0.5
     assert kernel_shape(lambda x: x * width) is None  # a closure
+
+
+def test_backward_refuses_gradient_outputs_it_cannot_write():
+    """A2SG's optional outputs must be contiguous fp32 tensors shaped as the input: one line, before any launch."""
+    x, table = torch.zeros(2, 3, 4), torch.zeros(2, 1, 1)
+    shape = kernel_shape(create_surrogate("atan").shape)
+    for name, wrong, said in (("spike_grads", torch.zeros(2, 3, 4, dtype=torch.bfloat16), "bfloat16"),
+                              ("membrane_grads", torch.zeros(2, 3), "shape (2, 3)"),
+                              ("spike_grads", torch.zeros(4, 3, 2).transpose(0, 2), "non-contiguous")):
+        with pytest.raises(ValueError, match=rf"{name} must be a contiguous fp32 tensor of the input's shape "
+                                             rf"\(2, 3, 4\), got .*{re.escape(said)}"):
+            lif_backward(x, x, torch.tensor(0.5), 1.0, None, shape, table, "zero", True, False, False, False, False,
+                         **{name: wrong})
 
 
 def neuron_pair(make):
