@@ -42,7 +42,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, set_seed
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from .checkpoint import (first_nonfinite, load_checkpoint, load_pretrained, lock_run_directory,
@@ -58,8 +58,10 @@ from .models import MODELS, NEURONS, TDBatchNorm, create_model
 from .surrogates import SURROGATES
 from .provenance import code_commit, device_name
 from .plots import plot_training_curves, results_table, save_segmentation_examples
-from .tasks import task_for
+from .tasks import ClassificationTask, SegmentationTask, task_for
 
+# The run directory's checkpoint of the last complete epoch and its metrics rows.
+CHECKPOINT_FILE, METRICS_FILE = "checkpoint.pt", "metrics.jsonl"
 # Fields that may change when resuming (run control, not the experiment).
 RESUMABLE_CHANGES = {"resume", "output_dir", "num_workers", "pin_memory", "persistent_workers", "report_to",
                      "log_every", "diagnostics_every", "diagnostics_batches", "compile",
@@ -333,18 +335,87 @@ def build_model(config: Config, dataset) -> nn.Module:
     return model
 
 
+class Parts(typing.NamedTuple):
+    """The run's datasets, loss, model, optimiser and task, built and checked by ``build_parts``."""
+    modality: str
+    train_set: Dataset
+    test_set: Dataset
+    loss_fn: nn.Module
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    task: ClassificationTask | SegmentationTask
+
+
+class Training(typing.NamedTuple):
+    """What the epochs run on (``prepare_training``): model, optimiser and loaders as accelerate prepared them, the
+    model as built (``bare_model``: state_dict keys as built), the training sampler and the method hooks."""
+    model: nn.Module
+    bare_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    train_loader: DataLoader
+    sampler: EpochSampler
+    test_loader: DataLoader
+    epoch_hooks: list
+    step_hooks: list
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where the run stands: the first epoch to train, the best test metrics, one metrics row per trained epoch,
+    the config changes of resumes and the checkpoint's grad scaler state."""
+    start_epoch: int = 0
+    best: dict = dataclasses.field(default_factory=dict)
+    history: list = dataclasses.field(default_factory=list)
+    changes: list = dataclasses.field(default_factory=list)
+    scaler: dict | None = None
+
+
 def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
-    main = accelerator.is_main_process
-    checkpoint_path, metrics_path = output_dir / "checkpoint.pt", output_dir / "metrics.jsonl"
+    """One run in ``output_dir``: build and check its parts, restore the checkpoint on --resume, then train,
+    evaluate and record every epoch, and write the final summary."""
+    check_run_directory(config, output_dir)
+    runtime = runtime_settings(accelerator, config)
+    accelerator.print("run: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
+    parts = build_parts(config, accelerator)
+    progress = restore_checkpoint(parts, config, accelerator, output_dir, runtime) if config.resume else Progress()
+    training = prepare_training(parts, config, accelerator, progress)
+
+    if accelerator.is_main_process:
+        save_json(output_dir / "config.json", config.to_dict())
+        (output_dir / METRICS_FILE).write_text("".join(json.dumps(row) + "\n" for row in progress.history))
+    if config.report_to != "none":
+        accelerator.init_trackers(output_dir.name, config=hyperparameters(config))
+
+    for epoch in range(progress.start_epoch, config.epochs):
+        set_seed(config.seed + epoch)
+        training.sampler.set_epoch(epoch)
+        for group in training.optimizer.param_groups:
+            group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
+        for hook in training.epoch_hooks:
+            hook(epoch)
+        started = time.time()
+        train_stats = train_epoch_checked(epoch, parts, training, config, accelerator, output_dir)
+        test_stats = evaluate(training.model, training.test_loader, parts.task, accelerator, config, parts.modality)
+        end_epoch(epoch, started, train_stats, test_stats, parts, training, progress, config, accelerator, output_dir,
+                  runtime)
+    return final_summary(parts, training, progress, config, accelerator, output_dir, runtime)
+
+
+def check_run_directory(config: Config, output_dir: Path) -> None:
+    """``output_dir`` holds a checkpoint exactly when --resume is given."""
+    checkpoint_path = output_dir / CHECKPOINT_FILE
     if not config.resume and checkpoint_path.exists():
         raise FileExistsError(f"{output_dir} already holds a run; pass --resume to continue it "
                               "or choose another --output_dir")
     if config.resume and not checkpoint_path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {checkpoint_path}; run without --resume to start "
                                 "the run, or point --output_dir at the run to continue")
-    runtime = runtime_settings(accelerator, config)
-    accelerator.print("run: " + ", ".join(f"{k} {v}" for k, v in runtime.items()))
 
+
+def build_parts(config: Config, accelerator: Accelerator) -> Parts:
+    """Seed, then build the datasets, loss, model and optimiser, each checked before any training (the global
+    batch against the training samples, the loss against the task, the model against a test sample); without
+    --resume the model starts from --pretrained when given."""
     set_seed(config.seed)
     modality = modality_of(config.dataset)
     train_set, test_set = build_dataset(config, "train"), build_dataset(config, "test")
@@ -364,132 +435,150 @@ def run(config: Config, accelerator: Accelerator, output_dir: Path) -> dict:
         model.compile()  # in place: state_dict keys unchanged
     optimizer = build_optimizer(model, config)
     task = task_for(train_set)
-
-    start_epoch, best, history, changes = 0, {}, [], []
     if config.pretrained and not config.resume:
         missing, unexpected = load_pretrained(model, config.pretrained)
         accelerator.print(f"initialised from {config.pretrained}: {len(missing)} entries not in it (kept as "
                           f"initialised), {len(unexpected)} checkpoint entries unused")
-    if config.resume:
-        state = load_checkpoint(checkpoint_path)
-        changed = {**resume_changes(state["config"], config), **launcher_changes(state.get("runtime", {}), runtime)}
-        try:
-            model.load_state_dict(state["model"])
-        except RuntimeError as error:
-            raise ConfigError(f"checkpoint {checkpoint_path} does not fit model {config.model!r} "
-                              f"({str(error).strip().splitlines()[-1].strip()}); resume with the settings it was "
-                              "trained with") from None
-        peak_lrs = [group["peak_lr"] for group in optimizer.param_groups]
-        optimizer.load_state_dict(state["optimizer"])
-        for group, peak in zip(optimizer.param_groups, peak_lrs):  # a resume may change --lr
-            group["peak_lr"] = peak
-        start_epoch, best, history = state["epoch"], state["best"], state["history"]
-        changes = state.get("config_changes", []) + ([{"epoch": start_epoch + 1, **changed}] if changed else [])
-        if main:
-            remove_stale_temp_files(output_dir)
-        accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}"
-                          + (f", changing {changed}" if changed else ""))
+    return Parts(modality, train_set, test_set, loss_fn, model, optimizer, task)
 
-    train_loader = make_loader(train_set, config, True, accelerator.num_processes)
+
+def restore_checkpoint(parts: Parts, config: Config, accelerator: Accelerator, output_dir: Path,
+                       runtime: dict) -> Progress:
+    """--resume: the checkpoint's weights, optimiser state (keeping this run's peak lrs: a resume may change
+    --lr) and progress, once ``resume_changes`` and ``launcher_changes`` allow the changes, which are recorded."""
+    checkpoint_path = output_dir / CHECKPOINT_FILE
+    state = load_checkpoint(checkpoint_path)
+    changed = {**resume_changes(state["config"], config), **launcher_changes(state.get("runtime", {}), runtime)}
+    try:
+        parts.model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ConfigError(f"checkpoint {checkpoint_path} does not fit model {config.model!r} "
+                          f"({str(error).strip().splitlines()[-1].strip()}); resume with the settings it was "
+                          "trained with") from None
+    peak_lrs = [group["peak_lr"] for group in parts.optimizer.param_groups]
+    parts.optimizer.load_state_dict(state["optimizer"])
+    for group, peak in zip(parts.optimizer.param_groups, peak_lrs):  # a resume may change --lr
+        group["peak_lr"] = peak
+    start_epoch = state["epoch"]
+    changes = state.get("config_changes", []) + ([{"epoch": start_epoch + 1, **changed}] if changed else [])
+    if accelerator.is_main_process:
+        remove_stale_temp_files(output_dir)
+    accelerator.print(f"resumed from {checkpoint_path} after epoch {start_epoch}"
+                      + (f", changing {changed}" if changed else ""))
+    return Progress(start_epoch, state["best"], state["history"], changes, state.get("scaler"))
+
+
+def prepare_training(parts: Parts, config: Config, accelerator: Accelerator, progress: Progress) -> Training:
+    """The loaders, everything handed to accelerate's ``prepare`` (the grad scaler restored on a resume), the
+    method hooks collected and the loss bound to the model."""
+    train_loader = make_loader(parts.train_set, config, True, accelerator.num_processes)
     sampler = train_loader.sampler
-    test_loader = make_loader(test_set, config, False, accelerator.num_processes)
+    test_loader = make_loader(parts.test_set, config, False, accelerator.num_processes)
     unshadow_hf_datasets()  # accelerate probes for Hugging Face datasets; run from a checkout it finds our folder
-    model, optimizer, train_loader, test_loader = accelerator.prepare(model, optimizer, train_loader, test_loader)
-    if config.resume and start_epoch and accelerator.scaler is not None and state.get("scaler"):
-        accelerator.scaler.load_state_dict(state["scaler"])
+    model, optimizer, train_loader, test_loader = accelerator.prepare(parts.model, parts.optimizer, train_loader,
+                                                                      test_loader)
+    if progress.start_epoch and accelerator.scaler is not None and progress.scaler:
+        accelerator.scaler.load_state_dict(progress.scaler)
     bare_model = accelerator.unwrap_model(model, keep_torch_compile=False)  # state_dict keys as built
-    hooks = [*bare_model.modules(), loss_fn]
+    hooks = [*bare_model.modules(), parts.loss_fn]
     epoch_hooks = [m.on_epoch_start for m in hooks if hasattr(m, "on_epoch_start")]
     step_hooks = [m.after_optimizer_step for m in hooks if hasattr(m, "after_optimizer_step")]
-    if hasattr(loss_fn, "bind"):
-        loss_fn.bind(bare_model)
+    if hasattr(parts.loss_fn, "bind"):
+        parts.loss_fn.bind(bare_model)
+    return Training(model, bare_model, optimizer, train_loader, sampler, test_loader, epoch_hooks, step_hooks)
 
-    if main:
-        save_json(output_dir / "config.json", config.to_dict())
-        metrics_path.write_text("".join(json.dumps(row) + "\n" for row in history))
+
+def train_epoch_checked(epoch: int, parts: Parts, training: Training, config: Config, accelerator: Accelerator,
+                        output_dir: Path) -> dict:
+    """``train_one_epoch``, then the weights and optimiser state checked for NaN/inf (main process); a
+    FloatingPointError is raised again with the last good checkpoint and what to change."""
+    last_good = f"{output_dir / CHECKPOINT_FILE} (epoch {epoch})" if epoch > 0 else "none yet"
+    try:
+        train_stats = train_one_epoch(training.model, training.train_loader, training.optimizer, parts.loss_fn,
+                                      parts.task, accelerator, config, epoch, training.step_hooks, parts.modality)
+        if accelerator.is_main_process:
+            bad = first_nonfinite({"model": training.bare_model.state_dict(),
+                                   "optimizer": training.optimizer.state_dict()})
+            if bad:
+                raise FloatingPointError(f"{bad} is non-finite after epoch {epoch + 1}")
+    except FloatingPointError as error:
+        remedies = "Lower --lr, set --grad_clip, or pass --nonfinite skip" if config.nonfinite == "stop" \
+            else "Lower --lr or set --grad_clip"
+        then = "then continue with --resume" if epoch > 0 else "then start again without --resume"
+        raise FloatingPointError(f"{error}; the last good checkpoint is {last_good}. {remedies}; {then}") from None
+    return train_stats
+
+
+def end_epoch(epoch: int, started: float, train_stats: dict, test_stats: dict, parts: Parts, training: Training,
+              progress: Progress, config: Config, accelerator: Accelerator, output_dir: Path, runtime: dict) -> None:
+    """Record a trained and evaluated epoch: its metrics row (kept in ``progress``), diagnostics every
+    --diagnostics_every epochs, the trackers, best_model.pt when the primary test metric is at least the best,
+    checkpoint.pt and then the metrics line, and the printed headline."""
+    main, primary, best = accelerator.is_main_process, parts.task.primary, progress.best
+    improved = test_stats[primary] >= best.get(primary, -math.inf)
+    best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}
+    progress.best = best
+    row = {"epoch": epoch + 1, "lr": training.optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
+           **{f"best_{k}": v for k, v in best.items()}, "epoch_time_s": round(time.time() - started, 3)}
+    change = next((c for c in progress.changes if c["epoch"] == epoch + 1), None)
+    if change:
+        row["config_changes"] = change
+    progress.history.append(row)
+    if main and config.diagnostics_every and (epoch + 1) % config.diagnostics_every == 0:
+        save_json(output_dir / "diagnostics" / f"epoch_{epoch + 1:04d}.json",
+                  run_diagnostics(training.bare_model, parts.test_set, parts.modality, config))
     if config.report_to != "none":
-        accelerator.init_trackers(output_dir.name, config=hyperparameters(config))
+        accelerator.log(tracker_metrics(row), step=epoch + 1)
+    if main:
+        weights = training.bare_model.state_dict()
+        if improved:
+            save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
+                                                            "config": config.to_dict()})
+        save_checkpoint(output_dir / CHECKPOINT_FILE, {
+            "model": weights, "optimizer": training.optimizer.state_dict(), "epoch": epoch + 1,
+            "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
+            "best": best, "history": progress.history, "config": config.to_dict(),
+            "config_changes": progress.changes, "runtime": runtime,
+        })
+        with (output_dir / METRICS_FILE).open("a") as f:  # after the checkpoint: a row is never ahead of it
+            f.write(json.dumps(row) + "\n")
+    accelerator.wait_for_everyone()
+    headline = f"test mIoU {row['test_miou']:.2f}% (best {best['test_miou']:.2f}%), pixel acc " \
+        f"{row['test_accuracy']:.2f}%" if "test_miou" in row else \
+        f"test acc {row['test_accuracy']:.2f}% (best {best['test_accuracy']:.2f}%)"
+    accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, {headline}, "
+                      f"firing rate {row['firing_rate']:.4f}")
 
-    for epoch in range(start_epoch, config.epochs):
-        set_seed(config.seed + epoch)
-        sampler.set_epoch(epoch)
-        for group in optimizer.param_groups:
-            group["lr"] = group["peak_lr"] * lr_factor(epoch, config)
-        for hook in epoch_hooks:
-            hook(epoch)
-        started = time.time()
-        last_good = f"{checkpoint_path} (epoch {epoch})" if epoch > 0 else "none yet"
-        try:
-            train_stats = train_one_epoch(model, train_loader, optimizer, loss_fn, task, accelerator, config, epoch,
-                                          step_hooks, modality)
-            if main:
-                bad = first_nonfinite({"model": bare_model.state_dict(),
-                                       "optimizer": optimizer.state_dict()})
-                if bad:
-                    raise FloatingPointError(f"{bad} is non-finite after epoch {epoch + 1}")
-        except FloatingPointError as error:
-            remedies = "Lower --lr, set --grad_clip, or pass --nonfinite skip" if config.nonfinite == "stop" \
-                else "Lower --lr or set --grad_clip"
-            then = "then continue with --resume" if epoch > 0 else "then start again without --resume"
-            raise FloatingPointError(f"{error}; the last good checkpoint is {last_good}. {remedies}; {then}") from None
-        test_stats = evaluate(model, test_loader, task, accelerator, config, modality)
-        improved = test_stats[task.primary] >= best.get(task.primary, -math.inf)
-        best = {k: max(v, best.get(k, -math.inf)) for k, v in test_stats.items() if k in ("test_accuracy", "test_miou")}
-        row = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"], **train_stats, **test_stats,
-               **{f"best_{k}": v for k, v in best.items()}, "epoch_time_s": round(time.time() - started, 3)}
-        change = next((c for c in changes if c["epoch"] == epoch + 1), None)
-        if change:
-            row["config_changes"] = change
-        history.append(row)
-        if main and config.diagnostics_every and (epoch + 1) % config.diagnostics_every == 0:
-            save_json(output_dir / "diagnostics" / f"epoch_{epoch + 1:04d}.json",
-                      run_diagnostics(bare_model, test_set, modality, config))
-        if config.report_to != "none":
-            accelerator.log(tracker_metrics(row), step=epoch + 1)
-        if main:
-            weights = bare_model.state_dict()
-            if improved:
-                save_checkpoint(output_dir / "best_model.pt", {"model": weights, "epoch": epoch + 1,
-                                                                "config": config.to_dict()})
-            save_checkpoint(checkpoint_path, {
-                "model": weights, "optimizer": optimizer.state_dict(), "epoch": epoch + 1,
-                "scaler": accelerator.scaler.state_dict() if accelerator.scaler is not None else None,
-                "best": best, "history": history, "config": config.to_dict(), "config_changes": changes,
-                "runtime": runtime,
-            })
-            with metrics_path.open("a") as f:  # after the checkpoint: a row is never ahead of it
-                f.write(json.dumps(row) + "\n")
-        accelerator.wait_for_everyone()
-        headline = f"test mIoU {row['test_miou']:.2f}% (best {best['test_miou']:.2f}%), pixel acc " \
-            f"{row['test_accuracy']:.2f}%" if "test_miou" in row else \
-            f"test acc {row['test_accuracy']:.2f}% (best {best['test_accuracy']:.2f}%)"
-        accelerator.print(f"epoch {epoch + 1}/{config.epochs}: train loss {row['train_loss']:.4f}, {headline}, "
-                          f"firing rate {row['firing_rate']:.4f}")
 
+def final_summary(parts: Parts, training: Training, progress: Progress, config: Config, accelerator: Accelerator,
+                  output_dir: Path, runtime: dict) -> dict:
+    """The run's summary (last and best test metrics, firing rates, time, energy, settings, provenance), written
+    with the training curves, segmentation examples, results table and pretrained/ export (main process)."""
+    bare_model, history, best = training.bare_model, progress.history, progress.best
     last = history[-1]
     # energy of the final weights on the first test batch (one batch: a per-image estimate, at most one more eval batch)
-    energy = run_diagnostics(bare_model, test_set, modality, dataclasses.replace(config, diagnostics_batches=1),
-                             ("energy",))["energy"]
+    energy = run_diagnostics(bare_model, parts.test_set, parts.modality,
+                             dataclasses.replace(config, diagnostics_batches=1), ("energy",))["energy"]
     summary = {
         **{k: last[k] for k in ("test_accuracy", "test_miou") if k in last}, **{f"best_{k}": v for k, v in best.items()},
         "epochs": last["epoch"],
         "firing_rate": last["firing_rate"], "firing_rate_per_layer": last["firing_rate_per_layer"],
         "train_time_s": round(sum(r["epoch_time_s"] for r in history), 2),
         "num_parameters": sum(p.numel() for p in bare_model.parameters()),
-        **runtime, "config_changes": changes,
+        **runtime, "config_changes": progress.changes,
         "model": config.model, "neuron": config.neuron, "surrogate": config.surrogate, "loss": config.loss,
         "dataset": config.dataset, "num_steps": config.num_steps, "seed": config.seed,
         "source": "this run (not a published number)",
         "gpu": device_name(accelerator.device), "commit": code_commit(),
         "energy": {k: energy[k] for k in ("snn_energy_mj", "ann_energy_mj", "ann_over_snn", "images")},
     }
-    if main:
+    if accelerator.is_main_process:
         save_json(output_dir / "summary.json", summary)
         plot_training_curves([("", summary, history)], output_dir / "training_curves.png")
-        if task.primary == "test_miou":
-            save_segmentation_examples(bare_model, test_set, output_dir / "examples.png", summary)
+        if parts.task.primary == "test_miou":
+            save_segmentation_examples(bare_model, parts.test_set, output_dir / "examples.png", summary)
         print(results_table(history, summary))
-        save_pretrained(bare_model, output_dir / PRETRAINED_DIR, config, train_set, summary, RESUMABLE_CHANGES)
+        save_pretrained(bare_model, output_dir / PRETRAINED_DIR, config, parts.train_set, summary, RESUMABLE_CHANGES)
     if config.report_to != "none":
         accelerator.end_training()
     return summary
