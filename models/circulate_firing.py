@@ -42,7 +42,8 @@ zero at every call, maths in fp32.  ``record`` stores H_t (``recorded_potential=
 (``models/fused_cf.py``: bitwise-equal outputs, only the input saved for backward) when the configuration
 allows it (recorded potentials included: the Function returns them too); otherwise (observers, an
 unsupported surrogate, ``torch.compile`` tracing) the reference loop of ``forward`` runs (the oracle) and
-the reason is logged once.
+the reason is logged once.  Under ``torch.compile`` a surrogate with per-call side effects runs eagerly
+(``fused.forward_eagerly``).
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ from torch import Tensor
 
 from ..surrogates import Surrogate, create_surrogate
 from .dynamics import CFConfig, crossing_inputs, discharge
-from .fused import report_fallback
+from .fused import forward_eagerly, observed_under_compile, report_fallback
 from .fused_cf import fused_cf, unfused_reason
 from .neurons import SpikingNeuron
 
@@ -104,6 +105,8 @@ class CFNeuron(SpikingNeuron):
                         self.threshold if self.output_scale == "theta_S" else 1.0, self.level_values)
 
     def forward(self, x: Tensor) -> Tensor:
+        if observed_under_compile(self.surrogate):
+            return forward_eagerly(self, x)
         if x.dim() < 2:
             raise ValueError(f"circulate_firing expects [T, B, ...] input, got shape {tuple(x.shape)}")
         if self.num_steps is not None and x.shape[0] != self.num_steps:

@@ -62,7 +62,9 @@ masks), and tracing by ``torch.compile`` (the reference loop is traceable and in
 elementwise steps; this is the intended path under compile, not logged), except where the kernels apply
 with a fixed threshold and fixed surrogate parameters (``compiled_kernels_apply``): there the layer is
 traced as the operator ``repro::lif_spikes`` (``models/triton_lif.py``, forward and backward kernel, no
-graph break; no double backward through it).
+graph break; no double backward through it).  A surrogate with per-call side effects (``Surrogate.observes``:
+A2SG, observers) is not traced: ``LIF.forward`` runs as one eager call (``forward_eagerly``, one graph break
+per layer) and takes the fused path there.
 
 Backends: device-agnostic torch code (above), and the Triton kernels of ``models/triton_lif.py``, chosen
 automatically on CUDA when no recorded potential or fp16 margin is involved and the surrogate's derivative
@@ -147,7 +149,7 @@ def compiled_kernels_apply(neuron, x: Tensor) -> bool:
     return (neuron.triton and not neuron.record_potentials and neuron.saved_precision == "fp32"
             and neuron.fixed_threshold and isinstance(surrogate, FixedSurrogate)
             and type(surrogate).call_params is FixedSurrogate.call_params
-            and type(surrogate).observe is Surrogate.observe and not surrogate.observers
+            and not surrogate.observes
             and triton_lif.triton_available(x.device) and kernel_shape_name(surrogate.shape) is not None)
 
 
@@ -156,6 +158,20 @@ def kernel_shape_name(shape: Callable) -> str | None:
     """The name of ``shape`` for the ``repro::lif_spikes`` operator if it compiles for the kernels, else None
     (a constant for torch.compile, which does not trace this)."""
     return triton_lif.shape_name(shape) if triton_surrogates.kernel_shape(shape) is not None else None
+
+
+def observed_under_compile(surrogate) -> bool:
+    """Whether torch.compile is tracing a call of a surrogate with side effects (``Surrogate.observes``: A2SG's
+    statistics and gradient callbacks, observers); the neuron then runs as ``forward_eagerly``."""
+    return torch.compiler.is_compiling() and isinstance(surrogate, Surrogate) and surrogate.observes
+
+
+@torch.compiler.disable
+def forward_eagerly(neuron, *inputs: Tensor):
+    """``neuron.forward(*inputs)`` outside torch.compile's graph: one graph break per layer, where tracing the
+    surrogate's per-call side effects breaks the graph at each and recompiles on each new callback; run eagerly,
+    the layer takes the fused path (the kernels on CUDA)."""
+    return neuron.forward(*inputs)
 
 
 def report_fallback(neuron, reason: str) -> None:
@@ -195,7 +211,7 @@ class FusedLIFFunction(torch.autograd.Function):
                             neuron.decay_input, neuron.fire_ge)
         surrogate = neuron.surrogate
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
-        observed = type(surrogate).observe is not Surrogate.observe or bool(surrogate.observers)
+        observed = surrogate.observes
         thresholds, params, callbacks, spike_callbacks = [], [], {}, {}
         # fp16 margins (when a backward will run) need the input only for a learnable decay with
         # decay_input (its gradient reads I)

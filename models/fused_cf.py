@@ -57,6 +57,8 @@ surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.comp
 reference loop is traceable), except where the kernels apply with a fixed surrogate or a learned TLSG
 (``compiled_kernel_shape``): there the layer is traced as the operator ``repro::cf_outputs``
 (``models/triton_cf.py``; recorded potentials included; no graph break, no double backward through it).
+A surrogate with per-call side effects (``Surrogate.observes``) is not traced at all: ``CFNeuron.forward``
+runs as one eager call (``fused.forward_eagerly``, one graph break).
 
 Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
 kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing

@@ -38,7 +38,7 @@ from torch import Tensor, nn
 
 from ..surrogates import Surrogate, create_surrogate
 from .dynamics import charge
-from .fused import fused_lif, report_fallback, unfused_reason
+from .fused import forward_eagerly, fused_lif, observed_under_compile, report_fallback, unfused_reason
 
 PRESETS = {
     "snntorch": dict(fire_ge=False, reset_detach=True, decay_param="clamp", reset_decayed=False),
@@ -219,6 +219,8 @@ class LIF(SpikingNeuron):
         return self.fire(mem, t), mem
 
     def forward(self, x: Tensor, mem: Tensor | None = None, spk: Tensor | None = None):
+        if observed_under_compile(self.surrogate):
+            return forward_eagerly(self, x, mem, spk)
         dtype = x.dtype
         decay = self.decay.float()
         if self.step_mode == "single":

@@ -85,6 +85,11 @@ class Surrogate(nn.Module):
         torch.compile to trace)."""
         return False
 
+    @property
+    def observes(self) -> bool:
+        """Whether a call has side effects (``observe`` overridden, as A2SG's statistics, or observers attached)."""
+        return type(self).observe is not Surrogate.observe or bool(self.observers)
+
     def observe(self, x: Tensor, params: dict, context: dict) -> None:
         """The side effects of one call, given the parameters actually used: the observers here,
         statistics in subclasses (A2SG).  The fused neuron paths call it too, with ``x`` and ``mem``

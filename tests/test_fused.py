@@ -400,6 +400,50 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
     torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("neuron_name,surrogate,options", [
+    ("lif", "a2sg", {}), ("circulate_firing", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
+def test_torch_compile_runs_an_observing_neuron_eagerly(neuron_name, surrogate, options):
+    """Under torch.compile a neuron whose surrogate has per-call side effects (A2SG's statistics and gradient
+    callbacks) runs as one eager call (``forward_eagerly``, the fused path): graph breaks only there, no
+    recompile over 3 training steps (tracing the callbacks broke the graph at each and hit the recompile
+    limit), and the same losses and windows as the eager model, bitwise (backend "eager": the captured graphs
+    run as traced)."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from repro.models import create_neuron
+
+    torch._dynamo.reset()
+    counters.clear()
+    frames = None
+    generator = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(4, 16, 12, generator=generator) * 1.5, torch.randint(0, 5, (16,), generator=generator))
+               for _ in range(3)]
+    losses, windows = {}, {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        neuron = create_neuron(neuron_name, surrogate=surrogate, num_steps=4, surrogate_kwargs=options)
+        model = nn.Sequential(nn.Linear(12, 12), neuron, nn.Linear(12, 5))
+        if compiled:
+            model.compile(backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        neuron.surrogate.on_epoch_start(0)  # the engine's hook (ends a2sg_reconstructed's calibration)
+        losses[compiled] = []
+        for step, (x, y) in enumerate(batches):
+            loss = nn.functional.cross_entropy(model(x).mean(0), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            neuron.surrogate.after_optimizer_step(step)
+            losses[compiled].append(loss.item())
+            frames = frames if step else counters["frames"]["total"]  # after the first step's tracing
+        windows[compiled] = neuron.surrogate.w_t
+    assert not torch.equal(windows[True], torch.full_like(windows[True], 0.5))  # the controller moved them
+    assert losses[True] == losses[False] and torch.equal(windows[True], windows[False])
+    assert counters["graph_break"] and all("forward_eagerly" in reason for reason in counters["graph_break"])
+    assert counters["frames"]["total"] == frames  # nothing traced again on the later steps
+
 def test_store_half_margin_keeps_signs_and_zeros():
     margin = torch.tensor([1e-9, -1e-9, 0.0, 1e6, -1e6, 0.1, -3e-8, 7.0])
     out = torch.empty(margin.shape, dtype=torch.float16)
