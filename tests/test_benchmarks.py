@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on tiny shapes (their timings are not checked: benchmarks, not
 tests) and their memory accounting and cross-implementation agreement hold in closed form."""
+import argparse
 import runpy
 from pathlib import Path
 
@@ -73,3 +74,29 @@ def test_train_step_benchmark_bf16_autocast_keeps_smaller_activations(tmp_path):
         torch.set_num_threads(threads)
     assert saved["bf16"]["ann_relu"] < 0.75 * saved["none"]["ann_relu"]
     assert saved["bf16"]["ours_fused"] < saved["none"]["ours_fused"]
+
+
+def test_train_step_benchmark_times_the_compiling_step_and_counts_graph_breaks(tmp_path):
+    """``--compile``: the first step of each compiled variant is timed apart with dynamo's graph breaks in it
+    (backend eager here: tracing only).  The compiled ANN has none; A2SG's neurons (per-call side effects) run
+    eagerly, at most one break each (``fused.forward_eagerly``)."""
+    from repro.surrogates import A2SG
+
+    threads = torch.get_num_threads()
+    try:
+        results = run_benchmark("train_step", [
+            "--recipes", "a2sg_cifar100", "--compile", "--compile_backend", "eager", "--variants", "ann_relu",
+            "--width", "0.0625", "--batch", "2", "--repeats", "1", "--warmup", "0",
+            "--output", str(tmp_path / "train_step.json")])
+    finally:
+        torch.set_num_threads(threads)
+    rows = {row["variant"]: row for row in results["rows"]}
+    assert rows["ann_compiled"]["graph_breaks"] == 0 and rows["ann_compiled"]["first_step_s"] > 0
+    recipe = rows["recipe_compiled:a2sg_cifar100"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(BENCHMARKS))
+        build = runpy.run_path(str(BENCHMARKS / "train_step.py"))["build"]
+        model = build("recipe:a2sg_cifar100", None, argparse.Namespace(width=0.0625))
+    neurons = sum(isinstance(getattr(module, "surrogate", None), A2SG) for module in model.modules())
+    assert 0 < recipe["graph_breaks"] <= neurons and recipe["first_step_s"] > 0
+    assert rows["recipe:a2sg_cifar100"].get("graph_breaks") is None  # eager rows have no compile columns
