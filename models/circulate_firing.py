@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 
 from ..surrogates import Surrogate, create_surrogate
-from .dynamics import CFConfig, crossing_inputs, discharge
+from .dynamics import CROSSING_SLOPES, CFConfig, crossing_inputs, discharge
 from .fused import forward_eagerly, observed_under_compile, report_fallback
 from .fused_cf import fused_cf, unfused_reason
 from .neurons import SpikingNeuron
@@ -128,8 +128,8 @@ class CFNeuron(SpikingNeuron):
             if self.recorded_potential == "pre_fire":
                 self.record(charged, t)
             # one surrogate call per direction: the sum over levels counts the crossings
-            counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, step=t, neuron=self).sum(0)
-                      for shifted, fire_ge in crossing_inputs(charged, levels, self.mode)]
+            counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, mem_slope=slope, step=t, neuron=self).sum(0)
+                      for (shifted, fire_ge), slope in zip(crossing_inputs(charged, levels, self.mode), CROSSING_SLOPES)]
             potential, spikes = discharge(charged, counts, config)
             if self.recorded_potential == "post_reset":
                 self.record(potential, t)

@@ -38,6 +38,10 @@ class CFConfig(NamedTuple):
     levels: tuple[float, ...]
 
 
+# dx/dH of the up- and down-crossing inputs of ``crossing_inputs`` (the surrogate context's ``mem_slope``).
+CROSSING_SLOPES = (1.0, -1.0)
+
+
 def crossing_inputs(potential: Tensor, levels: Tensor, mode: str) -> list[tuple[Tensor, bool]]:
     """The surrogate inputs x [levels, ...] of one step with their ``fire_ge``: up-crossings H - l_j >= 0, then
     (not ``unsigned``) down-crossings -H - l_j >= 0 (signed) or > 0 (the ring [-theta, theta) is half-open).

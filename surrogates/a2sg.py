@@ -242,10 +242,11 @@ class A2SG(Surrogate):
         theta = _threshold(neuron)
         if step is None:
             return self.shape_params(self.w0 * theta)
-        self._ensure_size(x, step)
+        membrane = context.get("mem", x)  # x: the membrane's shape, or [levels, ...] (circulate firing)
+        self._ensure_size(membrane, step)
         w = self.w_t[step]
-        if self.per_channel:
-            w = w.reshape(-1, *[1] * (x.dim() - self.channel_dim % x.dim() - 1))
+        if self.per_channel:  # channel_dim of the membrane
+            w = w.reshape(-1, *[1] * (membrane.dim() - self.channel_dim % membrane.dim() - 1))
         return self.shape_params(w.detach() * theta)  # a new tensor: later buffer updates do not reach it
 
     def shape_params(self, w) -> dict:
@@ -292,19 +293,22 @@ class A2SG(Surrogate):
         return self.statistics == "paper" and self.training and not self._frozen and self._controller_step_next()
 
     def _observe_search(self, x: Tensor, context: dict, step: int, theta: float) -> None:
-        """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search."""
+        """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search (a new search
+        at each forward's step 0; a second call at a step, as circulate firing's down-crossings, joins it)."""
         mem = context.get("mem")
         register_membrane = context.get("register_membrane_grad")
         if register_membrane is None and mem is not None and mem.requires_grad:
             register_membrane = mem.register_hook
         register_spike = context.get("register_spike_grad")
-        if register_membrane is None or register_spike is None:
+        if mem is None or register_membrane is None or register_spike is None:
             return
-        if step == 0 or not isinstance(self._observation, WindowSearch):
+        search = self._observation
+        if not isinstance(search, WindowSearch) or (step == 0 and not search.at_step(step, mem)):
             self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
                                              self._per_unit, self.search_sample, self.sgv_form)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
-        self._observation.add_step(step, x, window, register_spike, register_membrane)
+        self._observation.add_step(step, x, mem, context.get("mem_slope", 1.0), window, register_spike,
+                                   register_membrane)
 
     def _controller_step_next(self) -> bool:
         return (self._steps + 1) % self.update_every == 0
@@ -424,10 +428,10 @@ class A2SG(Surrogate):
             self._frozen = previous
 
     # ----------------------------------------------------------------- buffer sizes
-    def _ensure_size(self, x: Tensor, step: int) -> None:
-        """Size the channel dimension from the first call and append timestep rows as steps arrive."""
+    def _ensure_size(self, membrane: Tensor, step: int) -> None:
+        """Size the channel dimension from the first call's membrane and append timestep rows as steps arrive."""
         if self.per_channel:
-            channels = x.shape[self.channel_dim]
+            channels = membrane.shape[self.channel_dim]
             if self.log_w_base.numel() == 0 and self.w_t.shape[0] == 0:
                 for name in ("sgv_ref", "sgv_ema", "tgc_ema"):
                     setattr(self, name, getattr(self, name).new_zeros(channels))

@@ -8,12 +8,16 @@ The paper's statistics [paper, via summary]:
     TGC[t]  = cos(delta[t], delta[t+1]),  t = 1 .. T-1
 and its window search (ST-ASG): the window of step T minimises SGV, the window of each t < T maximises
 TGC[t].  ``WindowSearch`` evaluates every candidate window exactly from one backward [reconstructed]:
-with g[t] = dL/ds[t] (the spike's whole gradient) and f_w the surrogate with window w,
+a neuron calls the surrogate once or more per step (calls c), each on x_c[L, ...] = sigma_c u - l (one row per
+level l: LIF once with x = u - theta, L = 1; circulate firing once per crossing direction with the levels
+l_j, sigma = -1 for the down-crossings x = -u - l_j).  With g_c[t] = dL/ds_c[t] (the spikes' whole gradient)
+and f_w the surrogate with window w,
 
-    delta[t](w) = g[t] f_w(x[t]) + r[t],    r[t] = delta[t] - g[t] f_current(x[t]),
+    delta[t](w) = r[t] + sum_c sigma_c sum_l g_{c,l}[t] f_w(x_{c,l}[t]),
+    r[t] = delta[t] - sum_c sigma_c sum_l g_{c,l}[t] f_current(x_{c,l}[t]),
 
-where x = u - theta and r[t] (the recurrent term from delta[t+1], plus any loss on the potentials) does
-not depend on the window of step t; delta[t+1] does not either.  So SGV(w) and TGC[t](w) are sums over
+where r[t] (the recurrent term from delta[t+1], plus any loss on the potentials) does not depend on the
+window of step t; delta[t+1] does not either.  So SGV(w) and TGC[t](w) are sums over
 elements computed from the cached g, x and r, and summed across processes before the ratios are formed
 (every replica picks the same window).  A candidate whose gradient vanishes (no membrane inside its
 window) is never picked.
@@ -23,6 +27,7 @@ SGV = mean_t CV(h(x[t])) or CV(|delta[t]|), TGC = mean_{t<t'} cos(delta[t], delt
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -168,13 +173,15 @@ def tgc_from_sums(sums: Tensor) -> Tensor:
 class WindowSearch:
     """The paper's statistics of one training forward, for every candidate window (module docstring).
 
-    ``add_step`` (forward, per step) caches a sample of x[t] and registers the spike- and membrane-gradient
-    callbacks; the membrane callback of step t (in the backward, after step t+1's) evaluates all candidates
-    at once on the same sample of g[t], delta[t] and delta[t+1], reduces them to sums and frees step t's
-    tensors.  The sample is every ``stride``-th element of each unit's row, stride = ceil(N / ``sample``)
-    (``sample=None``: every element, exact) [reconstructed: the paper's search cost is not given].
-    ``candidate_params(w)`` gives the surrogate parameters for windows ``w`` in units of theta (a tensor
-    broadcasting to the rows); the last column of the sums is the window in force.
+    ``add_step`` (forward, per surrogate call) caches a sample of the call's x[L, ...] and registers its spike-
+    gradient callback, and on the step's first call (the step's membrane ``mem`` not seen yet) the membrane-
+    gradient one; the membrane callback of step t (in the backward, after step t+1's and after every spike
+    callback of step t) evaluates all candidates at once on the same sample of g[t], delta[t] and delta[t+1],
+    reduces them to sums and frees step t's tensors.  The sample is every ``stride``-th element of each unit's
+    row of the membrane, stride = ceil(N / ``sample``), the same elements for every level (``sample=None``: every
+    element, exact) [reconstructed: the paper's search cost is not given].  ``candidate_params(w)`` gives the
+    surrogate parameters for windows ``w`` in units of theta (a tensor broadcasting to the rows); the last
+    column of the sums is the window in force.
     """
 
     def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
@@ -183,39 +190,61 @@ class WindowSearch:
         self.shape, self.candidate_params, self.per_unit, self.sample = shape, candidate_params, per_unit, sample
         self.sgv_form = sgv_form
         self.candidates = torch.tensor(candidates)
-        self.inputs: dict[int, tuple[Tensor, Tensor]] = {}  # t -> (x rows, window in force [U, 1])
-        self.spike_grads: dict[int, Tensor] = {}
+        self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
+        self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
+        self.membrane: tuple[int, weakref.ref] | None = None  # the latest step and its membrane
         self.next_delta: Tensor | None = None
         self.sgv_sums: Tensor | None = None  # [K + 1, U, 4]
         self.tgc_sums: dict[int, Tensor] = {}  # t -> [K + 1, U, 3]
         self.registered: set[int] = set()
 
     def rows(self, values: Tensor) -> Tensor:
-        """The sampled [U, S] rows (fp32, own memory) of a per-step tensor."""
+        """The sampled [U, S] rows (fp32, own memory) of a per-step tensor of the membrane's shape."""
         rows = self.per_unit(values.detach())
         stride = 1 if self.sample is None else -(-rows.shape[-1] // self.sample)
         return rows[:, ::stride].float().contiguous()
 
-    def add_step(self, step: int, x: Tensor, window: Tensor, register_spike: Callable,
+    def level_rows(self, values: Tensor, membrane: torch.Size) -> Tensor:
+        """The sampled [L, U, S] rows of each level of ``values`` (x or dL/ds: [L, *membrane] or the membrane's
+        shape, L = 1)."""
+        return torch.stack([self.rows(level) for level in values.reshape(-1, *membrane)])
+
+    def at_step(self, step: int, mem: Tensor) -> bool:
+        """Whether ``mem`` is step ``step``'s membrane seen by the latest call (a second call at that step)."""
+        return self.membrane is not None and self.membrane[0] == step and self.membrane[1]() is mem
+
+    def add_step(self, step: int, x: Tensor, mem: Tensor, sigma: float, window: Tensor, register_spike: Callable,
                  register_membrane: Callable) -> None:
-        """``window``: the window in force at this step, in units of theta, [U, 1]."""
-        self.inputs[step] = (self.rows(x), window)
-        self.registered.add(step)
-        register_spike(lambda grad, step=step: self.spike_grads.__setitem__(step, self.rows(grad)))
-        register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
+        """One surrogate call of step ``step`` on ``x`` (the membrane ``mem``'s shape, or [L, *mem's shape]);
+        ``sigma`` = dx/du (the context's ``mem_slope``: -1 for circulate firing's down-crossings, else 1);
+        ``window``: the window in force at this step, in units of theta, [U, 1]."""
+        if not self.at_step(step, mem):
+            self.membrane, self.inputs[step] = (step, weakref.ref(mem)), []
+            self.registered.add(step)
+            register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
+        calls, membrane = self.inputs[step], mem.shape
+        calls.append((self.level_rows(x, membrane), sigma, window))
+        register_spike(lambda grad, key=(step, len(calls) - 1):
+                       self.spike_grads.__setitem__(key, self.level_rows(grad, membrane)))
+
+    def through_spikes(self, calls: list[tuple], windows: Tensor | None = None) -> Tensor:
+        """sum_c sigma_c sum_l g_{c,l} f_w(x_{c,l}) over the calls (x rows, sigma, window in force, g rows): with the
+        windows in force ([U, S]), or with each of ``windows`` [K, 1, 1, 1] ([K, U, S])."""
+        return sum(sigma * (g * self.shape(x, **self.candidate_params(window if windows is None else windows))).sum(-3)
+                   for x, sigma, window, g in calls)
 
     @torch.no_grad()
     def _on_membrane_grad(self, step: int, delta: Tensor) -> None:
-        x, window = self.inputs.pop(step)
-        grad_spike = self.spike_grads.pop(step, None)
-        if grad_spike is None:  # the spikes of this step got no gradient
+        calls = [(*call, self.spike_grads.pop((step, i), None)) for i, call in enumerate(self.inputs.pop(step))]
+        calls = [call for call in calls if call[-1] is not None]  # spikes without gradient: no part of delta
+        if not calls:  # no spikes of this step got a gradient
             return
         delta = self.rows(delta)
-        rest = delta - grad_spike * self.shape(x, **self.candidate_params(window))
-        if self.candidates.device != x.device:  # moved once per search, not per step
-            self.candidates = self.candidates.to(x.device)
-        windows = self.candidates[:, None, None]  # [K, 1, 1]
-        columns = torch.cat([grad_spike * self.shape(x, **self.candidate_params(windows)) + rest, delta[None]])
+        rest = delta - self.through_spikes(calls)
+        if self.candidates.device != delta.device:  # moved once per search, not per step
+            self.candidates = self.candidates.to(delta.device)
+        windows = self.candidates[:, None, None, None]  # [K, 1, 1, 1]
+        columns = torch.cat([self.through_spikes(calls, windows) + rest, delta[None]])
         if step == max(self.registered):
             self.sgv_sums = _sgv_sums(columns)
         elif self.next_delta is not None:

@@ -104,14 +104,24 @@ def loss_of(layers, x, y, reduction="mean"):
 
 
 def brute_force(shape, preset, reset, x, y, windows, candidates):
-    """SGV of step T and TGC[t] of each t < T for every candidate window of that step, each from its own
-    forward and backward (reference loop, membrane gradients read with retain_grad)."""
+    """SGV of step T and TGC[t] of each t < T for every candidate window of that step (LIF)."""
+    sgv, tgc = brute_force_search(lambda: tiny_layer(shape, preset, reset, fused=False, adapt="none"), x, y,
+                                  torch.tensor(windows), candidates)
+    return sgv.squeeze(-1), tgc.squeeze(-1)
+
+
+def brute_force_search(build, x, y, windows, candidates, rows=lambda delta: delta.reshape(1, -1)):
+    """SGV[K, U] of step T and TGC[T - 1, K, U] of each t < T for every candidate window of that step, each from
+    its own forward and backward of the layers ``build()`` gives with the windows ``windows`` [T, ...] but that
+    step's (reference loop, controller frozen, membrane gradients read with retain_grad, as [U, N] ``rows``)."""
     sgv, tgc = [], [[] for _ in range(T - 1)]
     for step in range(T):
         for w in candidates:
-            layers = tiny_layer(shape, preset, reset, fused=False, adapt="none")
+            layers = build()
             sg = layers[1].surrogate
-            sg.w_t = torch.tensor(windows, dtype=torch.float32)
+            with torch.no_grad():
+                loss_of(layers, x, y)  # sizes the lazily sized buffers (the channels)
+            sg.w_t = windows.clone()
             sg.w_t[step] = w
             layers[1].record_potentials = True
             with sg.freeze_controller():
@@ -119,12 +129,12 @@ def brute_force(shape, preset, reset, x, y, windows, candidates):
                 for u in layers[1].potentials:
                     u.retain_grad()
                 loss.backward()
-            deltas = [u.grad.reshape(1, -1) for u in layers[1].potentials]
+            deltas = [rows(u.grad) for u in layers[1].potentials]
             if step == T - 1:
-                sgv.append(paper_sgv(deltas[-1]).item())
+                sgv.append(paper_sgv(deltas[-1]))
             else:
-                tgc[step].append(paper_tgc(deltas[step], deltas[step + 1]).item())
-    return torch.tensor(sgv, dtype=torch.float64), torch.tensor(tgc, dtype=torch.float64)
+                tgc[step].append(paper_tgc(deltas[step], deltas[step + 1]))
+    return torch.stack(sgv).double(), torch.stack([torch.stack(row) for row in tgc]).double()
 
 
 @pytest.mark.parametrize("shape,preset,reset,fused", [
@@ -147,6 +157,70 @@ def test_grid_search_matches_brute_force_backward_per_candidate(shape, preset, r
     inside = (picks > grid.min()) & (picks < grid.max())
     print(f"\n{shape}/{preset}/{reset}: windows {[round(v, 3) for v in sg.w_t.tolist()]} (interior: {inside.tolist()})")
     assert sg.sgv_ema.item() == pytest.approx(sgv[-1].item()) and sg.tgc_t.shape == (T - 1,)
+
+
+CHANNELS, FEATURES = 3, 8  # circulate firing: membrane [B, CHANNELS, FEATURES]
+
+
+def cf_layers(mode, fused, granularity="layer_time", adapt="search", sample=None, seed=0):
+    torch.manual_seed(seed)
+    first = torch.nn.Linear(FEATURES, FEATURES)
+    last = torch.nn.Sequential(torch.nn.Flatten(2), torch.nn.Linear(CHANNELS * FEATURES, 5))
+    torch.nn.init.normal_(first.weight, std=0.8)
+    neuron = create_neuron("circulate_firing", mode=mode, D=2, num_steps=T, fused=fused, surrogate="a2sg",
+                           surrogate_kwargs=dict(adapt=adapt, granularity=granularity, search_sample=sample,
+                                                 w_min=0.05, w_max=3.0, grid_size=7))
+    return first, neuron, last
+
+
+def cf_batch(seed: int = 0):
+    g = torch.Generator().manual_seed(200 + seed)
+    return torch.randn(T, B, CHANNELS, FEATURES, generator=g) * 1.5, torch.randint(0, 5, (B,), generator=g)
+
+
+@pytest.mark.parametrize("mode,fused,granularity,sample", [
+    ("signed", True, "layer_time", None), ("signed", False, "layer_channel_time", None),
+    ("unsigned", False, "layer_time", None), ("wrap_binary", True, "layer_time", 100),
+    ("wrap_signed", False, "layer_channel_time", 50)])
+def test_grid_search_matches_brute_force_on_circulate_firing(mode, fused, granularity, sample):
+    """Circulate firing calls the surrogate once per crossing direction (one call unsigned, two otherwise),
+    each on one row per level: dL/du[t] sums them (down-crossings x = -u - l with the sign -1).  Sampled rows
+    (``sample``) are the same membrane elements for every level; per channel along the membrane's channel dim."""
+    layers = cf_layers(mode, fused, granularity, sample=sample)
+    sg = layers[1].surrogate
+    x, y = cf_batch()
+    loss_of(layers, x, y).backward()
+    sgv, tgc = sg._observation.reduced_statistics()  # [K + 1, U], [T - 1, K + 1, U]; the last column: in force
+    windows = sg.w_t.clone()
+    sg.after_optimizer_step(0)
+    per_channel = granularity.startswith("layer_channel")
+    rows = (lambda d: d.movedim(1, 0).flatten(1)) if per_channel else (lambda d: d.reshape(1, -1))
+    stride = 1 if sample is None else -(-rows(x[0]).shape[-1] // sample)
+    expected_sgv, expected_tgc = brute_force_search(
+        lambda: cf_layers(mode, False, granularity, adapt="none"), x, y, windows, sg.candidates,
+        rows=lambda d: rows(d)[:, ::stride])
+    assert sgv.shape == (len(sg.candidates) + 1, CHANNELS if per_channel else 1)
+    torch.testing.assert_close(sgv[:-1], expected_sgv, rtol=1e-4, atol=0)
+    torch.testing.assert_close(tgc[:, :-1], expected_tgc, rtol=0, atol=1e-5)
+    grid = torch.tensor(sg.candidates)
+    picks = torch.cat([grid[expected_tgc.argmax(1)], grid[expected_sgv.argmin(0)][None]]).float()
+    torch.testing.assert_close(sg.w_t, picks.reshape(sg.w_t.shape))  # the brute-force search's windows
+    assert not torch.equal(sg.w_t, windows)
+
+
+def test_each_forward_starts_a_new_search_on_circulate_firing():
+    """With gradient accumulation the last forward supplies the statistics, also at T = 1, where every call of
+    both forwards is at step 0 (a call joins the step of the previous one only on the same membrane)."""
+    x, y = cf_batch()
+    statistics = []
+    for halves in ([slice(0, B // 2), slice(B // 2, B)], [slice(B // 2, B)]):
+        layers = cf_layers("signed", fused=False)
+        layers[1].num_steps = 1
+        for half in halves:
+            loss_of(layers, x[:1, half], y[half]).backward()
+        statistics.append(layers[1].surrogate._observation.reduced_statistics())
+        layers[1].surrogate.after_optimizer_step(0)
+    assert statistics[0][0].isfinite().all() and all(map(torch.equal, *statistics))
 
 
 def test_windows_apply_from_the_next_step_and_only_on_search_steps():

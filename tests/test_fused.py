@@ -402,13 +402,13 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
 
 
 @pytest.mark.parametrize("neuron_name,surrogate,options", [
-    ("lif", "a2sg", {}), ("circulate_firing", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
+    ("lif", "a2sg", {}), ("circulate_firing", "a2sg", {}), ("lif", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
 def test_torch_compile_runs_an_observing_neuron_eagerly(neuron_name, surrogate, options):
     """Under torch.compile a neuron whose surrogate has per-call side effects (A2SG's statistics and gradient
     callbacks) runs as one eager call (``forward_eagerly``, the fused path): graph breaks only there, no
     recompile over 3 training steps (tracing the callbacks broke the graph at each and hit the recompile
     limit), and the same losses and windows as the eager model, bitwise (backend "eager": the captured graphs
-    run as traced)."""
+    run as traced).  The paper's search on LIF and circulate firing, our reconstruction on LIF."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
