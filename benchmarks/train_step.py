@@ -9,7 +9,7 @@ measured interleaved in one run for every (T, B):
 - ``spikingjelly``: spikingjelly 2.0 multi-step ``LIFNode`` (its automatic CPU choice), if installed;
 - ``ann_relu``: the same layers with ReLU in place of the neurons, i.e. the ANN run on T*B images
   (direct encoding repeats each image T times), the floor;
-- with ``--compile``: ``ours_compiled`` and ``ann_compiled``, the same models after ``model.compile()``
+- with ``--compile``: ``ours_compiled`` and ``ann_compiled``, the same models after ``model.compile(dynamic=False)``
   (inductor; our neurons then trace their reference loop, whose elementwise steps inductor fuses).
   Their first step, which compiles (minutes on a small CPU), is timed apart (``first step s``) with the graph
   breaks dynamo counted in it; ``--compile_backend eager`` traces without inductor (graph breaks in seconds).
@@ -85,7 +85,7 @@ def build(variant: str, steps: int, args) -> nn.Module:
         make = {"ann": ReLUFloor, "snntorch": SnnTorchLoop, "spikingjelly": SpikingJellyLIF}[variant.split("_")[0]]
         model = resnet19(make, num_classes=10, num_steps=steps, width=args.width)
     if is_compiled(variant):
-        model.compile(backend=args.compile_backend)  # in place: parameters and state_dict keys unchanged
+        model.compile(backend=args.compile_backend, dynamic=False)  # as the engine: in place, static shapes
     return model
 
 

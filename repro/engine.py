@@ -432,7 +432,9 @@ def build_parts(config: Config, accelerator: Accelerator) -> Parts:
         if isinstance(module, TDBatchNorm):
             module.sync = config.sync_bn
     if config.compile:
-        model.compile()  # in place: state_dict keys unchanged
+        # in place (state_dict keys unchanged); static shapes: a neuron run eagerly splits the blocks into frames
+        # whose per-stage shapes would turn dynamic, which inductor (torch 2.14.1) fails to compile
+        model.compile(dynamic=False)
     optimizer = build_optimizer(model, config)
     task = task_for(train_set)
     if config.pretrained and not config.resume:

@@ -1,6 +1,7 @@
 """Training engine: learning on digits, outputs, exact resume, config parsing and errors."""
 import dataclasses
 import json
+import math
 
 import pytest
 import torch
@@ -192,3 +193,21 @@ def test_compile_option_trains_like_eager_and_checkpoints_load_uncompiled(tmp_pa
     assert not any(name.startswith("_orig_mod.") for name in state)
     model = create_model("resnet19", num_classes=10, in_channels=3, num_steps=2, width=0.125)
     model.load_state_dict(state, strict=True)  # raises on any missing or unexpected key
+
+
+@pytest.mark.slow
+def test_compile_option_trains_a2sg_with_its_neurons_run_eagerly(tmp_path):
+    """--compile with A2SG (per-call side effects: each neuron runs eagerly, a graph break): inductor compiles
+    the frames between the neurons with static shapes (dynamic ones failed inside inductor on torch 2.14.1,
+    "cannot determine truth value of Relational") and the run trains, evaluates and checkpoints."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    config = dataclasses.replace(TINY, surrogate="a2sg", epochs=1, batch_size=8, limit_train_batches=2,
+                                 limit_eval_batches=1, model_options={"width": 0.0625}, compile=True,
+                                 output_dir=str(tmp_path))
+    summary = train(config)
+    assert counters["graph_break"] and all("forward_eagerly" in reason for reason in counters["graph_break"])
+    assert math.isfinite(json.loads((tmp_path / "metrics.jsonl").read_text())["train_loss"])
+    assert summary["epochs"] == 1 and (tmp_path / "checkpoint.pt").is_file()
