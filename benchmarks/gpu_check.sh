@@ -7,7 +7,7 @@
 #                                          # (T = 4 and 32; `kernels 4`, `kernels 32` one T each: the unrolled
 #                                          # T = 32 backward kernels take minutes to compile on a fresh machine)
 #   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
-#   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (the compiling first step timed apart, with its graph breaks)
+#   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (first step timed apart, with its graph breaks)
 #
 # Results go to benchmarks/results/*_cuda*.json; the tables print as they finish.
 set -euo pipefail

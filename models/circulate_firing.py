@@ -128,8 +128,9 @@ class CFNeuron(SpikingNeuron):
             if self.recorded_potential == "pre_fire":
                 self.record(charged, t)
             # one surrogate call per direction: the sum over levels counts the crossings
+            crossings = zip(crossing_inputs(charged, levels, self.mode), CROSSING_SLOPES)
             counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, mem_slope=slope, step=t, neuron=self).sum(0)
-                      for (shifted, fire_ge), slope in zip(crossing_inputs(charged, levels, self.mode), CROSSING_SLOPES)]
+                      for (shifted, fire_ge), slope in crossings]
             potential, spikes = discharge(charged, counts, config)
             if self.recorded_potential == "post_reset":
                 self.record(potential, t)

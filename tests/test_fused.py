@@ -402,7 +402,8 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
 
 
 @pytest.mark.parametrize("neuron_name,surrogate,options", [
-    ("lif", "a2sg", {}), ("circulate_firing", "a2sg", {}), ("lif", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
+    ("lif", "a2sg", {}), ("circulate_firing", "a2sg", {}),
+    ("lif", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
 def test_torch_compile_runs_an_observing_neuron_eagerly(neuron_name, surrogate, options):
     """Under torch.compile a neuron whose surrogate has per-call side effects (A2SG's statistics and gradient
     callbacks) runs as one eager call (``forward_eagerly``, the fused path): graph breaks only there, no
