@@ -24,8 +24,8 @@ its defaults): shapes ``asym_triangle`` (asymmetry ``asym``), ``asym_rect``, ``a
 taken on the forward before every ``update_every``-th optimiser step:
 
 - SGV = mean_t [ std(h(x_t)) / (mean(h(x_t)) + 1e-8) ] over batch x neurons (``sgv_source="grad"``:
-  |dL/du_t| instead of h); TGC = mean_{t<t'} cos(dL/du_t, dL/du_t'), c[t] = mean_{t' != t} cos(...)
-  (T = 1: TGC := tgc_target, c := 1);
+  |dL/du_t| instead of h; circulate firing: h summed over the step's calls and levels, dS/du_t);
+  TGC = mean_{t<t'} cos(dL/du_t, dL/du_t'), c[t] = mean_{t' != t} cos(...) (T = 1: TGC := tgc_target, c := 1);
 - mode ``sgv_tgc``: during the first ``calib_epochs`` epochs ``sgv_ref`` is the EMA of SGV (no window
   change); then it is frozen and, every controller step::
 
@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from contextlib import ExitStack, contextmanager
 from typing import Any, Iterator
 
@@ -235,6 +236,7 @@ class A2SG(Surrogate):
         self._controller_steps = 0  # mirror of num_controller_steps (no host sync per statistics step)
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | WindowSearch | None = None
+        self._membrane_seen: tuple[int, weakref.ref] | None = None  # the latest observed call's step and membrane
         self._frozen = False
 
     # ----------------------------------------------------------------- per-call window
@@ -272,27 +274,39 @@ class A2SG(Surrogate):
         """[..., U] -> [..., C] or [...] (the buffers' unit shape)."""
         return values if self.per_channel else values.squeeze(-1)
 
+    def _repeat_call(self, step: int, mem: Tensor | None) -> bool:
+        """Whether this call is a further one at step ``step`` on the membrane of the latest call (circulate
+        firing's down-crossings); remembers this call's step and membrane."""
+        seen = self._membrane_seen
+        repeat = mem is not None and seen is not None and seen[0] == step and seen[1]() is mem
+        self._membrane_seen = None if mem is None else (step, weakref.ref(mem))
+        return repeat
+
     def _observe(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
         mem = context.get("mem")
-        if self.adapt == "memstat" and mem is not None:
+        repeat = self._repeat_call(step, mem)
+        if self.adapt == "memstat" and mem is not None and not repeat:
             std = world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
             self.std_ema[step] = (1 - self.ema_momentum) * self.std_ema[step] + self.ema_momentum * std
             self._set_windows((self.kappa * self.std_ema).clamp(self.w_min, self.w_max))
         if self.tgc_source == "weight_grad" and self._weight_hook is None:
             self._hook_weight_layer(context.get("neuron"))
         if self._controller_step_next() and self.statistics == "paper":
-            self._observe_search(x, context, step, theta)
+            self._observe_search(x, context, step, theta, repeat)
         elif self._controller_step_next():
-            if step == 0 or self._observation is None:
+            if (step == 0 and not repeat) or self._observation is None:
                 self._observation = GradientObservation(self._per_unit, self.sgv_source == "grad",
                                                         from_weights=self.tgc_source == "weight_grad")
-            h = self.shape(x.detach().float(), **params) if self.sgv_source == "surrogate" else None
-            self._observation.add_step(step, h, mem, context.get("register_membrane_grad"))
+            h = None
+            if self.sgv_source == "surrogate":  # the sum over levels, e.g. circulate firing's D crossings
+                h = self.shape(x.detach().float(), **params)
+                h = h.reshape(-1, *mem.shape).sum(0) if mem is not None else h
+            self._observation.add_step(step, h, mem, context.get("register_membrane_grad"), repeat)
 
     def wants_spike_grad(self) -> bool:
         return self.statistics == "paper" and self.training and not self._frozen and self._controller_step_next()
 
-    def _observe_search(self, x: Tensor, context: dict, step: int, theta: float) -> None:
+    def _observe_search(self, x: Tensor, context: dict, step: int, theta: float, repeat: bool) -> None:
         """Cache x[t] and register the spike- and membrane-gradient callbacks of the window search (a new search
         at each forward's step 0; a second call at a step, as circulate firing's down-crossings, joins it)."""
         mem = context.get("mem")
@@ -303,12 +317,12 @@ class A2SG(Surrogate):
         if mem is None or register_membrane is None or register_spike is None:
             return
         search = self._observation
-        if not isinstance(search, WindowSearch) or (step == 0 and not search.at_step(step, mem)):
+        if not isinstance(search, WindowSearch) or (step == 0 and not repeat):
             self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
                                              self._per_unit, self.search_sample, self.sgv_form)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
         self._observation.add_step(step, x, mem, context.get("mem_slope", 1.0), window, register_spike,
-                                   register_membrane)
+                                   register_membrane, repeat)
 
     def _controller_step_next(self) -> bool:
         return (self._steps + 1) % self.update_every == 0
@@ -333,8 +347,9 @@ class A2SG(Surrogate):
 
     @torch.no_grad()
     def _on_weight_layer_grad(self, layer: nn.Module, inputs: Tensor, grad: Tensor) -> None:
-        if self._observation is not None and self._observation.sgv_terms:
-            grads = per_step_weight_grads(layer, inputs, grad, len(self._observation.sgv_terms))
+        steps = self._observation.observed_steps() if self._observation is not None else 0
+        if steps:
+            grads = per_step_weight_grads(layer, inputs, grad, steps)
             self._observation.add_weight_grads([g.flatten(1) if self.per_channel else g.reshape(1, -1) for g in grads])
 
     def _set_windows(self, windows: Tensor) -> None:

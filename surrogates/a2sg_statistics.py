@@ -27,7 +27,6 @@ SGV = mean_t CV(h(x[t])) or CV(|delta[t]|), TGC = mean_{t<t'} cos(delta[t], delt
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable
 
 import torch
@@ -69,16 +68,24 @@ class GradientObservation:
     def __init__(self, per_unit: Callable[[Tensor], Tensor], sgv_from_grad: bool, from_weights: bool = False):
         self.per_unit, self.sgv_from_grad, self.from_weights = per_unit, sgv_from_grad, from_weights
         self.sgv_terms: dict[int, Tensor] = {}
+        self.slope: tuple[int, Tensor] | None = None  # the latest step's h, until that step's last call
         self.deltas: dict[int, Tensor] = {}
         self.hooked: set[int] = set()
         self.gram: Tensor | None = None
 
     def add_step(self, step: int, h: Tensor | None, mem: Tensor | None,
-                 register: Callable[[Callable[[Tensor], None]], None] | None = None) -> None:
-        """``register``: the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``)."""
+                 register: Callable[[Callable[[Tensor], None]], None] | None = None, repeat: bool = False) -> None:
+        """``h``: the surrogate derivative of the call, in the membrane's shape (summed over levels); ``register``:
+        the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``); ``repeat``: a further call
+        at ``step`` (circulate firing's down-crossings), whose h adds to the step's (SGV of the neuron's whole
+        slope dS/du [reconstructed]) and which registers no second hook."""
         if h is not None:
-            self.sgv_terms[step] = coefficient_of_variation(self.per_unit(h))
-        if self.from_weights and not self.sgv_from_grad:
+            if repeat and self.slope is not None:
+                h = self.slope[1] + h
+            else:
+                self._close_slope()
+            self.slope = (step, h)
+        if repeat or (self.from_weights and not self.sgv_from_grad):
             return
         callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
         if register is not None:
@@ -87,6 +94,17 @@ class GradientObservation:
         elif mem is not None and mem.requires_grad:
             self.hooked.add(step)
             mem.register_hook(callback)
+
+    def observed_steps(self) -> int:
+        """The number of steps with an SGV term so far."""
+        self._close_slope()
+        return len(self.sgv_terms)
+
+    def _close_slope(self) -> None:
+        """The SGV term of the latest step's h, which is then freed."""
+        if self.slope is not None:
+            step, h = self.slope
+            self.sgv_terms[step], self.slope = coefficient_of_variation(self.per_unit(h)), None
 
     @torch.no_grad()
     def _on_grad(self, step: int, grad: Tensor) -> None:
@@ -105,6 +123,7 @@ class GradientObservation:
 
     def statistics(self, tgc_target: float) -> tuple[Tensor, Tensor, Tensor] | None:
         """(SGV[U], TGC[U], c[T, U]), or None if a hook did not fire (no gradient reached u)."""
+        self._close_slope()
         if self.gram is None or not self.sgv_terms or (self.hooked and set(self.sgv_terms) != self.hooked):
             return None
         sgv = torch.stack([self.sgv_terms[t] for t in sorted(self.sgv_terms)]).mean(0)
@@ -174,10 +193,9 @@ class WindowSearch:
     """The paper's statistics of one training forward, for every candidate window (module docstring).
 
     ``add_step`` (forward, per surrogate call) caches a sample of the call's x[L, ...] and registers its spike-
-    gradient callback, and on the step's first call (the step's membrane ``mem`` not seen yet) the membrane-
-    gradient one; the membrane callback of step t (in the backward, after step t+1's and after every spike
-    callback of step t) evaluates all candidates at once on the same sample of g[t], delta[t] and delta[t+1],
-    reduces them to sums and frees step t's tensors.  The sample is every ``stride``-th element of each unit's
+    gradient callback, and on the step's first call the membrane-gradient one; the membrane callback of step t
+    (in the backward, after step t+1's and after every spike callback of step t) evaluates all candidates at
+    once on the same sample of g[t], delta[t] and delta[t+1], reduces them to sums and frees step t's tensors.  The sample is every ``stride``-th element of each unit's
     row of the membrane, stride = ceil(N / ``sample``), the same elements for every level (``sample=None``: every
     element, exact) [reconstructed: the paper's search cost is not given].  ``candidate_params(w)`` gives the
     surrogate parameters for windows ``w`` in units of theta (a tensor broadcasting to the rows); the last
@@ -192,7 +210,6 @@ class WindowSearch:
         self.candidates = torch.tensor(candidates)
         self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
         self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
-        self.membrane: tuple[int, weakref.ref] | None = None  # the latest step and its membrane
         self.next_delta: Tensor | None = None
         self.sgv_sums: Tensor | None = None  # [K + 1, U, 4]
         self.tgc_sums: dict[int, Tensor] = {}  # t -> [K + 1, U, 3]
@@ -209,17 +226,14 @@ class WindowSearch:
         shape, L = 1)."""
         return torch.stack([self.rows(level) for level in values.reshape(-1, *membrane)])
 
-    def at_step(self, step: int, mem: Tensor) -> bool:
-        """Whether ``mem`` is step ``step``'s membrane seen by the latest call (a second call at that step)."""
-        return self.membrane is not None and self.membrane[0] == step and self.membrane[1]() is mem
-
     def add_step(self, step: int, x: Tensor, mem: Tensor, sigma: float, window: Tensor, register_spike: Callable,
-                 register_membrane: Callable) -> None:
+                 register_membrane: Callable, repeat: bool = False) -> None:
         """One surrogate call of step ``step`` on ``x`` (the membrane ``mem``'s shape, or [L, *mem's shape]);
         ``sigma`` = dx/du (the context's ``mem_slope``: -1 for circulate firing's down-crossings, else 1);
-        ``window``: the window in force at this step, in units of theta, [U, 1]."""
-        if not self.at_step(step, mem):
-            self.membrane, self.inputs[step] = (step, weakref.ref(mem)), []
+        ``window``: the window in force at this step, in units of theta, [U, 1]; ``repeat``: a further call at
+        this step, on the same membrane."""
+        if not repeat:
+            self.inputs[step] = []
             self.registered.add(step)
             register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
         calls, membrane = self.inputs[step], mem.shape

@@ -282,6 +282,58 @@ def test_memstat_ema_and_eval_leaves_state_alone():
         assert torch.equal(v, before[k]), k
 
 
+def ref_sgv_of(values, per_channel):
+    """std / (mean + 1e-8) over batch x neurons of one step's [B, C, ...] values (per channel: dim 1)."""
+    rows = values.movedim(1, 0).flatten(1) if per_channel else values.reshape(1, -1)
+    return (rows.std(-1, unbiased=False) / (rows.mean(-1) + 1e-8)).squeeze(0)
+
+
+def circulate_firing_controller_step(adapt, granularity, T=3):
+    """One training forward and optimiser step of a signed circulate-firing neuron (D = 2) with the reconstructed
+    A2SG; returns the surrogate and, per step, its calls' inputs x[L, ...] and the membrane H[t] (with .grad)."""
+    neuron = create_neuron("circulate_firing", mode="signed", D=2, num_steps=T, surrogate="a2sg_reconstructed",
+                           surrogate_kwargs=dict(adapt=adapt, granularity=granularity, update_every=1,
+                                                 calib_epochs=0))
+    sg, calls, membranes = neuron.surrogate, {}, {}
+
+    def record(surrogate, x, params, context):
+        calls.setdefault(context["step"], []).append(x.detach().double())
+        membranes[context["step"]] = context["mem"]
+        context["mem"].retain_grad()
+
+    sg.observers.append(record)
+    sg.on_epoch_start(0)
+    gen = torch.Generator().manual_seed(7)
+    out = neuron((torch.randn(T, 8, 3, 5, generator=gen) * 1.5).requires_grad_())
+    (out * torch.randn(out.shape, generator=gen)).sum().backward()
+    sg.after_optimizer_step(1)
+    return sg, calls, membranes
+
+
+@pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
+def test_reconstructed_statistics_take_each_circulate_firing_step_once(granularity):
+    """Circulate firing calls the surrogate twice per step (up- and down-crossings, D levels each): the SGV term of
+    a step is the CV of the neuron's whole slope dS/dH = sum over calls and levels of h(x), TGC the cosines of
+    dL/dH[t], each step counted once."""
+    sg, calls, membranes = circulate_firing_controller_step("sgv_tgc", granularity)
+    assert [len(calls[t]) for t in sorted(calls)] == [2, 2, 2]
+    slopes = [sum(closed_form("asym_triangle", x, 0.5, 0.5).sum(0) for x in calls[t]) for t in sorted(calls)]
+    grads = [membranes[t].grad for t in sorted(membranes)]
+    per_channel = granularity == "layer_channel_time"
+    sgv = torch.stack([ref_sgv_of(slope, per_channel) for slope in slopes]).mean(0)
+    torch.testing.assert_close(sg.sgv_ema.double(), sgv, rtol=1e-5, atol=1e-6)
+    for channel in range(3) if per_channel else [None]:
+        tgc, _ = ref_cosines(grads, channel)
+        assert sg.tgc_ema[channel if per_channel else ...].item() == pytest.approx(tgc.item(), abs=3e-3)
+
+
+def test_memstat_updates_once_per_circulate_firing_step():
+    sg, calls, membranes = circulate_firing_controller_step("memstat", "layer_time")
+    stds = torch.stack([membranes[t].detach().double().std(unbiased=False) for t in sorted(membranes)])
+    std_ema = 0.9 * 0.5 + 0.1 * stds  # starts at w0 / kappa; theta = 1
+    torch.testing.assert_close(sg.std_ema.double(), std_ema, rtol=1e-5, atol=1e-6)
+
+
 def test_fixed_arms_never_move_but_log_statistics():
     for asym in (0.0, 0.5):
         sg = create_surrogate("a2sg_reconstructed", adapt="none", asym=asym, update_every=1, calib_epochs=0)
