@@ -232,7 +232,7 @@ class A2SG(Surrogate):
         self.register_buffer("calibrated", torch.tensor(False))
         self.register_buffer("a2sg_step", torch.tensor(0, dtype=torch.long))
         self.register_buffer("num_controller_steps", torch.tensor(0, dtype=torch.long))
-        self._steps = 0  # mirror of a2sg_step, so that forward never synchronises with the device
+        self._set_steps(0)  # _steps mirrors a2sg_step, so that forward never synchronises with the device
         self._controller_steps = 0  # mirror of num_controller_steps (no host sync per statistics step)
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | WindowSearch | None = None
@@ -325,7 +325,30 @@ class A2SG(Surrogate):
                                    register_membrane, repeat)
 
     def _controller_step_next(self) -> bool:
-        return (self._steps + 1) % self.update_every == 0
+        return self._statistics_next
+
+    def _set_steps(self, steps: int) -> None:
+        """The optimiser steps so far, and whether the next forward takes statistics (a bool, so that torch.compile
+        guards on it rather than on the count)."""
+        self._steps, self._statistics_next = steps, (steps + 1) % self.update_every == 0
+
+    @property
+    def update_every(self) -> int:
+        return self._update_every
+
+    @update_every.setter
+    def update_every(self, value: int) -> None:
+        self._update_every = value
+        self._set_steps(getattr(self, "_steps", 0))
+
+    @property
+    def observes(self) -> bool:
+        """Whether a call has side effects: observers; the first forward (it sizes the buffers); a training
+        forward that takes statistics (every ``update_every``-th, memstat's every one, tgc_source="weight_grad"'s
+        first).  Elsewhere (evaluation, the forwards between statistics steps) torch.compile traces the neuron."""
+        statistics = self._statistics_next or self.adapt == "memstat" or \
+            (self.tgc_source == "weight_grad" and self._weight_hook is None)
+        return bool(self.observers) or (self.training and not self._frozen and statistics) or self.w_t.shape[0] == 0
 
     def _hook_weight_layer(self, neuron: Any) -> None:
         """tgc_source="weight_grad": from now on, the forward of the feeding layer on a controller step
@@ -369,7 +392,7 @@ class A2SG(Surrogate):
         """Engine hook (``step`` is the engine's count; this module keeps its own ``a2sg_step``)."""
         if self._frozen:
             return
-        self._steps += 1
+        self._set_steps(self._steps + 1)
         self.a2sg_step.fill_(self._steps)
         observation, self._observation = self._observation, None
         if self._steps % self.update_every or observation is None:
@@ -471,7 +494,8 @@ class A2SG(Surrogate):
             if saved is not None and saved.dim() == current.dim() and saved.shape != current.shape:
                 setattr(self, name, current.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._steps, self._controller_steps = int(self.a2sg_step), int(self.num_controller_steps)
+        self._set_steps(int(self.a2sg_step))
+        self._controller_steps = int(self.num_controller_steps)
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape_name}, asym={self.asym}, adapt={self.adapt}, statistics={self.statistics}, "

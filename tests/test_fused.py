@@ -445,6 +445,57 @@ def test_torch_compile_runs_an_observing_neuron_eagerly(neuron_name, surrogate, 
     assert counters["graph_break"] and all("forward_eagerly" in reason for reason in counters["graph_break"])
     assert counters["frames"]["total"] == frames  # nothing traced again on the later steps
 
+
+def test_torch_compile_traces_a2sg_between_its_statistics_steps_and_in_evaluation(monkeypatch):
+    """A2SG has side effects only on a training forward that takes statistics (here every 2nd, update_every=2)
+    and on the first forward (which sizes its buffers): only those run eagerly under torch.compile; the others
+    and evaluation are traced (no graph break), with the eager model's losses and windows."""
+    import torch._dynamo
+
+    import repro.models.neurons as neurons_module
+    from repro.models import create_neuron
+
+    eager_calls = []
+    monkeypatch.setattr(neurons_module, "forward_eagerly",
+                        torch.compiler.disable(lambda neuron, *inputs: eager_calls.append(1) or
+                                               fused_module.forward_eagerly(neuron, *inputs)))
+    torch._dynamo.reset()
+    generator = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(4, 16, 12, generator=generator) * 1.5, torch.randint(0, 5, (16,), generator=generator))
+               for _ in range(4)]
+    results = {}
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        neuron = create_neuron("lif", surrogate="a2sg_reconstructed", num_steps=4,
+                               surrogate_kwargs={"calib_epochs": 0, "update_every": 2, "eta_w": 0.5})
+        model = nn.Sequential(nn.Linear(12, 12), neuron, nn.Linear(12, 5))
+        if compiled:
+            model.compile(backend="eager")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+        neuron.surrogate.on_epoch_start(0)
+        losses, eager_per_step = [], []
+        for step, (x, y) in enumerate(batches):
+            eager_calls.clear()
+            loss = nn.functional.cross_entropy(model(x).mean(0), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            neuron.surrogate.after_optimizer_step(step)
+            losses.append(loss.item())
+            eager_per_step.append(len(eager_calls))
+        model.eval()
+        eager_calls.clear()
+        with torch.no_grad():
+            logits = model(batches[0][0])
+        results[compiled] = losses, neuron.surrogate.w_t.clone(), logits, eager_per_step, len(eager_calls)
+    (losses, windows, logits, eager_steps, eager_eval), reference = results[True], results[False]
+    assert eager_steps == [1, 1, 0, 1] and eager_eval == 0  # first forward, statistics steps 2 and 4
+    assert reference[3] == [0, 0, 0, 0] and int(neuron.surrogate.num_controller_steps) == 2
+    assert not torch.equal(windows, torch.full_like(windows, 0.5))  # the controller moved them
+    torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference[0]), rtol=1e-6, atol=0)
+    torch.testing.assert_close(windows, reference[1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(logits, reference[2], rtol=1e-5, atol=1e-6)
+
 def test_store_half_margin_keeps_signs_and_zeros():
     margin = torch.tensor([1e-9, -1e-9, 0.0, 1e6, -1e6, 0.1, -3e-8, 7.0])
     out = torch.empty(margin.shape, dtype=torch.float16)
