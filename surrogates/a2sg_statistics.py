@@ -193,13 +193,14 @@ class WindowSearch:
     """The paper's statistics of one training forward, for every candidate window (module docstring).
 
     ``add_step`` (forward, per surrogate call) caches a sample of the call's x[L, ...] and registers its spike-
-    gradient callback, and on the step's first call the membrane-gradient one; the membrane callback of step t
-    (in the backward, after step t+1's and after every spike callback of step t) evaluates all candidates at
-    once on the same sample of g[t], delta[t] and delta[t+1], reduces them to sums and frees step t's tensors.  The sample is every ``stride``-th element of each unit's
-    row of the membrane, stride = ceil(N / ``sample``), the same elements for every level (``sample=None``: every
-    element, exact) [reconstructed: the paper's search cost is not given].  ``candidate_params(w)`` gives the
-    surrogate parameters for windows ``w`` in units of theta (a tensor broadcasting to the rows); the last
-    column of the sums is the window in force.
+    gradient callback, and on the step's first call the membrane-gradient one; the callbacks (backward) cache
+    the same sample of g[t] and delta[t].  ``reduced_statistics`` then evaluates every candidate for every step
+    at once ([K + 1, T, U, S]: a fixed number of operations per layer, whatever T; a GPU runs the search in
+    few launches) and reduces them to sums.  The sample is every ``stride``-th element of each unit's row of the
+    membrane, stride = ceil(N / ``sample``), the same elements for every level (``sample=None``: every element,
+    exact) [reconstructed: the paper's search cost is not given].  ``candidate_params(w)`` gives the surrogate
+    parameters for windows ``w`` in units of theta (a tensor broadcasting to the rows); the last column of the
+    sums is the window in force.
     """
 
     def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
@@ -210,71 +211,66 @@ class WindowSearch:
         self.candidates = torch.tensor(candidates)
         self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
         self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
-        self.next_delta: Tensor | None = None
-        self.sgv_sums: Tensor | None = None  # [K + 1, U, 4]
-        self.tgc_sums: dict[int, Tensor] = {}  # t -> [K + 1, U, 3]
-        self.registered: set[int] = set()
+        self.deltas: dict[int, Tensor] = {}  # t -> dL/du rows [U, S]
 
     def rows(self, values: Tensor) -> Tensor:
-        """The sampled [U, S] rows (fp32, own memory) of a per-step tensor of the membrane's shape."""
+        """The sampled [U, S] rows of a per-step tensor of the membrane's shape (views)."""
         rows = self.per_unit(values.detach())
-        stride = 1 if self.sample is None else -(-rows.shape[-1] // self.sample)
-        return rows[:, ::stride].float().contiguous()
+        return rows[:, ::1 if self.sample is None else -(-rows.shape[-1] // self.sample)]
 
     def level_rows(self, values: Tensor, membrane: torch.Size) -> Tensor:
-        """The sampled [L, U, S] rows of each level of ``values`` (x or dL/ds: [L, *membrane] or the membrane's
-        shape, L = 1)."""
-        return torch.stack([self.rows(level) for level in values.reshape(-1, *membrane)])
+        """The sampled [L, U, S] rows (fp32, own memory) of each level of ``values`` (x or dL/ds: [L, *membrane]
+        or the membrane's shape, L = 1)."""
+        return torch.stack([self.rows(level) for level in values.reshape(-1, *membrane)]).float()
 
     def add_step(self, step: int, x: Tensor, mem: Tensor, sigma: float, window: Tensor, register_spike: Callable,
                  register_membrane: Callable, repeat: bool = False) -> None:
         """One surrogate call of step ``step`` on ``x`` (the membrane ``mem``'s shape, or [L, *mem's shape]);
-        ``sigma`` = dx/du (the context's ``mem_slope``: -1 for circulate firing's down-crossings, else 1);
-        ``window``: the window in force at this step, in units of theta, [U, 1]; ``repeat``: a further call at
-        this step, on the same membrane."""
+        ``sigma`` = dx/du (the context's ``mem_slope``: -1 for circulate firing's down-crossings, else 1, the same
+        at every step); ``window``: the window in force at this step, in units of theta, [U, 1]; ``repeat``: a
+        further call at this step, on the same membrane."""
         if not repeat:
             self.inputs[step] = []
-            self.registered.add(step)
-            register_membrane(lambda grad, step=step: self._on_membrane_grad(step, grad))
+            register_membrane(lambda grad, step=step: self.deltas.__setitem__(step, self.rows(grad).float().clone()))
         calls, membrane = self.inputs[step], mem.shape
         calls.append((self.level_rows(x, membrane), sigma, window))
         register_spike(lambda grad, key=(step, len(calls) - 1):
                        self.spike_grads.__setitem__(key, self.level_rows(grad, membrane)))
 
     def through_spikes(self, calls: list[tuple], windows: Tensor | None = None) -> Tensor:
-        """sum_c sigma_c sum_l g_{c,l} f_w(x_{c,l}) over the calls (x rows, sigma, window in force, g rows): with the
-        windows in force ([U, S]), or with each of ``windows`` [K, 1, 1, 1] ([K, U, S])."""
+        """sum_c sigma_c sum_l g_{c,l} f_w(x_{c,l}) over the calls (x rows [T, L, U, S], sigma, windows in force
+        [T, 1, U, 1], g rows): with the windows in force ([T, U, S]), or with each of ``windows`` [K, 1, 1, 1, 1]
+        ([K, T, U, S])."""
         return sum(sigma * (g * self.shape(x, **self.candidate_params(window if windows is None else windows))).sum(-3)
                    for x, sigma, window, g in calls)
 
     @torch.no_grad()
-    def _on_membrane_grad(self, step: int, delta: Tensor) -> None:
-        calls = [(*call, self.spike_grads.pop((step, i), None)) for i, call in enumerate(self.inputs.pop(step))]
-        calls = [call for call in calls if call[-1] is not None]  # spikes without gradient: no part of delta
-        if not calls:  # no spikes of this step got a gradient
-            return
-        delta = self.rows(delta)
-        rest = delta - self.through_spikes(calls)
-        if self.candidates.device != delta.device:  # moved once per search, not per step
-            self.candidates = self.candidates.to(delta.device)
-        windows = self.candidates[:, None, None, None]  # [K, 1, 1, 1]
-        columns = torch.cat([self.through_spikes(calls, windows) + rest, delta[None]])
-        if step == max(self.registered):
-            self.sgv_sums = _sgv_sums(columns)
-        elif self.next_delta is not None:
-            self.tgc_sums[step] = _tgc_sums(columns, self.next_delta)
-        self.next_delta = delta
-
     def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
-        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing."""
-        steps = sorted(self.registered)
-        if self.sgv_sums is None or sorted(self.tgc_sums) != steps[:-1]:
+        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing (no
+        gradient reached u at a step, or none reached any spike of a step)."""
+        steps = sorted(self.inputs)
+        if not steps or sorted(self.deltas) != steps:
             return None
-        tgc = torch.stack([self.tgc_sums[t] for t in steps[:-1]]) if len(steps) > 1 else \
-            self.sgv_sums.new_zeros(0, *self.sgv_sums.shape[:-1], 3)
-        packed = _world_sum(torch.cat([self.sgv_sums.flatten(), tgc.flatten()]))
-        sgv_sums, tgc_sums = packed[:self.sgv_sums.numel()], packed[self.sgv_sums.numel():]
-        return sgv_from_sums(sgv_sums.view_as(self.sgv_sums), self.sgv_form), tgc_from_sums(tgc_sums.view_as(tgc))
+        calls = []  # per call index: its inputs, sigma, windows and spike gradients over the steps
+        for index in range(len(self.inputs[steps[0]])):
+            x, sigma, window = self.inputs[steps[0]][index]
+            grads = [self.spike_grads.get((t, index)) for t in steps]
+            calls.append((torch.stack([self.inputs[t][index][0] for t in steps]), sigma,
+                          torch.stack([self.inputs[t][index][2] for t in steps])[:, None],
+                          torch.stack([torch.zeros_like(x) if g is None else g for g in grads]), grads))
+        if any(all(call[-1][i] is None for call in calls) for i in range(len(steps))):
+            return None  # a step none of whose spikes got a gradient: delta has no surrogate part there
+        calls = [call[:-1] for call in calls if any(g is not None for g in call[-1])]
+        delta = torch.stack([self.deltas[t] for t in steps])  # [T, U, S]
+        if self.candidates.device != delta.device:
+            self.candidates = self.candidates.to(delta.device)
+        rest = delta - self.through_spikes(calls)  # the part of delta that no step's window changes
+        columns = torch.cat([self.through_spikes(calls, self.candidates[:, None, None, None, None]) + rest,
+                             delta[None]])  # [K + 1, T, U, S]
+        sgv_sums, tgc_sums = _sgv_sums(columns[:, -1]), _tgc_sums(columns[:, :-1], delta[1:]).transpose(0, 1)
+        packed = _world_sum(torch.cat([sgv_sums.flatten(), tgc_sums.flatten()]))
+        sgv_sums, tgc_sums = packed[:sgv_sums.numel()].view_as(sgv_sums), packed[sgv_sums.numel():].view_as(tgc_sums)
+        return sgv_from_sums(sgv_sums, self.sgv_form), tgc_from_sums(tgc_sums)
 
 
 def _sgv_sums(delta: Tensor) -> Tensor:

@@ -1,9 +1,11 @@
-"""Helpers of the Triton kernel tests (tests/test_triton_lif.py, tests/test_triton_cf.py)."""
+"""Helpers of the Triton kernel tests (tests/test_triton_lif.py, tests/test_triton_cf.py) and of the launch counts
+of the torch code (tests/test_a2sg_paper.py)."""
 import os
 import subprocess
 import sys
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class LaunchCounter:
@@ -22,6 +24,18 @@ class LaunchCounter:
                 counter.launches.append(name)
                 return kernel[grid]
         return Counting()
+
+
+class OperationCounter(TorchDispatchMode):
+    """Counts the aten operations that compute (not views): on a GPU, one kernel launch each."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += not func.is_view
+        return func(*args, **(kwargs or {}))
 
 
 def grads_of(neuron, x, upstream):
