@@ -213,8 +213,10 @@ class A2SG(Surrogate):
         self.asym, self.w0, self.w_min, self.w_max = float(asym), float(w0), float(w_min), float(w_max)
         self.height, self.clip, self.grid_size = (None if height is None else float(height)), clip, grid_size
         self.search_sample = search_sample
-        # the search's candidate windows (units of theta), a log grid in [w_min, w_max]
+        # the search's candidate windows (units of theta), a log grid in [w_min, w_max]; a buffer, so that a search
+        # step makes no tensor on the host (on a GPU a copy that waits for the device)
         self.candidates = torch.logspace(math.log10(w_min), math.log10(w_max), grid_size, dtype=torch.float64).tolist()
+        self.register_buffer("candidate_windows", torch.tensor(self.candidates), persistent=False)
         self.eta_w, self.rho1, self.rho2, self.tgc_target = float(eta_w), float(rho1), float(rho2), float(tgc_target)
         self.gamma_t = float(gamma_t) if temporal_mod else 0.0
         self.temporal_mod, self.update_every, self.calib_epochs = temporal_mod, update_every, calib_epochs
@@ -318,7 +320,7 @@ class A2SG(Surrogate):
             return
         search = self._observation
         if not isinstance(search, WindowSearch) or (step == 0 and not repeat):
-            self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidates,
+            self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidate_windows,
                                              self._per_unit, self.search_sample, self.sgv_form)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
         self._observation.add_step(step, x, mem, context.get("mem_slope", 1.0), window, register_spike,
@@ -424,7 +426,7 @@ class A2SG(Surrogate):
             self.tgc_t = self.tgc_t.new_zeros(len(tgc), *self.tgc_t.shape[1:])
         self._ema(self.tgc_t, self._units(in_force_tgc.float()), first)
         if self.adapt == "search":
-            grid = torch.tensor(self.candidates, dtype=sgv.dtype, device=sgv.device)
+            grid = self.candidate_windows.to(sgv.device)
             best_last, best_earlier = sgv[:-1].min(0), tgc[:, :-1].max(1)
             picks = torch.cat([grid[best_earlier.indices], grid[best_last.indices][None]])
             found = torch.cat([best_earlier.values.isfinite(), best_last.values.isfinite()[None]])

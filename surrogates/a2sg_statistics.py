@@ -204,11 +204,11 @@ class WindowSearch:
     """
 
     def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
-                 candidates: list[float], per_unit: Callable[[Tensor], Tensor], sample: int | None,
+                 candidates: Tensor, per_unit: Callable[[Tensor], Tensor], sample: int | None,
                  sgv_form: str = "variance"):
         self.shape, self.candidate_params, self.per_unit, self.sample = shape, candidate_params, per_unit, sample
         self.sgv_form = sgv_form
-        self.candidates = torch.tensor(candidates)
+        self.candidates = candidates  # [K]
         self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
         self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
         self.deltas: dict[int, Tensor] = {}  # t -> dL/du rows [U, S]
@@ -262,10 +262,9 @@ class WindowSearch:
             return None  # a step none of whose spikes got a gradient: delta has no surrogate part there
         calls = [call[:-1] for call in calls if any(g is not None for g in call[-1])]
         delta = torch.stack([self.deltas[t] for t in steps])  # [T, U, S]
-        if self.candidates.device != delta.device:
-            self.candidates = self.candidates.to(delta.device)
         rest = delta - self.through_spikes(calls)  # the part of delta that no step's window changes
-        columns = torch.cat([self.through_spikes(calls, self.candidates[:, None, None, None, None]) + rest,
+        candidates = self.candidates.to(delta.device)[:, None, None, None, None]
+        columns = torch.cat([self.through_spikes(calls, candidates) + rest,
                              delta[None]])  # [K + 1, T, U, S]
         sgv_sums, tgc_sums = _sgv_sums(columns[:, -1]), _tgc_sums(columns[:, :-1], delta[1:]).transpose(0, 1)
         packed = _world_sum(torch.cat([sgv_sums.flatten(), tgc_sums.flatten()]))

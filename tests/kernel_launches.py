@@ -1,5 +1,6 @@
 """Helpers of the Triton kernel tests (tests/test_triton_lif.py, tests/test_triton_cf.py) and of the launch counts
 of the torch code (tests/test_a2sg_paper.py)."""
+import collections
 import os
 import subprocess
 import sys
@@ -27,14 +28,17 @@ class LaunchCounter:
 
 
 class OperationCounter(TorchDispatchMode):
-    """Counts the aten operations that compute (not views): on a GPU, one kernel launch each."""
+    """Counts the aten operations that compute (not views; on a GPU, one kernel launch each) in ``count``, and
+    every operation by name in ``names`` (e.g. ``aten.lift_fresh``: a tensor made from host data by ``torch.tensor``,
+    on a GPU a host-to-device copy that waits for the device)."""
 
     def __init__(self):
         super().__init__()
-        self.count = 0
+        self.count, self.names = 0, collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += not func.is_view
+        self.names[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
 
 
