@@ -236,6 +236,7 @@ class A2SG(Surrogate):
         self.register_buffer("num_controller_steps", torch.tensor(0, dtype=torch.long))
         self._set_steps(0)  # _steps mirrors a2sg_step, so that forward never synchronises with the device
         self._controller_steps = 0  # mirror of num_controller_steps (no host sync per statistics step)
+        self._calibrated = False  # mirror of calibrated
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | WindowSearch | None = None
         self._membrane_seen: tuple[int, weakref.ref] | None = None  # the latest observed call's step and membrane
@@ -388,6 +389,7 @@ class A2SG(Surrogate):
         """Engine hook: after ``calib_epochs`` epochs ``sgv_ref`` is frozen and updates start."""
         if not self._frozen and epoch >= self.calib_epochs:
             self.calibrated.fill_(True)
+            self._calibrated = True
 
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
@@ -442,7 +444,7 @@ class A2SG(Surrogate):
         first = self._controller_steps == 0
         self._ema(self.sgv_ema, sgv, first)
         self._ema(self.tgc_ema, tgc, first)
-        if not self.calibrated:
+        if not self._calibrated:
             self._ema(self.sgv_ref, sgv, first)
         elif self.adapt == "sgv_tgc":
             if first:  # calibrated without any sample (calib_epochs=0 or a short epoch)
@@ -497,7 +499,7 @@ class A2SG(Surrogate):
                 setattr(self, name, current.new_zeros(saved.shape))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._set_steps(int(self.a2sg_step))
-        self._controller_steps = int(self.num_controller_steps)
+        self._controller_steps, self._calibrated = int(self.num_controller_steps), bool(self.calibrated)
 
     def extra_repr(self) -> str:
         return (f"shape={self.shape_name}, asym={self.asym}, adapt={self.adapt}, statistics={self.statistics}, "

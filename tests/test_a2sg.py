@@ -8,6 +8,7 @@ import snntorch as snn
 import torch
 import torch.nn.functional as F
 
+from kernel_launches import OperationCounter
 from reference import run_in_gloo_processes
 from repro.checkpoint import load_checkpoint
 from repro.config import Config, parse_args
@@ -332,6 +333,25 @@ def test_memstat_updates_once_per_circulate_firing_step():
     stds = torch.stack([membranes[t].detach().double().std(unbiased=False) for t in sorted(membranes)])
     std_ema = 0.9 * 0.5 + 0.1 * stds  # starts at w0 / kappa; theta = 1
     torch.testing.assert_close(sg.std_ema.double(), std_ema, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name,options", [("a2sg", {}), ("a2sg_reconstructed", {}),
+                                          ("a2sg_reconstructed", {"adapt": "memstat"})])
+def test_statistics_and_controller_steps_read_no_device_value_on_the_host(name, options):
+    """On a GPU a host read of a device value (``.item()``, ``bool(tensor)``) or a tensor made from host data waits
+    for the device; the reconstructed controller read its ``calibrated`` buffer so on every controller step."""
+    sg = create_surrogate(name, update_every=1, calib_epochs=1, **options)
+    sg.train()
+    mems, grads = hand_made(T=3)
+    for epoch in range(2):  # a calibration step, then an update
+        sg.on_epoch_start(epoch)
+        with OperationCounter() as counter:
+            mems = [m.detach().requires_grad_() for m in mems]
+            spikes = [sg(mem - THETA, mem=mem, step=t) for t, mem in enumerate(mems)]
+            sum(((s + m) * g).sum() for s, m, g in zip(spikes, mems, grads)).backward()
+            sg.after_optimizer_step(epoch)
+        assert counter.names["aten._local_scalar_dense"] == 0 and counter.names["aten.lift_fresh"] == 0
+    assert int(sg.num_controller_steps) == 2 and bool(sg.calibrated)
 
 
 def test_fixed_arms_never_move_but_log_statistics():
