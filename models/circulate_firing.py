@@ -128,9 +128,10 @@ class CFNeuron(SpikingNeuron):
             if self.recorded_potential == "pre_fire":
                 self.record(charged, t)
             # one surrogate call per direction: the sum over levels counts the crossings
-            crossings = zip(crossing_inputs(charged, levels, self.mode), CROSSING_SLOPES)
-            counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, mem_slope=slope, step=t, neuron=self).sum(0)
-                      for (shifted, fire_ge), slope in crossings]
+            crossings = list(zip(crossing_inputs(charged, levels, self.mode), CROSSING_SLOPES))
+            counts = [self.surrogate(shifted, fire_ge=fire_ge, mem=charged, mem_slope=slope, step=t, neuron=self,
+                                     last_call=call == len(crossings) - 1).sum(0)
+                      for call, ((shifted, fire_ge), slope) in enumerate(crossings)]
             potential, spikes = discharge(charged, counts, config)
             if self.recorded_potential == "post_reset":
                 self.record(potential, t)

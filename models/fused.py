@@ -63,8 +63,9 @@ elementwise steps; this is the intended path under compile, not logged), except 
 with a fixed threshold and fixed surrogate parameters (``compiled_kernels_apply``): there the layer is
 traced as the operator ``repro::lif_spikes`` (``models/triton_lif.py``, forward and backward kernel, no
 graph break; no double backward through it).  A surrogate with per-call side effects (``Surrogate.observes``:
-observers, A2SG on the forwards that take statistics) is not traced: ``LIF.forward`` runs as one eager call (``forward_eagerly``, one graph break
-per layer) and takes the fused path there.
+observers; A2SG on its first forward and on training forwards that take statistics) is not traced:
+``LIF.forward`` runs as one eager call (``forward_eagerly``, one graph break per layer) and takes the fused
+path there.
 
 Backends: device-agnostic torch code (above), and the Triton kernels of ``models/triton_lif.py``, chosen
 automatically on CUDA when no recorded potential or fp16 margin is involved and the surrogate's derivative

@@ -24,7 +24,7 @@ its defaults): shapes ``asym_triangle`` (asymmetry ``asym``), ``asym_rect``, ``a
 taken on the forward before every ``update_every``-th optimiser step:
 
 - SGV = mean_t [ std(h(x_t)) / (mean(h(x_t)) + 1e-8) ] over batch x neurons (``sgv_source="grad"``:
-  |dL/du_t| instead of h; circulate firing: h summed over the step's calls and levels, dS/du_t);
+  |dL/du_t| instead of h; circulate firing: h summed over the step's calls and levels);
   TGC = mean_{t<t'} cos(dL/du_t, dL/du_t'), c[t] = mean_{t' != t} cos(...) (T = 1: TGC := tgc_target, c := 1);
 - mode ``sgv_tgc``: during the first ``calib_epochs`` epochs ``sgv_ref`` is the EMA of SGV (no window
   change); then it is frozen and, every controller step::
@@ -46,7 +46,8 @@ Common to both: windows are stored **in units of the threshold theta** (the wind
 ``a2sg_step``, ``num_controller_steps``), sized from the calls and resized by ``load_state_dict`` to the
 checkpoint's.  Granularity: ``layer_time`` (default) one window per timestep; ``layer`` one for all
 timesteps (the mean over t of the per-step windows); ``layer_channel`` / ``layer_channel_time`` the same
-per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)``; without
+per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)`` (circulate firing, with several calls per step,
+adds ``mem_slope`` = dx/du and ``last_call``, whether the step makes no further call); without
 ``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is used and no statistics are
 taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
 ``after_optimizer_step(step)``.  With gradient accumulation the last forward before the optimiser step
@@ -277,6 +278,10 @@ class A2SG(Surrogate):
         """[..., U] -> [..., C] or [...] (the buffers' unit shape)."""
         return values if self.per_channel else values.squeeze(-1)
 
+    def __getstate__(self) -> dict:
+        """Picklable between calls: without the weak reference to the latest membrane."""
+        return {**self.__dict__, "_membrane_seen": None}
+
     def _repeat_call(self, step: int, mem: Tensor | None) -> bool:
         """Whether this call is a further one at step ``step`` on the membrane of the latest call (circulate
         firing's down-crossings); remembers this call's step and membrane."""
@@ -287,8 +292,8 @@ class A2SG(Surrogate):
 
     def _observe(self, x: Tensor, context: dict, step: int, params: dict, theta: float) -> None:
         mem = context.get("mem")
-        repeat = self._repeat_call(step, mem)
-        if self.adapt == "memstat" and mem is not None and not repeat:
+        repeat, last_call = self._repeat_call(step, mem), context.get("last_call", True)
+        if self.adapt == "memstat" and mem is not None and last_call:  # the step's calls all used the same window
             std = world_mean(self._units(self._per_unit(mem.detach().float()).std(-1, correction=0)) / theta)
             self.std_ema[step] = (1 - self.ema_momentum) * self.std_ema[step] + self.ema_momentum * std
             self._set_windows((self.kappa * self.std_ema).clamp(self.w_min, self.w_max))
@@ -304,7 +309,7 @@ class A2SG(Surrogate):
             if self.sgv_source == "surrogate":  # the sum over levels, e.g. circulate firing's D crossings
                 h = self.shape(x.detach().float(), **params)
                 h = h.reshape(-1, *mem.shape).sum(0) if mem is not None else h
-            self._observation.add_step(step, h, mem, context.get("register_membrane_grad"), repeat)
+            self._observation.add_step(step, h, mem, context.get("register_membrane_grad"), repeat, last_call)
 
     def wants_spike_grad(self) -> bool:
         return self.statistics == "paper" and self.training and not self._frozen and self._controller_step_next()
@@ -394,6 +399,7 @@ class A2SG(Surrogate):
     @torch.no_grad()
     def after_optimizer_step(self, step: int) -> None:
         """Engine hook (``step`` is the engine's count; this module keeps its own ``a2sg_step``)."""
+        self._membrane_seen = None
         if self._frozen:
             return
         self._set_steps(self._steps + 1)

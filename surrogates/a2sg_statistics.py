@@ -74,17 +74,21 @@ class GradientObservation:
         self.gram: Tensor | None = None
 
     def add_step(self, step: int, h: Tensor | None, mem: Tensor | None,
-                 register: Callable[[Callable[[Tensor], None]], None] | None = None, repeat: bool = False) -> None:
+                 register: Callable[[Callable[[Tensor], None]], None] | None = None, repeat: bool = False,
+                 last_call: bool = True) -> None:
         """``h``: the surrogate derivative of the call, in the membrane's shape (summed over levels); ``register``:
         the fused path's stand-in for ``mem.register_hook`` (``Surrogate.observe``); ``repeat``: a further call
-        at ``step`` (circulate firing's down-crossings), whose h adds to the step's (SGV of the neuron's whole
-        slope dS/du [reconstructed]) and which registers no second hook."""
+        at ``step`` (circulate firing's down-crossings), whose h adds to the step's (SGV of the sum over the
+        step's calls [reconstructed]) and which registers no second hook; ``last_call``: the step's last call
+        (its h is then reduced and freed)."""
         if h is not None:
             if repeat and self.slope is not None:
                 h = self.slope[1] + h
             else:
                 self._close_slope()
             self.slope = (step, h)
+            if last_call:
+                self._close_slope()
         if repeat or (self.from_weights and not self.sgv_from_grad):
             return
         callback = lambda grad, step=step: self._on_grad(step, grad)  # noqa: E731
@@ -189,6 +193,11 @@ def tgc_from_sums(sums: Tensor) -> Tensor:
     return torch.where(norms > 0, dot / norms, torch.full_like(dot, float("-inf")))
 
 
+# the most elements of one [K + 1, steps, L, U, S] evaluation of the search (16 MB in fp32): as many steps as fit
+# are evaluated at once (all of them at the defaults, up to T = 39 on LIF), the rest in further passes
+EVALUATION_ELEMENTS = 2 ** 22
+
+
 class WindowSearch:
     """The paper's statistics of one training forward, for every candidate window (module docstring).
 
@@ -247,9 +256,10 @@ class WindowSearch:
     @torch.no_grad()
     def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
         """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing (no
-        gradient reached u at a step, or none reached any spike of a step)."""
+        gradient reached u at a step, or none reached any spike of a step) or the steps made different numbers
+        of calls (every process runs the same graph, so all of them return None together)."""
         steps = sorted(self.inputs)
-        if not steps or sorted(self.deltas) != steps:
+        if not steps or sorted(self.deltas) != steps or len({len(self.inputs[t]) for t in steps}) > 1:
             return None
         calls = []  # per call index: its inputs, sigma, windows and spike gradients over the steps
         for index in range(len(self.inputs[steps[0]])):
@@ -262,11 +272,18 @@ class WindowSearch:
             return None  # a step none of whose spikes got a gradient: delta has no surrogate part there
         calls = [call[:-1] for call in calls if any(g is not None for g in call[-1])]
         delta = torch.stack([self.deltas[t] for t in steps])  # [T, U, S]
-        rest = delta - self.through_spikes(calls)  # the part of delta that no step's window changes
         candidates = self.candidates.to(delta.device)[:, None, None, None, None]
-        columns = torch.cat([self.through_spikes(calls, candidates) + rest,
-                             delta[None]])  # [K + 1, T, U, S]
-        sgv_sums, tgc_sums = _sgv_sums(columns[:, -1]), _tgc_sums(columns[:, :-1], delta[1:]).transpose(0, 1)
+        chunk = max(1, EVALUATION_ELEMENTS // ((len(candidates) + 1) * calls[0][0][0].numel()))
+        tgc_sums = []
+        for start in range(0, len(steps), chunk):  # one pass unless the temporaries would be large
+            part = [(x[start:start + chunk], sigma, window[start:start + chunk], g[start:start + chunk])
+                    for x, sigma, window, g in calls]
+            rest = delta[start:start + chunk] - self.through_spikes(part)  # what no window of these steps changes
+            columns = torch.cat([self.through_spikes(part, candidates) + rest,
+                                 delta[None, start:start + chunk]])  # [K + 1, steps, U, S]
+            following = delta[start + 1:start + chunk + 1]  # delta[t + 1] of the steps t < T
+            tgc_sums.append(_tgc_sums(columns[:, :len(following)], following))
+        sgv_sums, tgc_sums = _sgv_sums(columns[:, -1]), torch.cat(tgc_sums, 1).transpose(0, 1)  # the last step: T
         packed = _world_sum(torch.cat([sgv_sums.flatten(), tgc_sums.flatten()]))
         sgv_sums, tgc_sums = packed[:sgv_sums.numel()].view_as(sgv_sums), packed[sgv_sums.numel():].view_as(tgc_sums)
         return sgv_from_sums(sgv_sums, self.sgv_form), tgc_from_sums(tgc_sums)

@@ -2,6 +2,7 @@
 references on hand-made gradients, memstat, checkpoints, freezing, multi-process averaging and a
 short training run through the engine."""
 import math
+import pickle
 
 import pytest
 import snntorch as snn
@@ -291,14 +292,16 @@ def ref_sgv_of(values, per_channel):
 
 def circulate_firing_controller_step(adapt, granularity, T=3):
     """One training forward and optimiser step of a signed circulate-firing neuron (D = 2) with the reconstructed
-    A2SG; returns the surrogate and, per step, its calls' inputs x[L, ...] and the membrane H[t] (with .grad)."""
+    A2SG; returns the neuron and, per step, its calls' inputs x[L, ...] and windows w, and the membrane H[t] (with
+    .grad).  A step's h is reduced at its last call: none is held through the backward."""
     neuron = create_neuron("circulate_firing", mode="signed", D=2, num_steps=T, surrogate="a2sg_reconstructed",
                            surrogate_kwargs=dict(adapt=adapt, granularity=granularity, update_every=1,
                                                  calib_epochs=0))
-    sg, calls, membranes = neuron.surrogate, {}, {}
+    sg, calls, windows, membranes = neuron.surrogate, {}, {}, {}
 
     def record(surrogate, x, params, context):
         calls.setdefault(context["step"], []).append(x.detach().double())
+        windows.setdefault(context["step"], []).append(params["w"])
         membranes[context["step"]] = context["mem"]
         context["mem"].retain_grad()
 
@@ -306,9 +309,10 @@ def circulate_firing_controller_step(adapt, granularity, T=3):
     sg.on_epoch_start(0)
     gen = torch.Generator().manual_seed(7)
     out = neuron((torch.randn(T, 8, 3, 5, generator=gen) * 1.5).requires_grad_())
+    assert sg._observation is None or sg._observation.slope is None
     (out * torch.randn(out.shape, generator=gen)).sum().backward()
     sg.after_optimizer_step(1)
-    return sg, calls, membranes
+    return neuron, calls, windows, membranes
 
 
 @pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
@@ -316,7 +320,8 @@ def test_reconstructed_statistics_take_each_circulate_firing_step_once(granulari
     """Circulate firing calls the surrogate twice per step (up- and down-crossings, D levels each): the SGV term of
     a step is the CV of the neuron's whole slope dS/dH = sum over calls and levels of h(x), TGC the cosines of
     dL/dH[t], each step counted once."""
-    sg, calls, membranes = circulate_firing_controller_step("sgv_tgc", granularity)
+    neuron, calls, _, membranes = circulate_firing_controller_step("sgv_tgc", granularity)
+    sg = neuron.surrogate
     assert [len(calls[t]) for t in sorted(calls)] == [2, 2, 2]
     slopes = [sum(closed_form("asym_triangle", x, 0.5, 0.5).sum(0) for x in calls[t]) for t in sorted(calls)]
     grads = [membranes[t].grad for t in sorted(membranes)]
@@ -326,10 +331,16 @@ def test_reconstructed_statistics_take_each_circulate_firing_step_once(granulari
     for channel in range(3) if per_channel else [None]:
         tgc, _ = ref_cosines(grads, channel)
         assert sg.tgc_ema[channel if per_channel else ...].item() == pytest.approx(tgc.item(), abs=3e-3)
+    sg.observers.clear()  # the test's recording closure
+    restored = pickle.loads(pickle.dumps(neuron))  # after a training step (a weak reference to a membrane is not)
+    assert torch.equal(restored.surrogate.w_t, sg.w_t)
 
 
 def test_memstat_updates_once_per_circulate_firing_step():
-    sg, calls, membranes = circulate_firing_controller_step("memstat", "layer_time")
+    """Once per step, after the step's last call: both calls of a step use the same window."""
+    neuron, _, windows, membranes = circulate_firing_controller_step("memstat", "layer_time")
+    sg = neuron.surrogate
+    assert all(torch.equal(*windows[t]) for t in windows)
     stds = torch.stack([membranes[t].detach().double().std(unbiased=False) for t in sorted(membranes)])
     std_ema = 0.9 * 0.5 + 0.1 * stds  # starts at w0 / kappa; theta = 1
     torch.testing.assert_close(sg.std_ema.double(), std_ema, rtol=1e-5, atol=1e-6)

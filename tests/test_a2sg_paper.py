@@ -209,6 +209,23 @@ def test_grid_search_matches_brute_force_on_circulate_firing(mode, fused, granul
     assert not torch.equal(sg.w_t, windows)
 
 
+def test_search_in_passes_of_fewer_steps_equals_one_pass(monkeypatch):
+    """Large layers are evaluated a few steps at a time (``EVALUATION_ELEMENTS``): one step per pass, and 3 + 1
+    steps, give the statistics of one pass over all 4."""
+    import repro.surrogates.a2sg_statistics as statistics_module
+
+    layers = cf_layers("signed", fused=False, granularity="layer_channel_time")
+    x, y = cf_batch()
+    loss_of(layers, x, y).backward()
+    search = layers[1].surrogate._observation
+    one_pass = search.reduced_statistics()
+    per_step = (len(search.candidates) + 1) * search.inputs[0][0][0].numel()
+    for steps in (1, 3):
+        monkeypatch.setattr(statistics_module, "EVALUATION_ELEMENTS", steps * per_step)
+        for passes, whole in zip(search.reduced_statistics(), one_pass):
+            torch.testing.assert_close(passes, whole, rtol=1e-12, atol=0)
+
+
 def test_each_forward_starts_a_new_search_on_circulate_firing():
     """With gradient accumulation the last forward supplies the statistics, also at T = 1, where every call of
     both forwards is at step 0 (a call joins the step of the previous one only on the same membrane)."""
