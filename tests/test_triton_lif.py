@@ -16,6 +16,7 @@ when the kernels are decorated, so ``test_kernels_in_triton_interpreter`` reruns
 subprocess with it set (this process, and any other test module importing triton, never sees it).
 Inside that subprocess, or in-process on a CUDA machine, the kernel tests run directly.
 """
+import argparse
 import itertools
 import math
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_launches import LaunchCounter, grads_of, run_in_triton_interpreter
+from kernel_launches import LaunchCounter, OperationCounter, grads_of, run_in_triton_interpreter
 from torch.utils._python_dispatch import TorchDispatchMode
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton LIF kernels cannot be tested")
@@ -664,6 +665,33 @@ def test_kernel_operators_pass_opcheck():
     torch.library.opcheck(torch.ops.repro.lif_spikes.default,
                           (x.clone().requires_grad_(), decay.clone().requires_grad_(), *switches))
     torch.library.opcheck(torch.ops.repro.lif_grads.default, (x, torch.randn_like(x), decay, *switches))
+
+
+@kernels_run_here
+@pytest.mark.parametrize("recipe", ["ds_atgo_cifar10", "mpd_agl_cifar10", "a2sg_cifar100", "cf_cifar10"])
+def test_recipe_training_step_waits_for_nothing_on_the_host(monkeypatch, recipe):
+    """Each method recipe's model (width 0.0625, 8 x 8 images) on the kernels: a training step (forward, backward,
+    SGD step, the surrogates' ``after_optimizer_step``) reads no device value on the host and makes no tensor
+    from host data; on a GPU either waits for the device and empties the launch queue."""
+    benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))
+    torch.manual_seed(0)
+    model = runpy.run_path(str(benchmarks / "train_step.py"))["build"](f"recipe:{recipe}", None,
+                                                                      argparse.Namespace(width=0.0625))
+    hooked = [module for module in model.modules() if hasattr(module, "after_optimizer_step")]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
+
+    def training_step():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(images).mean(0), targets).backward()
+        optimizer.step()
+        for module in hooked:
+            module.after_optimizer_step(0)
+    training_step()  # sizes lazily built state
+    with OperationCounter() as counter:
+        training_step()
+    assert counter.names["aten._local_scalar_dense"] == 0 and counter.names["aten.lift_fresh"] == 0
 
 
 @kernels_run_here
