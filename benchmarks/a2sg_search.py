@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from neuron import interleaved_timing, machine_info, print_table
-from repro.models import create_model
+from repro.models import call_model_built_hooks, create_model
 
 MODES = {
     "fixed": ("a2sg", {"shape": "ramp", "adapt": "none"}),
@@ -43,8 +43,9 @@ MODES = {
 def training_step(mode: str, args, device: torch.device):
     surrogate, options = MODES[mode]
     torch.manual_seed(args.seed)
-    model = create_model("resnet19", num_classes=10, num_steps=args.steps, width=args.width, neuron="lif",
-                         surrogate=surrogate, surrogate_kwargs=options).to(device).train()
+    model = call_model_built_hooks(create_model("resnet19", num_classes=10, num_steps=args.steps, width=args.width,
+                                                neuron="lif", surrogate=surrogate, surrogate_kwargs=options))
+    model = model.to(device).train()  # the surrogates evaluate their searches together, as in the engine
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     hooked = [m for m in model.modules() if hasattr(m, "after_optimizer_step")]
     generator = torch.Generator().manual_seed(args.seed)

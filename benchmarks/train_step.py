@@ -48,7 +48,7 @@ from torch._dynamo.utils import counters
 from neuron import (ReLUFloor, SnnTorchLoop, SpikingJellyLIF, interleaved_timing, machine_info, print_table,
                     spikingjelly_available, synchronize, write_results)
 from repro.diagnostics import saved_tensor_bytes
-from repro.models import create_model, resnet19
+from repro.models import call_model_built_hooks, create_model, resnet19
 
 VARIANTS = ("ann_relu", "ours_fused", "ours_loop", "snntorch", "spikingjelly")
 COMPILED = ("ann_compiled", "ours_compiled")
@@ -71,13 +71,10 @@ def build(variant: str, steps: int, args) -> nn.Module:
     """ResNet-19 (CIFAR-10 head) with the variant's neurons, or a recipe's model (``recipe:NAME``)."""
     if variant.startswith("recipe"):
         config = recipe_config(variant.split(":", 1)[1])
-        model = create_model(config.model, num_classes=10, num_steps=config.num_steps, neuron=config.neuron,
-                             surrogate=config.surrogate, neuron_kwargs=config.neuron_options,
-                             surrogate_kwargs=config.surrogate_options,
-                             **{**config.model_options, "width": args.width})
-        for module in list(model.modules()):
-            if hasattr(module, "on_model_built"):
-                module.on_model_built(model)
+        model = call_model_built_hooks(create_model(
+            config.model, num_classes=10, num_steps=config.num_steps, neuron=config.neuron,
+            surrogate=config.surrogate, neuron_kwargs=config.neuron_options,
+            surrogate_kwargs=config.surrogate_options, **{**config.model_options, "width": args.width}))
     elif variant.startswith("ours"):
         model = create_model("resnet19", num_classes=10, num_steps=steps, width=args.width, neuron=args.neuron,
                              surrogate="atan", neuron_kwargs={"fused": variant == "ours_fused"})

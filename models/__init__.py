@@ -167,11 +167,20 @@ def create_model(name: str, **kwargs) -> nn.Module:
     return MODELS.create(name, **kwargs)
 
 
+def call_model_built_hooks(model: nn.Module) -> nn.Module:
+    """Call ``on_model_built(model)`` of every module that defines it (what the engine does once before building the
+    optimiser: A2SG's surrogates share their window searches, TLSG ties ``shared_t``); returns the model."""
+    for module in list(model.modules()):
+        if hasattr(module, "on_model_built"):
+            module.on_model_built(model)
+    return model
+
+
 def spiking_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of every spiking neuron in a model, in forward-definition order."""
     return [(n, m) for n, m in model.named_modules() if isinstance(m, SpikingNeuron)]
 
 __all__ = [
-    "CFNeuron", "circulate_firing", "AdaptiveThresholdLIF", "freeze_running_thresholds", "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "Spikformer", "SpikformerText", "TDBatchNorm", "create_model", "create_neuron",
+    "CFNeuron", "circulate_firing", "AdaptiveThresholdLIF", "freeze_running_thresholds", "LIF", "MODELS", "SpikingVGG", "resnet18", "vgg13", "vggsnn", "NEURONS", "SeqToANN", "SpikingNeuron", "SpikingResNet", "Spikformer", "SpikformerText", "TDBatchNorm", "call_model_built_hooks", "create_model", "create_neuron",
     "fold", "lif", "neuron_factory", "plif", "resnet19", "spiking_layers", "spikformer", "unfold",
 ]

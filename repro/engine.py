@@ -54,7 +54,7 @@ from .datasets.text import unshadow_hf_datasets
 from .diagnostics import DEFAULT_MEASURES, FiringRateMonitor, collect_diagnostics
 from .export import PRETRAINED_DIR, save_pretrained
 from .losses import LOSSES, create_loss
-from .models import MODELS, NEURONS, TDBatchNorm, create_model
+from .models import MODELS, NEURONS, TDBatchNorm, call_model_built_hooks, create_model
 from .surrogates import SURROGATES
 from .provenance import code_commit, device_name
 from .plots import plot_training_curves, results_table, save_segmentation_examples
@@ -324,15 +324,11 @@ def build_dataset(config: Config, split: str):
 
 def build_model(config: Config, dataset) -> nn.Module:
     """The run's model for ``dataset`` (classes, input channels), ``on_model_built`` hooks called."""
-    model = create_model(
+    return call_model_built_hooks(create_model(
         config.model, num_classes=dataset.num_classes, in_channels=dataset.in_channels,
         num_steps=config.num_steps, neuron=config.neuron, surrogate=config.surrogate,
         neuron_kwargs=config.neuron_options, surrogate_kwargs=config.surrogate_options, **config.model_options,
-    )
-    for module in list(model.modules()):
-        if hasattr(module, "on_model_built"):
-            module.on_model_built(model)
-    return model
+    ))
 
 
 class Parts(typing.NamedTuple):

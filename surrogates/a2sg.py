@@ -50,7 +50,9 @@ per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=
 adds ``mem_slope`` = dx/du and ``last_call``, whether the step makes no further call); without
 ``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is used and no statistics are
 taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
-``after_optimizer_step(step)``.  With gradient accumulation the last forward before the optimiser step
+``after_optimizer_step(step)``, and ``repro.models.call_model_built_hooks(model)`` once after building the
+model, so that its layers' window searches are evaluated together (else each alone: more launches, the same
+windows).  With gradient accumulation the last forward before the optimiser step
 supplies the statistics.  Nothing is learned by gradient descent; h uses differentiable ops, so
 Hessian-vector products work.
 """
@@ -66,8 +68,8 @@ import torch
 from torch import Tensor, nn
 
 from .a2sg_shapes import ASYMMETRY_SHAPES, SHAPE_PARAMETERS, SHAPES
-from .a2sg_statistics import (EPS, GradientObservation, WindowSearch, coefficient_of_variation, per_step_weight_grads,
-                              world_mean)
+from .a2sg_statistics import (EPS, GradientObservation, PendingSearches, WindowSearch, coefficient_of_variation,
+                              per_step_weight_grads, world_mean)
 from .base import Surrogate
 
 ADAPT_MODES = ("search", "none", "sgv_tgc", "memstat")
@@ -240,6 +242,7 @@ class A2SG(Surrogate):
         self._calibrated = False  # mirror of calibrated
         self._weight_hook = None  # tgc_source="weight_grad": forward hook on the feeding conv / linear
         self._observation: GradientObservation | WindowSearch | None = None
+        self._pending = PendingSearches()  # shared by the model's A2SG surrogates after on_model_built
         self._membrane_seen: tuple[int, weakref.ref] | None = None  # the latest observed call's step and membrane
         self._frozen = False
 
@@ -326,8 +329,10 @@ class A2SG(Surrogate):
             return
         search = self._observation
         if not isinstance(search, WindowSearch) or (step == 0 and not repeat):
-            self._observation = WindowSearch(self.shape, lambda w: self.shape_params(w * theta), self.candidate_windows,
-                                             self._per_unit, self.search_sample, self.sgv_form)
+            key = (self.shape_name, self.asym, self.height, self.clip, tuple(self.candidates), self.sgv_form)
+            self._observation = WindowSearch(self.shape, self.shape_params, theta, self.candidate_windows,
+                                             self._per_unit, self.search_sample, self.sgv_form, key)
+            self._pending.add(self, self._observation)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
         self._observation.add_step(step, x, mem, context.get("mem_slope", 1.0), window, register_spike,
                                    register_membrane, repeat)
@@ -390,6 +395,14 @@ class A2SG(Surrogate):
         self.w_t[: windows.shape[0]] = windows
 
     # ----------------------------------------------------------------- controller
+    def on_model_built(self, model: nn.Module) -> None:
+        """Engine hook: the model's A2SG surrogates share their pending window searches, evaluated in one pass and
+        all-reduced at once after each optimiser step (``reduce_searches``)."""
+        pending = self._pending
+        for module in model.modules():
+            if isinstance(module, A2SG):
+                module._pending = pending
+
     def on_epoch_start(self, epoch: int) -> None:
         """Engine hook: after ``calib_epochs`` epochs ``sgv_ref`` is frozen and updates start."""
         if not self._frozen and epoch >= self.calib_epochs:
@@ -408,7 +421,7 @@ class A2SG(Surrogate):
         if self._steps % self.update_every or observation is None:
             return
         if isinstance(observation, WindowSearch):
-            reduced = observation.reduced_statistics()
+            reduced = self._pending.statistics(observation)
             if reduced is not None:  # None: no gradient reached u; replicas run the same graph, so all skip
                 self.search_step(*reduced)
             return
@@ -464,7 +477,11 @@ class A2SG(Surrogate):
         self.num_controller_steps.fill_(self._controller_steps)
 
     def _ema(self, buffer: Tensor, value: Tensor, first: bool) -> None:
-        buffer.copy_(value if first else (1 - self.ema_momentum) * buffer + self.ema_momentum * value)
+        """buffer <- value (first) or (1 - m) buffer + m value, in place (one operation)."""
+        if first:
+            buffer.copy_(value)
+        else:
+            buffer.lerp_(value.to(buffer), self.ema_momentum)
 
     @contextmanager
     def freeze_controller(self) -> Iterator["A2SG"]:

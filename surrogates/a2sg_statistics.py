@@ -31,6 +31,7 @@ from typing import Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 EPS = 1e-8
@@ -204,21 +205,23 @@ class WindowSearch:
 
     ``add_step`` (forward, per surrogate call) caches a sample of the call's x[L, ...] and registers its spike-
     gradient callback, and on the step's first call the membrane-gradient one; the callbacks (backward) cache
-    the same sample of g[t] and delta[t].  ``reduced_statistics`` then evaluates every candidate for every step
-    at once ([K + 1, T, U, S]: a fixed number of operations per layer, whatever T; a GPU runs the search in
-    few launches) and reduces them to sums.  The sample is every ``stride``-th element of each unit's row of the
-    membrane, stride = ceil(N / ``sample``), the same elements for every level (``sample=None``: every element,
-    exact) [reconstructed: the paper's search cost is not given].  ``candidate_params(w)`` gives the surrogate
-    parameters for windows ``w`` in units of theta (a tensor broadcasting to the rows); the last column of the
-    sums is the window in force.
+    the same sample of g[t] and delta[t].  After the backward, ``reduce_searches`` evaluates every candidate for
+    every step at once, for all the searches of a model together (one [K + 1, T, L, units, S] pass: a fixed
+    number of operations, whatever T and the number of layers; a GPU runs the search in few launches), and
+    reduces them to sums.  The sample is every ``stride``-th element of each unit's row of the membrane, stride =
+    ceil(N / ``sample``), the same elements for every level (``sample=None``: every element, exact)
+    [reconstructed: the paper's search cost is not given].  ``shape_params(w)`` gives the surrogate parameters for
+    absolute windows ``w`` (a tensor broadcasting to the rows), ``theta`` the neuron's threshold, ``key`` what
+    searches evaluated together must share (the shape and its other parameters, the candidates, the SGV form);
+    the last column of the sums is the window in force.
     """
 
-    def __init__(self, shape: Callable[..., Tensor], candidate_params: Callable[[Tensor], dict],
+    def __init__(self, shape: Callable[..., Tensor], shape_params: Callable[[Tensor], dict], theta: float,
                  candidates: Tensor, per_unit: Callable[[Tensor], Tensor], sample: int | None,
-                 sgv_form: str = "variance"):
-        self.shape, self.candidate_params, self.per_unit, self.sample = shape, candidate_params, per_unit, sample
-        self.sgv_form = sgv_form
-        self.candidates = candidates  # [K]
+                 sgv_form: str = "variance", key: tuple = ()):
+        self.shape, self.shape_params, self.theta, self.per_unit, self.sample = shape, shape_params, theta, per_unit, sample
+        self.sgv_form, self.key = sgv_form, key
+        self.candidates = candidates  # [K], units of theta
         self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
         self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
         self.deltas: dict[int, Tensor] = {}  # t -> dL/du rows [U, S]
@@ -247,54 +250,151 @@ class WindowSearch:
         register_spike(lambda grad, key=(step, len(calls) - 1):
                        self.spike_grads.__setitem__(key, self.level_rows(grad, membrane)))
 
-    def through_spikes(self, calls: list[tuple], windows: Tensor | None = None) -> Tensor:
-        """sum_c sigma_c sum_l g_{c,l} f_w(x_{c,l}) over the calls (x rows [T, L, U, S], sigma, windows in force
-        [T, 1, U, 1], g rows): with the windows in force ([T, U, S]), or with each of ``windows`` [K, 1, 1, 1, 1]
-        ([K, T, U, S])."""
-        return sum(sigma * (g * self.shape(x, **self.candidate_params(window if windows is None else windows))).sum(-3)
-                   for x, sigma, window, g in calls)
-
-    @torch.no_grad()
-    def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
-        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None if a gradient was missing (no
-        gradient reached u at a step, or none reached any spike of a step) or the steps made different numbers
-        of calls (every process runs the same graph, so all of them return None together)."""
+    def stacked(self) -> tuple[list[tuple], Tensor] | None:
+        """(calls, delta) over the steps: per call (x rows [T, L, U, S], sigma, absolute windows in force
+        [T, 1, U, 1], g rows [T, L, U, S]; calls none of whose spikes got a gradient left out) and delta rows
+        [T, U, S]; or None if a gradient was missing (no gradient reached u at a step, or none reached any spike
+        of a step) or the steps made different numbers of calls (every process runs the same graph, so all of
+        them return None together)."""
         steps = sorted(self.inputs)
         if not steps or sorted(self.deltas) != steps or len({len(self.inputs[t]) for t in steps}) > 1:
             return None
-        calls = []  # per call index: its inputs, sigma, windows and spike gradients over the steps
+        calls = []
         for index in range(len(self.inputs[steps[0]])):
             x, sigma, window = self.inputs[steps[0]][index]
             grads = [self.spike_grads.get((t, index)) for t in steps]
             calls.append((torch.stack([self.inputs[t][index][0] for t in steps]), sigma,
-                          torch.stack([self.inputs[t][index][2] for t in steps])[:, None],
+                          torch.stack([self.inputs[t][index][2] for t in steps])[:, None] * self.theta,
                           torch.stack([torch.zeros_like(x) if g is None else g for g in grads]), grads))
         if any(all(call[-1][i] is None for call in calls) for i in range(len(steps))):
             return None  # a step none of whose spikes got a gradient: delta has no surrogate part there
-        calls = [call[:-1] for call in calls if any(g is not None for g in call[-1])]
-        delta = torch.stack([self.deltas[t] for t in steps])  # [T, U, S]
-        candidates = self.candidates.to(delta.device)[:, None, None, None, None]
+        return ([call[:-1] for call in calls if any(g is not None for g in call[-1])],
+                torch.stack([self.deltas[t] for t in steps]))
+
+    def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
+        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None (``stacked``)."""
+        return reduce_searches([self])[0]
+
+
+class PendingSearches:
+    """The window searches of a model's latest forward, evaluated together by the first ``statistics`` call after
+    the backward (A2SG's ``after_optimizer_step``; the model's A2SG surrogates share one, ``A2SG.on_model_built``)."""
+
+    def __init__(self):
+        self.searches: dict[int, WindowSearch] = {}  # id(owner) -> its latest search
+        self.results: dict[WindowSearch, tuple | None] = {}
+
+    def add(self, owner: object, search: WindowSearch) -> None:
+        self.searches[id(owner)], self.results = search, {}
+
+    def statistics(self, search: WindowSearch) -> tuple[Tensor, Tensor] | None:
+        """``search``'s (SGV, TGC) (``WindowSearch.reduced_statistics``)."""
+        if search not in self.results:
+            batch = list({id(s): s for s in [*self.searches.values(), search]}.values())
+            self.searches, self.results = {}, dict(zip(batch, reduce_searches(batch)))
+        return self.results.pop(search)
+
+
+@torch.no_grad()
+def reduce_searches(searches: list[WindowSearch]) -> list[tuple[Tensor, Tensor] | None]:
+    """Every search's (SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes (None where ``stacked`` is None):
+    searches of the same kind are evaluated together (``_groups``), and all sums are all-reduced at once, packed
+    in the searches' order (the groups depend on the sample lengths, which may differ between processes)."""
+    stacked = [search.stacked() for search in searches]
+    groups = _groups(searches, stacked)
+    sums = {}  # search index -> its sums of SGV [K + 1, U, 4] and TGC [T - 1, K + 1, U, 3]
+    for members in groups:
+        units = [stacked[i][1].shape[1] for i in members]
+        sgv_sums, tgc_sums = _joined_sums([searches[i] for i in members], [stacked[i] for i in members])
+        sums.update(zip(members, zip(sgv_sums.split(units, -2), tgc_sums.split(units, -2))))
+    results: list[tuple[Tensor, Tensor] | None] = [None] * len(searches)
+    if not sums:
+        return results
+    order = sorted(sums)
+    packed = _world_sum(torch.cat([part.flatten() for i in order for part in sums[i]])).split(
+        [part.numel() for i in order for part in sums[i]])
+    reduced = {i: (packed[2 * k].view_as(sums[i][0]), packed[2 * k + 1].view_as(sums[i][1])) for k, i in enumerate(order)}
+    for members in groups:  # the ratios of a group at once
+        units = [stacked[i][1].shape[1] for i in members]
+        sgv = sgv_from_sums(torch.cat([reduced[i][0] for i in members], -2), searches[members[0]].sgv_form)
+        tgc = tgc_from_sums(torch.cat([reduced[i][1] for i in members], -2))
+        results_of_group = zip(sgv.split(units, -1), tgc.split(units, -1))
+        for i, result in zip(members, results_of_group):
+            results[i] = result
+    return results
+
+
+def _groups(searches: list[WindowSearch], stacked: list) -> list[list[int]]:
+    """Indices of the searches evaluated together: the same key, steps, levels and call signs, as many in a row as
+    fit one step's [K + 1, L, units, S] pass in ``EVALUATION_ELEMENTS``."""
+    kinds: dict[tuple, list[int]] = {}
+    for i, (search, rows) in enumerate(zip(searches, stacked)):
+        if rows is not None:
+            calls, delta = rows
+            kind = (search.key, delta.shape[0], tuple((x.shape[1], sigma) for x, sigma, _, _ in calls))
+            kinds.setdefault(kind, []).append(i)
+    groups = []
+    for members in kinds.values():
+        calls, delta = stacked[members[0]]
         budget = EVALUATION_ELEMENTS.get(delta.device.type, EVALUATION_ELEMENTS["cuda"])
-        chunk = max(1, budget // ((len(candidates) + 1) * calls[0][0][0].numel()))
-        tgc_sums = []
-        for start in range(0, len(steps), chunk):  # one pass unless the temporaries would be large
-            part = [(x[start:start + chunk], sigma, window[start:start + chunk], g[start:start + chunk])
-                    for x, sigma, window, g in calls]
-            rest = delta[start:start + chunk] - self.through_spikes(part)  # what no window of these steps changes
-            columns = torch.cat([self.through_spikes(part, candidates) + rest,
-                                 delta[None, start:start + chunk]])  # [K + 1, steps, U, S]
-            following = delta[start + 1:start + chunk + 1]  # delta[t + 1] of the steps t < T
-            tgc_sums.append(_tgc_sums(columns[:, :len(following)], following))
-        sgv_sums, tgc_sums = _sgv_sums(columns[:, -1]), torch.cat(tgc_sums, 1).transpose(0, 1)  # the last step: T
-        packed = _world_sum(torch.cat([sgv_sums.flatten(), tgc_sums.flatten()]))
-        sgv_sums, tgc_sums = packed[:sgv_sums.numel()].view_as(sgv_sums), packed[sgv_sums.numel():].view_as(tgc_sums)
-        return sgv_from_sums(sgv_sums, self.sgv_form), tgc_from_sums(tgc_sums)
+        per_unit_and_element = (len(searches[members[0]].candidates) + 1) * calls[0][0].shape[1]
+        group, units, width = [], 0, 0
+        for i in members:
+            rows = stacked[i][1]
+            if group and per_unit_and_element * (units + rows.shape[1]) * max(width, rows.shape[-1]) > budget:
+                groups.append(group)
+                group, units, width = [], 0, 0
+            group, units, width = group + [i], units + rows.shape[1], max(width, rows.shape[-1])
+        groups.append(group)
+    return groups
 
 
-def _sgv_sums(delta: Tensor) -> Tensor:
-    """[..., 4]: (n, sum d, sum d^2, sum |d|) over the last dim, in float64."""
+def _joined_sums(searches: list[WindowSearch], stacked: list) -> tuple[Tensor, Tensor]:
+    """``_search_sums`` of searches of one group, their units side by side: rows padded with zeros to the longest
+    sample (a zero g and delta add nothing but the count, which each row keeps), each row with its threshold."""
+    width = max(delta.shape[-1] for _, delta in stacked)
+
+    def joined(tensors: list[Tensor]) -> Tensor:
+        return torch.cat([F.pad(t, (0, width - t.shape[-1])) for t in tensors], -2)
+    calls = [(joined([c[k][0] for c, _ in stacked]), sigma, torch.cat([c[k][2] for c, _ in stacked], -2),
+              joined([c[k][3] for c, _ in stacked])) for k, (_, sigma, _, _) in enumerate(stacked[0][0])]
+    delta = joined([d for _, d in stacked])
+    counts = torch.cat([d.new_full(d.shape[1:2], d.shape[-1]) for _, d in stacked])
+    thetas = torch.cat([d.new_full(d.shape[1:2], search.theta) for search, (_, d) in zip(searches, stacked)])
+    candidates = searches[0].candidates.to(delta.device)[:, None, None, None, None] * thetas[:, None]  # [K,1,1,U,1]
+    return _search_sums(searches[0].shape, searches[0].shape_params, candidates, calls, delta, counts)
+
+
+def _search_sums(shape: Callable[..., Tensor], shape_params: Callable[[Tensor], dict], candidates: Tensor,
+                 calls: list[tuple], delta: Tensor, counts: Tensor) -> tuple[Tensor, Tensor]:
+    """The sums of SGV[K + 1, U, 4] (the last step) and TGC[T - 1, K + 1, U, 3] for the absolute ``candidates``
+    [K, 1, 1, U, 1] and the windows in force, from the stacked ``calls`` and ``delta`` (``WindowSearch.stacked``);
+    ``counts[U]``: the elements of each row (padding aside); in passes of as many steps as the temporaries allow
+    (``EVALUATION_ELEMENTS``)."""
+    def through_spikes(part: list[tuple], windows: Tensor | None = None) -> Tensor:
+        # sum_c sigma_c sum_l g_{c,l} f_w(x_{c,l}): with the windows in force ([steps, U, S]) or each candidate's
+        return sum(sigma * (g * shape(x, **shape_params(window if windows is None else windows))).sum(-3)
+                   for x, sigma, window, g in part)
+
+    budget = EVALUATION_ELEMENTS.get(delta.device.type, EVALUATION_ELEMENTS["cuda"])
+    chunk = max(1, budget // ((len(candidates) + 1) * calls[0][0][0].numel()))
+    tgc_sums = []
+    for start in range(0, len(delta), chunk):  # one pass unless the temporaries would be large
+        steps = slice(start, start + chunk)
+        part = [(x[steps], sigma, window[steps], g[steps]) for x, sigma, window, g in calls]
+        rest = delta[steps] - through_spikes(part)  # what no window of these steps changes
+        columns = torch.cat([through_spikes(part, candidates) + rest, delta[None, steps]])  # [K + 1, steps, U, S]
+        following = delta[start + 1:start + chunk + 1]  # delta[t + 1] of the steps t < T
+        tgc_sums.append(_tgc_sums(columns[:, :len(following)], following))
+    return _sgv_sums(columns[:, -1], counts), torch.cat(tgc_sums, 1).transpose(0, 1)  # the last pass ends at T
+
+
+def _sgv_sums(delta: Tensor, counts: Tensor | None = None) -> Tensor:
+    """[..., 4]: (n, sum d, sum d^2, sum |d|) over the last dim, in float64; n = ``counts`` (broadcasting to the
+    leading dims; rows padded with zeros) or the last dim's size."""
     d = delta.double()
-    return torch.stack([torch.full_like(d[..., 0], d.shape[-1]), d.sum(-1), (d * d).sum(-1), d.abs().sum(-1)], -1)
+    n = torch.full_like(d[..., 0], d.shape[-1]) if counts is None else counts.to(d).expand(d.shape[:-1])
+    return torch.stack([n, d.sum(-1), (d * d).sum(-1), d.abs().sum(-1)], -1)
 
 
 def _tgc_sums(delta: Tensor, delta_next: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from kernel_launches import OperationCounter
 from reference import paper_sgv, paper_tgc, run_in_gloo_processes
-from repro.models import create_neuron
+from repro.models import call_model_built_hooks, create_neuron
 from repro.surrogates import A2SG, create_surrogate
 from repro.surrogates.a2sg_shapes import box, ramp, triangle
 from repro.surrogates.a2sg_statistics import _sgv_sums, _tgc_sums, sgv_from_sums, tgc_from_sums
@@ -267,6 +267,66 @@ def test_search_evaluates_every_step_at_once(neuron_name):
     assert search[8] - search[2] <= 6 * 4 * calls, search
 
 
+def stacked_layers(layers: int, adapt: str = "search", together: bool = True, sample: int | None = 50
+                   ) -> torch.nn.Sequential:
+    """Linear + LIF layers of different widths and thresholds (A2SG, a sample of 50 elements, so that some rows
+    are shorter), ending in circulate firing (two calls per step); ``together``: the engine's on_model_built."""
+    torch.manual_seed(0)
+    modules, width = [], N
+    for i in range(layers):
+        modules += [torch.nn.Linear(width, 8 + 5 * i),
+                    create_neuron("lif", num_steps=T, threshold=0.5 + 0.25 * i, surrogate="a2sg",
+                                  surrogate_kwargs={"adapt": adapt, "search_sample": sample})]
+        width = 8 + 5 * i
+    modules += [torch.nn.Linear(width, 6), create_neuron("circulate_firing", mode="signed", D=2, num_steps=T,
+                                                          surrogate="a2sg", surrogate_kwargs={"adapt": adapt}),
+                torch.nn.Linear(6, 5)]
+    model = torch.nn.Sequential(*modules)
+    for module in model:
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, std=0.8)  # every layer's spikes get a gradient
+    return call_model_built_hooks(model) if together else model
+
+
+def test_a_models_searches_are_evaluated_together():
+    """After on_model_built the model's searches are evaluated in one pass per kind of neuron (LIF rows of
+    different lengths side by side, circulate firing apart) and all-reduced at once: the statistics of each
+    search alone, the same windows, and per further LIF layer 52 operations the search adds to a training
+    step (126 evaluated layer by layer; each a kernel launch on a GPU)."""
+    from repro.surrogates.a2sg_statistics import reduce_searches
+
+    x, y = batch(0)
+    model = stacked_layers(3)
+    F.cross_entropy(model(x).mean(0), y).backward()
+    surrogates = [module for module in model.modules() if isinstance(module, A2SG)]
+    searches = [surrogate._observation for surrogate in surrogates]
+    for together, alone in zip(reduce_searches(searches), [search.reduced_statistics() for search in searches]):
+        for joint, single in zip(together, alone):
+            assert single.isfinite().all()  # every candidate has a gradient
+            torch.testing.assert_close(joint, single, rtol=1e-5, atol=1e-7)
+
+    def search_operations(layers: int, together: bool) -> tuple[int, list]:
+        counts = []
+        for adapt in ("none", "search"):
+            model = stacked_layers(layers, adapt, together)
+            surrogates = [module for module in model.modules() if isinstance(module, A2SG)]
+
+            def training_step():
+                F.cross_entropy(model(x).mean(0), y).backward()
+                for surrogate in surrogates:
+                    surrogate.after_optimizer_step(0)
+            training_step()
+            with OperationCounter() as counter:
+                training_step()
+            counts.append(counter.count)
+        return counts[1] - counts[0], [surrogate.w_t for surrogate in surrogates]
+
+    (few, windows), (many, _) = search_operations(2, True), search_operations(6, True)
+    (alone, windows_alone), (many_alone, _) = search_operations(2, False), search_operations(6, False)
+    assert all(map(torch.equal, windows, windows_alone)) and len(torch.cat(windows).unique()) > 3
+    assert (many - few) / 4 <= 60 < (many_alone - alone) / 4, (few, many, alone, many_alone)
+
+
 def test_windows_apply_from_the_next_step_and_only_on_search_steps():
     layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
     sg = layers[1].surrogate
@@ -305,6 +365,32 @@ def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(t
     assert torch.equal(per_rank[0], per_rank[1])
     torch.testing.assert_close(per_rank[0], layers[1].surrogate.w_t)
     assert isinstance(layers[1].surrogate, A2SG)
+
+
+def _model_search_step_on(rank):
+    """A model's searches evaluated together on process ``rank``'s part of the batch: 8 and 16 of 24 samples, so
+    that the processes' rows differ in length (every element: no sample)."""
+    model = stacked_layers(3, sample=None)
+    x, y = batch(0)
+    part = slice(0, 8) if rank == 0 else slice(8, B)
+    F.cross_entropy(model(x[:, part]).mean(0), y[part], reduction="sum").backward()
+    surrogates = [module for module in model.modules() if isinstance(module, A2SG)]
+    for surrogate in surrogates:
+        surrogate.after_optimizer_step(0)
+    return [surrogate.w_t for surrogate in surrogates]
+
+
+def test_two_processes_evaluate_a_models_searches_together_as_one_process(tmp_path):
+    per_rank = run_in_gloo_processes(_model_search_step_on, tmp_path)
+    model = stacked_layers(3, sample=None)
+    x, y = batch(0)
+    F.cross_entropy(model(x).mean(0), y, reduction="sum").backward()
+    surrogates = [module for module in model.modules() if isinstance(module, A2SG)]
+    for surrogate in surrogates:
+        surrogate.after_optimizer_step(0)
+    assert all(map(torch.equal, *per_rank)) and not any(torch.equal(w, torch.full_like(w, 0.5)) for w in per_rank[0])
+    for windows, surrogate in zip(per_rank[0], surrogates):
+        torch.testing.assert_close(windows, surrogate.w_t)
 
 
 def test_report_section_states_the_definitions_and_the_layer_statistics():

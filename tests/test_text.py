@@ -12,7 +12,7 @@ import torch
 from repro.datasets import CorruptFileError, DatasetNotFoundError, create_dataset
 from repro.datasets.text import PAD_ID, hf_datasets, hub_tokenizer
 from repro.datasets.text_embedded import NUM_TEST, NUM_TRAIN, generate
-from repro.models import create_model, spiking_layers
+from repro.models import call_model_built_hooks, create_model, spiking_layers
 from repro.models.spikformer_text import PAD_ID as MODEL_PAD_ID
 
 TINY = dict(depth=1, dim=32, heads=2)
@@ -180,11 +180,8 @@ def test_any_neuron_surrogate_and_loss_train_it(embedded, neuron, surrogate, los
     from repro.losses import create_loss
 
     train, _ = embedded
-    model = create_model("spikformer_text", in_channels=train.in_channels, num_steps=4, neuron=neuron,
-                         surrogate=surrogate, **TINY)
-    for module in list(model.modules()):
-        if hasattr(module, "on_model_built"):
-            module.on_model_built(model)
+    model = call_model_built_hooks(create_model("spikformer_text", in_channels=train.in_channels, num_steps=4,
+                                                neuron=neuron, surrogate=surrogate, **TINY))
     loss_fn = create_loss(loss)
     if hasattr(loss_fn, "bind"):
         loss_fn.bind(model)
