@@ -396,7 +396,7 @@ class A2SG(Surrogate):
 
     # ----------------------------------------------------------------- controller
     def on_model_built(self, model: nn.Module) -> None:
-        """Engine hook: the model's A2SG surrogates share their pending window searches, evaluated in one pass and
+        """Engine hook: the model's A2SG surrogates share their pending window searches, evaluated together and
         all-reduced at once after each optimiser step (``reduce_searches``)."""
         pending = self._pending
         for module in model.modules():

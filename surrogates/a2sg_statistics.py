@@ -196,7 +196,8 @@ def tgc_from_sums(sums: Tensor) -> Tensor:
 
 # the most elements of one [K + 1, steps, L, U, S] evaluation of the search, by device: on a GPU as many steps as fit
 # in 2^22 (16 MB in fp32; all of them at the defaults up to T = 39 on LIF, so few launches), on a CPU in 2^17, which
-# keeps the temporaries in cache (ResNet-19 width 0.0625, B = 2, 1 thread: 97 ms per search step, 108 ms in one pass)
+# keeps the temporaries in cache (ResNet-19 width 0.0625, B = 2, 1 thread, one layer: 97 ms per search step, 108 ms
+# with all 4 steps in one pass)
 EVALUATION_ELEMENTS = {"cpu": 2 ** 17, "cuda": 2 ** 22}
 
 
@@ -206,9 +207,8 @@ class WindowSearch:
     ``add_step`` (forward, per surrogate call) caches a sample of the call's x[L, ...] and registers its spike-
     gradient callback, and on the step's first call the membrane-gradient one; the callbacks (backward) cache
     the same sample of g[t] and delta[t].  After the backward, ``reduce_searches`` evaluates every candidate for
-    every step at once, for all the searches of a model together (one [K + 1, T, L, units, S] pass: a fixed
-    number of operations, whatever T and the number of layers; a GPU runs the search in few launches), and
-    reduces them to sums.  The sample is every ``stride``-th element of each unit's row of the membrane, stride =
+    every step and for the searches of a model together, in [K + 1, steps, L, units, S] passes within an element
+    budget (few operations, so few GPU launches, however many steps and layers fit), and reduces them to sums.  The sample is every ``stride``-th element of each unit's row of the membrane, stride =
     ceil(N / ``sample``), the same elements for every level (``sample=None``: every element, exact)
     [reconstructed: the paper's search cost is not given].  ``shape_params(w)`` gives the surrogate parameters for
     absolute windows ``w`` (a tensor broadcasting to the rows), ``theta`` the neuron's threshold, ``key`` what
@@ -250,29 +250,43 @@ class WindowSearch:
         register_spike(lambda grad, key=(step, len(calls) - 1):
                        self.spike_grads.__setitem__(key, self.level_rows(grad, membrane)))
 
-    def stacked(self) -> tuple[list[tuple], Tensor] | None:
-        """(calls, delta) over the steps: per call (x rows [T, L, U, S], sigma, absolute windows in force
-        [T, 1, U, 1], g rows [T, L, U, S]; calls none of whose spikes got a gradient left out) and delta rows
-        [T, U, S]; or None if a gradient was missing (no gradient reached u at a step, or none reached any spike
-        of a step) or the steps made different numbers of calls (every process runs the same graph, so all of
-        them return None together)."""
+    def live_calls(self) -> list[int] | None:
+        """The calls (indices) whose spikes got a gradient at some step; None if the statistics cannot be formed: a
+        gradient is missing (none reached u at a step, or none reached any spike of a step) or the steps made
+        different numbers of calls (every process runs the same graph, so all of them return None together)."""
         steps = sorted(self.inputs)
         if not steps or sorted(self.deltas) != steps or len({len(self.inputs[t]) for t in steps}) > 1:
             return None
-        calls = []
-        for index in range(len(self.inputs[steps[0]])):
-            x, sigma, window = self.inputs[steps[0]][index]
-            grads = [self.spike_grads.get((t, index)) for t in steps]
-            calls.append((torch.stack([self.inputs[t][index][0] for t in steps]), sigma,
-                          torch.stack([self.inputs[t][index][2] for t in steps])[:, None] * self.theta,
-                          torch.stack([torch.zeros_like(x) if g is None else g for g in grads]), grads))
-        if any(all(call[-1][i] is None for call in calls) for i in range(len(steps))):
+        calls = range(len(self.inputs[steps[0]]))
+        if any(all((t, c) not in self.spike_grads for c in calls) for t in steps):
             return None  # a step none of whose spikes got a gradient: delta has no surrogate part there
-        return ([call[:-1] for call in calls if any(g is not None for g in call[-1])],
-                torch.stack([self.deltas[t] for t in steps]))
+        return [c for c in calls if any((t, c) in self.spike_grads for t in steps)]
+
+    def kind(self, calls: list[int]) -> tuple:
+        """What searches evaluated together share: the key, steps, device, and per live call its levels and sign."""
+        first, delta = self.inputs[min(self.inputs)], self.deltas[min(self.deltas)]
+        return self.key, len(self.inputs), delta.device, tuple((first[c][0].shape[0], first[c][1]) for c in calls)
+
+    def rows_shape(self) -> torch.Size:
+        """[U, S]: the units and the sample length of the rows."""
+        return self.deltas[min(self.deltas)].shape
+
+    def stacked(self, calls: list[int]) -> tuple[list[tuple], Tensor]:
+        """(calls, delta) over the steps: per live call (x rows [T, L, U, S], sigma, absolute windows in force
+        [T, 1, U, 1], g rows [T, L, U, S], zero at steps where its spikes got no gradient) and delta rows
+        [T, U, S]."""
+        steps = sorted(self.inputs)
+        stacked = []
+        for c in calls:
+            x, sigma, _ = self.inputs[steps[0]][c]
+            grads = [self.spike_grads.get((t, c)) for t in steps]
+            stacked.append((torch.stack([self.inputs[t][c][0] for t in steps]), sigma,
+                            torch.stack([self.inputs[t][c][2] for t in steps])[:, None] * self.theta,
+                            torch.stack([torch.zeros_like(x) if g is None else g for g in grads])))
+        return stacked, torch.stack([self.deltas[t] for t in steps])
 
     def reduced_statistics(self) -> tuple[Tensor, Tensor] | None:
-        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None (``stacked``)."""
+        """(SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes, or None (``live_calls``)."""
         return reduce_searches([self])[0]
 
 
@@ -287,6 +301,10 @@ class PendingSearches:
     def add(self, owner: object, search: WindowSearch) -> None:
         self.searches[id(owner)], self.results = search, {}
 
+    def __getstate__(self) -> dict:
+        """A copy (pickle, deepcopy) starts with nothing pending: the searches belong to the original's owners."""
+        return {"searches": {}, "results": {}}
+
     def statistics(self, search: WindowSearch) -> tuple[Tensor, Tensor] | None:
         """``search``'s (SGV, TGC) (``WindowSearch.reduced_statistics``)."""
         if search not in self.results:
@@ -297,54 +315,53 @@ class PendingSearches:
 
 @torch.no_grad()
 def reduce_searches(searches: list[WindowSearch]) -> list[tuple[Tensor, Tensor] | None]:
-    """Every search's (SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes (None where ``stacked`` is None):
-    searches of the same kind are evaluated together (``_groups``), and all sums are all-reduced at once, packed
-    in the searches' order (the groups depend on the sample lengths, which may differ between processes)."""
-    stacked = [search.stacked() for search in searches]
-    groups = _groups(searches, stacked)
+    """Every search's (SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes (None where ``live_calls`` is None):
+    searches of the same kind are evaluated together (``_groups``; each group's rows stacked only for its pass),
+    and all sums are all-reduced at once, packed in the searches' order (the groups depend on the sample lengths,
+    which may differ between processes) on the first search's device."""
+    live = [search.live_calls() for search in searches]
+    groups = _groups(searches, live)
     sums = {}  # search index -> its sums of SGV [K + 1, U, 4] and TGC [T - 1, K + 1, U, 3]
     for members in groups:
-        units = [stacked[i][1].shape[1] for i in members]
-        sgv_sums, tgc_sums = _joined_sums([searches[i] for i in members], [stacked[i] for i in members])
+        units = [searches[i].rows_shape()[0] for i in members]
+        sgv_sums, tgc_sums = _joined_sums([searches[i] for i in members], [searches[i].stacked(live[i]) for i in members])
         sums.update(zip(members, zip(sgv_sums.split(units, -2), tgc_sums.split(units, -2))))
     results: list[tuple[Tensor, Tensor] | None] = [None] * len(searches)
     if not sums:
         return results
     order = sorted(sums)
-    packed = _world_sum(torch.cat([part.flatten() for i in order for part in sums[i]])).split(
+    device = sums[order[0]][0].device
+    packed = _world_sum(torch.cat([part.flatten().to(device) for i in order for part in sums[i]])).split(
         [part.numel() for i in order for part in sums[i]])
     reduced = {i: (packed[2 * k].view_as(sums[i][0]), packed[2 * k + 1].view_as(sums[i][1])) for k, i in enumerate(order)}
     for members in groups:  # the ratios of a group at once
-        units = [stacked[i][1].shape[1] for i in members]
+        units = [searches[i].rows_shape()[0] for i in members]
         sgv = sgv_from_sums(torch.cat([reduced[i][0] for i in members], -2), searches[members[0]].sgv_form)
         tgc = tgc_from_sums(torch.cat([reduced[i][1] for i in members], -2))
-        results_of_group = zip(sgv.split(units, -1), tgc.split(units, -1))
-        for i, result in zip(members, results_of_group):
+        for i, result in zip(members, zip(sgv.split(units, -1), tgc.split(units, -1))):
             results[i] = result
     return results
 
 
-def _groups(searches: list[WindowSearch], stacked: list) -> list[list[int]]:
-    """Indices of the searches evaluated together: the same key, steps, levels and call signs, as many in a row as
-    fit one step's [K + 1, L, units, S] pass in ``EVALUATION_ELEMENTS``."""
+def _groups(searches: list[WindowSearch], live: list[list[int] | None]) -> list[list[int]]:
+    """Indices of the searches evaluated together: of one kind (``WindowSearch.kind``), as many in a row as fit
+    one step's [K + 1, L, units, S] pass in ``EVALUATION_ELEMENTS`` (a full group then takes a pass per step)."""
     kinds: dict[tuple, list[int]] = {}
-    for i, (search, rows) in enumerate(zip(searches, stacked)):
-        if rows is not None:
-            calls, delta = rows
-            kind = (search.key, delta.shape[0], tuple((x.shape[1], sigma) for x, sigma, _, _ in calls))
-            kinds.setdefault(kind, []).append(i)
+    for i, (search, calls) in enumerate(zip(searches, live)):
+        if calls is not None:
+            kinds.setdefault(search.kind(calls), []).append(i)
     groups = []
-    for members in kinds.values():
-        calls, delta = stacked[members[0]]
-        budget = EVALUATION_ELEMENTS.get(delta.device.type, EVALUATION_ELEMENTS["cuda"])
-        per_unit_and_element = (len(searches[members[0]].candidates) + 1) * calls[0][0].shape[1]
+    for kind, members in kinds.items():
+        _, _, device, levels_and_signs = kind
+        budget = EVALUATION_ELEMENTS.get(device.type, EVALUATION_ELEMENTS["cuda"])
+        per_unit_and_element = (len(searches[members[0]].candidates) + 1) * levels_and_signs[0][0]
         group, units, width = [], 0, 0
         for i in members:
-            rows = stacked[i][1]
-            if group and per_unit_and_element * (units + rows.shape[1]) * max(width, rows.shape[-1]) > budget:
+            rows, length = searches[i].rows_shape()
+            if group and per_unit_and_element * (units + rows) * max(width, length) > budget:
                 groups.append(group)
                 group, units, width = [], 0, 0
-            group, units, width = group + [i], units + rows.shape[1], max(width, rows.shape[-1])
+            group, units, width = group + [i], units + rows, max(width, length)
         groups.append(group)
     return groups
 

@@ -1,6 +1,8 @@
 """A2SG's paper mode: the ramp / TRI / BOX shapes in closed form, the paper's SGV and TGC on hand-made
 gradients, and the grid window search against a brute-force search that reruns the backward for every
 candidate window (same objective values, same picks), on both neuron paths and across two processes."""
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -292,7 +294,8 @@ def test_a_models_searches_are_evaluated_together():
     """After on_model_built the model's searches are evaluated in one pass per kind of neuron (LIF rows of
     different lengths side by side, circulate firing apart) and all-reduced at once: the statistics of each
     search alone, the same windows, and per further LIF layer 52 operations the search adds to a training
-    step (126 evaluated layer by layer; each a kernel launch on a GPU)."""
+    step (126 evaluated layer by layer; each a kernel launch on a GPU).  A copy of the model starts with no
+    pending search (they belong to the original's surrogates)."""
     from repro.surrogates.a2sg_statistics import reduce_searches
 
     x, y = batch(0)
@@ -300,6 +303,8 @@ def test_a_models_searches_are_evaluated_together():
     F.cross_entropy(model(x).mean(0), y).backward()
     surrogates = [module for module in model.modules() if isinstance(module, A2SG)]
     searches = [surrogate._observation for surrogate in surrogates]
+    copied = [module for module in copy.deepcopy(model).modules() if isinstance(module, A2SG)]
+    assert len({id(surrogate._pending) for surrogate in copied}) == 1 and not copied[0]._pending.searches
     for together, alone in zip(reduce_searches(searches), [search.reduced_statistics() for search in searches]):
         for joint, single in zip(together, alone):
             assert single.isfinite().all()  # every candidate has a gradient
@@ -369,7 +374,11 @@ def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(t
 
 def _model_search_step_on(rank):
     """A model's searches evaluated together on process ``rank``'s part of the batch: 8 and 16 of 24 samples, so
-    that the processes' rows differ in length (every element: no sample)."""
+    that the processes' rows differ in length (every element: no sample), process 1 one layer and step per pass."""
+    import repro.surrogates.a2sg_statistics as statistics_module
+
+    if rank == 1:
+        statistics_module.EVALUATION_ELEMENTS["cpu"] = 1
     model = stacked_layers(3, sample=None)
     x, y = batch(0)
     part = slice(0, 8) if rank == 0 else slice(8, B)

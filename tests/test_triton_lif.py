@@ -671,16 +671,19 @@ def test_kernel_operators_pass_opcheck():
 @pytest.mark.parametrize("recipe", ["ds_atgo_cifar10", "mpd_agl_cifar10", "a2sg_cifar100", "cf_cifar10"])
 def test_recipe_training_step_waits_for_nothing_on_the_host(monkeypatch, recipe):
     """Each method recipe's model (width 0.0625, 8 x 8 images) on the kernels: a training step (forward, backward,
-    SGD step, the surrogates' ``after_optimizer_step``) reads no device value on the host and makes no tensor
-    from host data; on a GPU either waits for the device and empties the launch queue."""
+    SGD step, the surrogates' ``after_optimizer_step``) waits for the device nowhere, which on a GPU empties the
+    launch queue.  On CUDA every synchronisation raises (``set_sync_debug_mode``); in the interpreter the host
+    reads that go through an aten operation are counted (``.item()`` / ``bool(tensor)``, data-dependent shapes,
+    ``torch.tensor`` of host data; ``.tolist()`` of a CPU tensor is not visible there)."""
     benchmarks = Path(__file__).resolve().parents[1] / "benchmarks"
     monkeypatch.syspath_prepend(str(benchmarks))
+    device = torch.device("cpu" if INTERPRETED else "cuda")
     torch.manual_seed(0)
     model = runpy.run_path(str(benchmarks / "train_step.py"))["build"](f"recipe:{recipe}", None,
-                                                                      argparse.Namespace(width=0.0625))
+                                                                      argparse.Namespace(width=0.0625)).to(device)
     hooked = [module for module in model.modules() if hasattr(module, "after_optimizer_step")]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
+    images, targets = torch.randn(2, 3, 8, 8, device=device), torch.tensor([1, 7], device=device)
 
     def training_step():
         optimizer.zero_grad(set_to_none=True)
@@ -689,9 +692,17 @@ def test_recipe_training_step_waits_for_nothing_on_the_host(monkeypatch, recipe)
         for module in hooked:
             module.after_optimizer_step(0)
     training_step()  # sizes lazily built state
-    with OperationCounter() as counter:
-        training_step()
-    assert counter.names["aten._local_scalar_dense"] == 0 and counter.names["aten.lift_fresh"] == 0
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+    try:
+        with OperationCounter() as counter:
+            training_step()
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode("default")
+    host_reads = ("aten._local_scalar_dense", "aten.lift_fresh", "aten.nonzero", "aten.masked_select", "aten._unique2")
+    assert not {name: counter.names[name] for name in host_reads if counter.names[name]}
 
 
 @kernels_run_here
