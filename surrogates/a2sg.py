@@ -5,7 +5,7 @@ Spike function, x = u - theta: forward ``s = 1[x > 0]`` (``>=`` under the ``refe
 
 **Paper mode (the default)** [paper, via summary; the authors' code is not released]: the ``ramp`` shape
 (rising across the window [theta - w, theta + w]; the paper's ASY) and the ST-ASG window search
-(``adapt="search"``, statistics in ``a2sg_statistics.py``):
+(``adapt="search"``, in ``a2sg_search.py``):
 
     SGV    = Var(delta[T]) / Mean(|delta[T]|),   TGC[t] = cos(delta[t], delta[t+1]),   delta = dL/du
     w[T]   = argmin over the candidates of SGV,  w[t] = argmax of TGC[t]   (t < T)
@@ -46,10 +46,10 @@ Common to both: windows are stored **in units of the threshold theta** (the wind
 ``a2sg_step``, ``num_controller_steps``), sized from the calls and resized by ``load_state_dict`` to the
 checkpoint's.  Granularity: ``layer_time`` (default) one window per timestep; ``layer`` one for all
 timesteps (the mean over t of the per-step windows); ``layer_channel`` / ``layer_channel_time`` the same
-per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)`` (circulate firing, with several calls per step,
-adds ``mem_slope`` = dx/du and ``last_call``, whether the step makes no further call); without
-``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is used and no statistics are
-taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
+per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)``
+(circulate firing, with several calls per step, adds ``mem_slope`` = dx/du and ``last_call``, whether the step
+makes no further call); without ``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is
+used and no statistics are taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
 ``after_optimizer_step(step)``, and ``repro.models.call_model_built_hooks(model)`` once after building the
 model, so that its layers' window searches are evaluated together (else each alone: more launches, the same
 windows).  With gradient accumulation the last forward before the optimiser step
@@ -68,8 +68,8 @@ import torch
 from torch import Tensor, nn
 
 from .a2sg_shapes import ASYMMETRY_SHAPES, SHAPE_PARAMETERS, SHAPES
-from .a2sg_statistics import (EPS, GradientObservation, PendingSearches, WindowSearch, coefficient_of_variation,
-                              per_step_weight_grads, world_mean)
+from .a2sg_search import PendingSearches, WindowSearch
+from .a2sg_statistics import EPS, GradientObservation, coefficient_of_variation, per_step_weight_grads, world_mean
 from .base import Surrogate
 
 ADAPT_MODES = ("search", "none", "sgv_tgc", "memstat")

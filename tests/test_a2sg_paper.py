@@ -12,7 +12,7 @@ from reference import paper_sgv, paper_tgc, run_in_gloo_processes
 from repro.models import call_model_built_hooks, create_neuron
 from repro.surrogates import A2SG, create_surrogate
 from repro.surrogates.a2sg_shapes import box, ramp, triangle
-from repro.surrogates.a2sg_statistics import _sgv_sums, _tgc_sums, sgv_from_sums, tgc_from_sums
+from repro.surrogates.a2sg_search import _sgv_sums, _tgc_sums, sgv_from_sums, tgc_from_sums
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -214,7 +214,7 @@ def test_grid_search_matches_brute_force_on_circulate_firing(mode, fused, granul
 def test_search_in_passes_of_fewer_steps_equals_one_pass(monkeypatch):
     """Large layers are evaluated a few steps at a time (``EVALUATION_ELEMENTS``): one step per pass, and 3 + 1
     steps, give the statistics of one pass over all 4."""
-    import repro.surrogates.a2sg_statistics as statistics_module
+    import repro.surrogates.a2sg_search as search_module
 
     layers = cf_layers("signed", fused=False, granularity="layer_channel_time")
     x, y = cf_batch()
@@ -223,7 +223,7 @@ def test_search_in_passes_of_fewer_steps_equals_one_pass(monkeypatch):
     one_pass = search.reduced_statistics()
     per_step = (len(search.candidates) + 1) * search.inputs[0][0][0].numel()
     for steps in (1, 3):
-        monkeypatch.setitem(statistics_module.EVALUATION_ELEMENTS, "cpu", steps * per_step)
+        monkeypatch.setitem(search_module.EVALUATION_ELEMENTS, "cpu", steps * per_step)
         for passes, whole in zip(search.reduced_statistics(), one_pass):
             torch.testing.assert_close(passes, whole, rtol=1e-12, atol=0)
 
@@ -296,7 +296,7 @@ def test_a_models_searches_are_evaluated_together():
     search alone, the same windows, and per further LIF layer 52 operations the search adds to a training
     step (126 evaluated layer by layer; each a kernel launch on a GPU).  A copy of the model starts with no
     pending search (they belong to the original's surrogates)."""
-    from repro.surrogates.a2sg_statistics import reduce_searches
+    from repro.surrogates.a2sg_search import reduce_searches
 
     x, y = batch(0)
     model = stacked_layers(3)
@@ -375,10 +375,10 @@ def test_two_processes_pick_the_same_windows_as_one_process_on_the_whole_batch(t
 def _model_search_step_on(rank):
     """A model's searches evaluated together on process ``rank``'s part of the batch: 8 and 16 of 24 samples, so
     that the processes' rows differ in length (every element: no sample), process 1 one layer and step per pass."""
-    import repro.surrogates.a2sg_statistics as statistics_module
+    import repro.surrogates.a2sg_search as search_module
 
     if rank == 1:
-        statistics_module.EVALUATION_ELEMENTS["cpu"] = 1
+        search_module.EVALUATION_ELEMENTS["cpu"] = 1
     model = stacked_layers(3, sample=None)
     x, y = batch(0)
     part = slice(0, 8) if rank == 0 else slice(8, B)
