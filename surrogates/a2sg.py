@@ -12,8 +12,9 @@ Spike function, x = u - theta: forward ``s = 1[x > 0]`` (``>=`` under the ``refe
 
 The paper searches by Bayesian optimisation; here ``search="grid"`` [reconstructed] evaluates ``grid_size``
 candidates on a log grid in [w_min, w_max] exactly from the backward that already ran (no second backward;
-on an evenly strided sample of ``search_sample`` elements per layer), on every ``update_every``-th optimiser step (default every step, as the paper reportedly does), sums the
-statistics over processes, and applies the chosen windows from the next optimiser step [reconstructed].
+on an evenly strided sample of ``search_sample`` elements per layer), on every ``update_every``-th optimiser
+step (default every step, as the paper reportedly does), sums the statistics over processes, and applies the
+chosen windows from the next optimiser step [reconstructed].
 The paper's ablation arms: fixed ``triangle`` / ``box`` (``adapt="none"``), ST-ASG (``search`` +
 ``triangle``), A2SG (``search`` + ``ramp``).  SGV/TGC in force are logged in ``sgv_ema``, ``tgc_ema``
 (mean over t) and ``tgc_t[t]`` in every mode with ``statistics="paper"``, so fixed arms report them too.
@@ -49,10 +50,10 @@ timesteps (the mean over t of the per-step windows); ``layer_channel`` / ``layer
 per channel along ``channel_dim``.  Our neurons call ``surrogate(x, mem=u, step=t, neuron=self)``
 (circulate firing, with several calls per step, adds ``mem_slope`` = dx/du and ``last_call``, whether the step
 makes no further call); without ``step`` (stock ``snntorch.Leaky``, single-step mode) the fixed window w0 is
-used and no statistics are taken.  Training loops other than ``repro.engine.train`` must call ``on_epoch_start(epoch)`` and
-``after_optimizer_step(step)``, and ``repro.models.call_model_built_hooks(model)`` once after building the
-model, so that its layers' window searches are evaluated together (else each alone: more launches, the same
-windows).  With gradient accumulation the last forward before the optimiser step
+used and no statistics are taken.  Training loops other than ``repro.engine.train`` must call
+``on_epoch_start(epoch)`` and ``after_optimizer_step(step)``, and ``repro.models.call_model_built_hooks(model)``
+once after building the model, so that its layers' window searches are evaluated together (else each alone:
+more launches, the same windows).  With gradient accumulation the last forward before the optimiser step
 supplies the statistics.  Nothing is learned by gradient descent; h uses differentiable ops, so
 Hessian-vector products work.
 """
