@@ -47,13 +47,14 @@ step graph from the saved I (``crossing_inputs`` and ``discharge`` of the refere
 ``SpikeFunction`` and the saved parameters, or the straight-through term with the saved k) and
 differentiates it.
 
-Fused surrogates: a repro ``Surrogate`` that does not override ``forward`` or ``observe``, without
-observers or parameters that require gradients (fixed or per-call parameters: the classic ones, ``tgo``,
-``mpd_agl``); the TLSG ``learnable`` with ``learn=none`` or ``granularity=fixed`` (plain spike function),
+Fused surrogates: a repro ``Surrogate`` that does not override ``forward`` and has no per-call side effect on
+this forward (``Surrogate.observes``: no observers; A2SG outside its first forward and its statistics steps), nor
+parameters that require gradients (fixed or per-call parameters: the classic ones, ``tgo``, ``mpd_agl``, A2SG's
+per-step windows); the TLSG ``learnable`` with ``learn=none`` or ``granularity=fixed`` (plain spike function),
 ``learn=st_smooth``, and ``learn=asgl_mix`` in eval mode (no random mask there: the same as
 ``st_smooth``).  Not fused (``unfused_reason`` says why; the reference loop runs and logs it once):
-observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG or any other
-surrogate that overrides ``forward`` or ``observe``, and tracing by ``torch.compile`` (not logged; the
+observers (the diagnostics' window counts), ``asgl_mix`` in training (random masks), A2SG on its statistics
+forwards, a surrogate that overrides ``forward``, and tracing by ``torch.compile`` (not logged; the
 reference loop is traceable), except where the kernels apply with a fixed surrogate or a learned TLSG
 (``compiled_kernel_shape``): there the layer is traced as the operator ``repro::cf_outputs``
 (``models/triton_cf.py``; recorded potentials included; no graph break, no double backward through it).
@@ -86,10 +87,9 @@ from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_
 def unfused_reason(neuron) -> str | None:
     """Why this forward of ``neuron`` (a ``CFNeuron``) cannot take the fused path (None: it can)."""
     surrogate = neuron.surrogate
-    if isinstance(surrogate, Surrogate) and type(surrogate).observe is not Surrogate.observe:
-        return f"the surrogate {type(surrogate).__name__} overrides observe() (per-call side effects)"
-    if isinstance(surrogate, Surrogate) and surrogate.observers:
-        return "the surrogate has observers attached"
+    if isinstance(surrogate, Surrogate) and surrogate.observes:  # as the LIF fused path, which calls observe
+        what = "has observers attached" if surrogate.observers else "has per-call side effects on this forward"
+        return f"the surrogate {type(surrogate).__name__} {what}"
     if torch.compiler.is_compiling() and compiled_kernel_shape(neuron) is not None:
         return None
     return surrogate_unfused_reason(surrogate)

@@ -123,6 +123,22 @@ def test_frozen_and_asgl_mix_in_eval_stay_fused():
     assert_same(fused, reference, inputs, upstream)
 
 
+def test_a2sg_between_its_statistics_steps_stays_fused():
+    """A2SG has side effects only on its first forward (sizing its windows) and on the forwards that take
+    statistics (here every 3rd): in between, and in evaluation, the layer takes the fused path, with the
+    per-step windows of the reference loop."""
+    inputs, upstream = inputs_for(3, (2, 4, 3), 1.0, 5), torch.randn(3, 2, 4, 3)
+    fused, reference = make_pair(dict(name="a2sg", update_every=3), 3, D=2)
+    for neuron in (fused, reference):
+        neuron(inputs)  # sizes the windows (reference loop)
+        with torch.no_grad():
+            neuron.surrogate.w_t.copy_(torch.tensor([0.3, 0.7, 1.1]))
+    assert unfused_reason(fused) is None
+    assert_same(fused, reference, inputs, upstream)
+    fused.eval(), reference.eval()
+    assert_same(fused, reference, inputs, upstream)
+
+
 @pytest.mark.parametrize("recorded", ["pre_fire", "post_reset"])
 @pytest.mark.parametrize("surrogate", ["sigmoid", "tlsg"])
 def test_recorded_potentials_fused_equal_reference_and_carry_gradient(surrogate, recorded):
@@ -165,7 +181,7 @@ def test_fallback_reasons():
     mix = CFNeuron(surrogate=create_surrogate("learnable", learn="asgl_mix"), num_steps=2)
     assert "asgl_mix" in unfused_reason(mix)
     assert unfused_reason(mix.eval()) is None
-    assert "A2SG overrides" in unfused_reason(CFNeuron(surrogate="a2sg", num_steps=2))  # forward() or observe()
+    assert "A2SG has per-call side effects" in unfused_reason(CFNeuron(surrogate="a2sg", num_steps=2))  # sizing
     observed = CFNeuron(surrogate="sigmoid")
     observed.surrogate.observers.append(lambda *args: None)
     assert "observers" in unfused_reason(observed)
