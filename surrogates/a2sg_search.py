@@ -22,16 +22,10 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
-
-def _world_sum(values: Tensor) -> Tensor:
-    """All-reduce (sum) across processes when torch.distributed is initialised."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(values)
-    return values
+from .a2sg_statistics import world_sum
 
 
 def sgv_from_sums(sums: Tensor, form: str = "variance") -> Tensor:
@@ -103,7 +97,8 @@ class WindowSearch:
         further call at this step, on the same membrane."""
         if not repeat:
             self.inputs[step] = []
-            register_membrane(lambda grad, step=step: self.deltas.__setitem__(step, self.rows(grad).float().clone()))
+            register_membrane(lambda grad, step=step:
+                              self.deltas.__setitem__(step, self.rows(grad).to(torch.float32, copy=True)))
         calls, membrane = self.inputs[step], mem.shape
         calls.append((self.level_rows(x, membrane), sigma, window))
         register_spike(lambda grad, key=(step, len(calls) - 1):
@@ -191,7 +186,7 @@ def reduce_searches(searches: list[WindowSearch]) -> list[tuple[Tensor, Tensor] 
         return results
     order = sorted(sums)
     device = sums[order[0]][0].device
-    packed = _world_sum(torch.cat([part.flatten().to(device) for i in order for part in sums[i]])).split(
+    packed = world_sum(torch.cat([part.flatten().to(device) for i in order for part in sums[i]])).split(
         [part.numel() for i in order for part in sums[i]])
     reduced = {i: (packed[2 * k].view_as(sums[i][0]), packed[2 * k + 1].view_as(sums[i][1]))
                for k, i in enumerate(order)}

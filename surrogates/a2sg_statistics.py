@@ -32,12 +32,17 @@ def coefficient_of_variation(values: Tensor) -> Tensor:
     return values.std(-1, correction=0) / (values.mean(-1) + EPS)
 
 
-def world_mean(values: Tensor) -> Tensor:
-    """All-reduce (mean) across processes when torch.distributed is initialised."""
+def world_sum(values: Tensor) -> Tensor:
+    """All-reduce (sum) across processes, in place, when torch.distributed is initialised."""
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(values)
-        values /= dist.get_world_size()
     return values
+
+
+def world_mean(values: Tensor) -> Tensor:
+    """All-reduce (mean) across processes, in place, when torch.distributed is initialised."""
+    distributed = dist.is_available() and dist.is_initialized()
+    return world_sum(values).div_(dist.get_world_size() if distributed else 1)
 
 
 class GradientObservation:

@@ -401,6 +401,35 @@ def test_torch_compile_traces_the_reference_loop_without_graph_breaks():
 
 
 
+def compile_training_run(neuron_name: str, surrogate: str, options: dict, compiled: bool, steps: int,
+                         after_step=lambda step: None) -> tuple[nn.Module, list[float]]:
+    """Linear -> neuron (T = 4) -> Linear trained by SGD for ``steps`` steps on fixed batches, compiled with the
+    backend "eager" (the captured graphs run as traced) if ``compiled``, with the engine's surrogate hooks;
+    ``after_step(step)`` after each step.  Returns the model and the losses."""
+    from repro.models import create_neuron
+
+    generator = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(4, 16, 12, generator=generator) * 1.5, torch.randint(0, 5, (16,), generator=generator))
+               for _ in range(steps)]
+    torch.manual_seed(0)
+    neuron = create_neuron(neuron_name, surrogate=surrogate, num_steps=4, surrogate_kwargs=options)
+    model = nn.Sequential(nn.Linear(12, 12), neuron, nn.Linear(12, 5))
+    if compiled:
+        model.compile(backend="eager")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    neuron.surrogate.on_epoch_start(0)  # the engine's hook (ends a2sg_reconstructed's calibration)
+    losses = []
+    for step, (x, y) in enumerate(batches):
+        loss = nn.functional.cross_entropy(model(x).mean(0), y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        neuron.surrogate.after_optimizer_step(step)
+        losses.append(loss.item())
+        after_step(step)
+    return model, losses
+
+
 @pytest.mark.parametrize("neuron_name,surrogate,options", [
     ("lif", "a2sg", {}), ("circulate_firing", "a2sg", {}),
     ("lif", "a2sg_reconstructed", {"calib_epochs": 0, "update_every": 1})])
@@ -413,37 +442,18 @@ def test_torch_compile_runs_an_observing_neuron_eagerly(neuron_name, surrogate, 
     import torch._dynamo
     from torch._dynamo.utils import counters
 
-    from repro.models import create_neuron
-
     torch._dynamo.reset()
     counters.clear()
-    frames = None
-    generator = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(4, 16, 12, generator=generator) * 1.5, torch.randint(0, 5, (16,), generator=generator))
-               for _ in range(3)]
-    losses, windows = {}, {}
-    for compiled in (False, True):
-        torch.manual_seed(0)
-        neuron = create_neuron(neuron_name, surrogate=surrogate, num_steps=4, surrogate_kwargs=options)
-        model = nn.Sequential(nn.Linear(12, 12), neuron, nn.Linear(12, 5))
-        if compiled:
-            model.compile(backend="eager")
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        neuron.surrogate.on_epoch_start(0)  # the engine's hook (ends a2sg_reconstructed's calibration)
-        losses[compiled] = []
-        for step, (x, y) in enumerate(batches):
-            loss = nn.functional.cross_entropy(model(x).mean(0), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            neuron.surrogate.after_optimizer_step(step)
-            losses[compiled].append(loss.item())
-            frames = frames if step else counters["frames"]["total"]  # after the first step's tracing
-        windows[compiled] = neuron.surrogate.w_t
-    assert not torch.equal(windows[True], torch.full_like(windows[True], 0.5))  # the controller moved them
-    assert losses[True] == losses[False] and torch.equal(windows[True], windows[False])
+    frames = []  # after the first step's tracing
+    runs = {compiled: compile_training_run(neuron_name, surrogate, options, compiled, steps=3,
+                                           after_step=lambda step: frames.append(counters["frames"]["total"]))
+            for compiled in (False, True)}
+    (model, losses), (reference, reference_losses) = runs[True], runs[False]
+    windows = model[1].surrogate.w_t
+    assert not torch.equal(windows, torch.full_like(windows, 0.5))  # the controller moved them
+    assert losses == reference_losses and torch.equal(windows, reference[1].surrogate.w_t)
     assert counters["graph_break"] and all("forward_eagerly" in reason for reason in counters["graph_break"])
-    assert counters["frames"]["total"] == frames  # nothing traced again on the later steps
+    assert frames[3] == frames[-1]  # the compiled run: nothing traced again on the later steps
 
 
 def test_torch_compile_traces_a2sg_between_its_statistics_steps_and_in_evaluation(monkeypatch):
@@ -453,48 +463,32 @@ def test_torch_compile_traces_a2sg_between_its_statistics_steps_and_in_evaluatio
     import torch._dynamo
 
     import repro.models.neurons as neurons_module
-    from repro.models import create_neuron
 
     eager_calls = []
     monkeypatch.setattr(neurons_module, "forward_eagerly",
                         torch.compiler.disable(lambda neuron, *inputs: eager_calls.append(1) or
                                                fused_module.forward_eagerly(neuron, *inputs)))
     torch._dynamo.reset()
-    generator = torch.Generator().manual_seed(7)
-    batches = [(torch.randn(4, 16, 12, generator=generator) * 1.5, torch.randint(0, 5, (16,), generator=generator))
-               for _ in range(4)]
+    options = {"calib_epochs": 0, "update_every": 2, "eta_w": 0.5}
     results = {}
     for compiled in (False, True):
-        torch.manual_seed(0)
-        neuron = create_neuron("lif", surrogate="a2sg_reconstructed", num_steps=4,
-                               surrogate_kwargs={"calib_epochs": 0, "update_every": 2, "eta_w": 0.5})
-        model = nn.Sequential(nn.Linear(12, 12), neuron, nn.Linear(12, 5))
-        if compiled:
-            model.compile(backend="eager")
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-        neuron.surrogate.on_epoch_start(0)
-        losses, eager_per_step = [], []
-        for step, (x, y) in enumerate(batches):
-            eager_calls.clear()
-            loss = nn.functional.cross_entropy(model(x).mean(0), y)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            neuron.surrogate.after_optimizer_step(step)
-            losses.append(loss.item())
-            eager_per_step.append(len(eager_calls))
-        model.eval()
         eager_calls.clear()
+        per_step = []
+        model, losses = compile_training_run("lif", "a2sg_reconstructed", options, compiled, steps=4,
+                                             after_step=lambda step: (per_step.append(len(eager_calls)),
+                                                                      eager_calls.clear()))
+        model.eval()
         with torch.no_grad():
-            logits = model(batches[0][0])
-        results[compiled] = losses, neuron.surrogate.w_t.clone(), logits, eager_per_step, len(eager_calls)
-    (losses, windows, logits, eager_steps, eager_eval), reference = results[True], results[False]
+            logits = model(torch.randn(4, 16, 12, generator=torch.Generator().manual_seed(3)))
+        results[compiled] = losses, model[1].surrogate, logits, per_step, len(eager_calls)
+    (losses, surrogate, logits, eager_steps, eager_eval), reference = results[True], results[False]
     assert eager_steps == [1, 1, 0, 1] and eager_eval == 0  # first forward, statistics steps 2 and 4
-    assert reference[3] == [0, 0, 0, 0] and int(neuron.surrogate.num_controller_steps) == 2
-    assert not torch.equal(windows, torch.full_like(windows, 0.5))  # the controller moved them
+    assert reference[3] == [0, 0, 0, 0] and int(surrogate.num_controller_steps) == 2
+    assert not torch.equal(surrogate.w_t, torch.full_like(surrogate.w_t, 0.5))  # the controller moved them
     torch.testing.assert_close(torch.tensor(losses), torch.tensor(reference[0]), rtol=1e-6, atol=0)
-    torch.testing.assert_close(windows, reference[1], rtol=1e-6, atol=0)
+    torch.testing.assert_close(surrogate.w_t, reference[1].w_t, rtol=1e-6, atol=0)
     torch.testing.assert_close(logits, reference[2], rtol=1e-5, atol=1e-6)
+
 
 def test_store_half_margin_keeps_signs_and_zeros():
     margin = torch.tensor([1e-9, -1e-9, 0.0, 1e6, -1e6, 0.1, -3e-8, 7.0])
