@@ -29,8 +29,12 @@ class LaunchCounter:
 
 class OperationCounter(TorchDispatchMode):
     """Counts the aten operations that compute (not views; on a GPU, one kernel launch each) in ``count``, and
-    every operation by name in ``names`` (e.g. ``aten.lift_fresh``: a tensor made from host data by ``torch.tensor``,
-    on a GPU a host-to-device copy that waits for the device)."""
+    every operation by name in ``names``; ``host_reads()`` those that wait for a GPU's device."""
+
+    # on a GPU each waits for the device: a host read of a value (.item(), bool(tensor)), a shape that depends on
+    # the data, a tensor made from host data (torch.tensor)
+    HOST_READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2",
+                  "aten.lift_fresh")
 
     def __init__(self):
         super().__init__()
@@ -40,6 +44,10 @@ class OperationCounter(TorchDispatchMode):
         self.count += not func.is_view
         self.names[str(func.overloadpacket)] += 1
         return func(*args, **(kwargs or {}))
+
+    def host_reads(self) -> dict[str, int]:
+        """The counted operations that wait for the device on a GPU (``HOST_READS``), by name."""
+        return {name: self.names[name] for name in self.HOST_READS if self.names[name]}
 
 
 def grads_of(neuron, x, upstream):
