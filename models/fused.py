@@ -309,7 +309,7 @@ class FusedLIFFunction(torch.autograd.Function):
             membrane = x.float()
         else:
             _, membrane = integrate(x, decay, config, lambda u, step: ctx.thresholds[step], keep=True, fire=False)
-        lam = float(decay.detach())
+        lam = decay.detach().float()  # a device scalar in every product below: no host read of lambda
         theta = config.threshold
         compare, complement = (torch.ge, torch.lt) if config.fire_ge else (torch.gt, torch.le)
         grad_spikes = grad_spikes.float()
@@ -334,9 +334,10 @@ class FusedLIFFunction(torch.autograd.Function):
             carry = grad_mem[t + 1]
             grad_s = grad_spikes[t]
             if not config.reset_detach and config.reset == "zero":
-                grad_s = torch.addcmul(grad_s, u, carry, value=-lam)
+                grad_s = torch.addcmul(grad_s, u * carry, -lam)
             elif not config.reset_detach and config.reset == "subtract":
-                grad_s = grad_s.add(carry, alpha=-(lam * theta if config.reset_decayed else theta))
+                grad_s = (torch.addcmul(grad_s, carry, -(lam * theta)) if config.reset_decayed
+                          else grad_s.add(carry, alpha=-theta))
             leak = None
             if config.reset == "zero":
                 complement(shifted, 0, out=mask)
@@ -349,11 +350,11 @@ class FusedLIFFunction(torch.autograd.Function):
             report_grad(ctx.spike_callbacks, t, grad_s)
             surrogate_vjp(t, shifted, grad_s, grad_mem[t])  # u[t] is not read after this
             if leak is not None:
-                grad_mem[t].add_(leak, alpha=lam)
+                grad_mem[t].addcmul_(leak, lam)
             elif config.reset == "zero":
-                grad_mem[t].addcmul_(carry, mask, value=lam)
+                grad_mem[t].addcmul_(carry, mask.mul_(lam))
             else:
-                grad_mem[t].add_(carry, alpha=lam)
+                grad_mem[t].addcmul_(carry, lam)
             if grad_membrane is not None:
                 grad_mem[t].add_(grad_membrane[t])
             report_grad(ctx.callbacks, t, grad_mem[t])

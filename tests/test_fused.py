@@ -15,6 +15,7 @@ from repro.models import LIF, AdaptiveThresholdLIF, TDBatchNorm
 from repro.diagnostics import saved_tensor_bytes
 from repro.models.fused import StepConfig, integrate
 from repro.surrogates import Surrogate, create_surrogate
+from kernel_launches import OperationCounter
 from reference import assert_fused_model_step_matches, assert_inference_matches, fused_test_loss_backward
 
 RESETS = [("zero", True), ("subtract", True), ("subtract", False), ("none", True)]
@@ -126,6 +127,35 @@ def test_recorded_potentials_fused_equal_reference_and_carry_gradient(reset, res
         assert torch.equal(out, ref_out) and torch.equal(potentials, ref_potentials), case
         torch.testing.assert_close(grad_x, ref_grad_x, rtol=1e-5, atol=1e-6, msg=case)
         torch.testing.assert_close(grad_decay, ref_grad_decay, rtol=1e-5, atol=1e-5, msg=case)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("reset,reset_decayed", RESETS)
+def test_torch_backward_reads_nothing_on_the_host(reset, reset_decayed, precision):
+    """The fused path's torch backward (where the kernels do not apply: recorded potentials, fp16 margins, a
+    surrogate outside the kernels' vocabulary) takes lambda as a device scalar: no host read, which on a GPU
+    would wait for the device once per layer and backward (it read ``float(decay)`` before); the membrane's replay
+    (``integrate``) reads lambda only on the CPU, where nothing waits."""
+    for surrogate, reset_detach in itertools.product(["atan", "learnable"], [False, True]):
+        torch.manual_seed(0)
+        inputs = (torch.randn(3, 2, 4) * 0.9 + 0.6).requires_grad_()
+        neuron = LIF(surrogate=create_surrogate(surrogate, **({"num_steps": 3} if surrogate == "learnable" else {})),
+                     reset=reset, reset_decayed=reset_decayed, reset_detach=reset_detach, decay_learnable=True,
+                     saved_precision=precision)
+        neuron.record_potentials = precision == "fp32"  # fp16 margins and recorded potentials exclude each other
+        out = neuron(inputs)
+        assert type(out.grad_fn).__name__ == "FusedLIFFunctionBackward"
+        loss = out.sum() + (torch.stack(neuron.potentials).square().sum() if neuron.record_potentials else 0)
+        with OperationCounter() as counter:
+            loss.backward()
+        with OperationCounter() as replay:  # the fp32 backward's replay; it reads lambda on the CPU only (addcmul)
+            if precision == "fp32":
+                config = StepConfig(neuron.threshold, reset, reset_decayed, reset_detach, neuron.decay_input,
+                                    neuron.fire_ge)
+                integrate(inputs.detach(), neuron.decay.detach(), config, lambda u, t: neuron.threshold, keep=True,
+                          fire=False)
+        assert neuron.decay_raw.grad is not None, (surrogate, reset_detach)
+        assert counter.host_reads() == replay.host_reads(), (surrogate, reset_detach)
 
 
 def replayed_membrane(neuron, inputs):
