@@ -8,6 +8,8 @@
 #                                          # T = 32 backward kernels take minutes to compile on a fresh machine)
 #   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
 #   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (first step timed apart, with its graph breaks)
+#   bash benchmarks/gpu_check.sh tuning    # the kernels alone by block size, warps and replay chunk (LIF at T = 4
+#                                          # and 32, circulate firing at T = 4: its T = 32 backward compiles slowly)
 #
 # Results go to benchmarks/results/*_cuda*.json; the tables print as they finish.
 set -euo pipefail
@@ -34,6 +36,11 @@ case "${1:-}" in
   compiled)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
       --compile --variants ann_relu --recipes $RECIPES --output benchmarks/results/train_step_cuda_compiled.json ;;
+  tuning)
+    python benchmarks/kernel_tuning.py --device cuda --kernels lif --steps 4 32 \
+      --output benchmarks/results/kernel_tuning_cuda_lif.json
+    python benchmarks/kernel_tuning.py --device cuda --kernels cf --steps 4 \
+      --output benchmarks/results/kernel_tuning_cuda_cf.json ;;
   *)
-    echo "usage: bash benchmarks/gpu_check.sh tests|layer|kernels|methods|compiled" >&2; exit 2 ;;
+    echo "usage: bash benchmarks/gpu_check.sh tests|layer|kernels|methods|compiled|tuning" >&2; exit 2 ;;
 esac

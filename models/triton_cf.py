@@ -166,10 +166,11 @@ def _check(x: Tensor, mode: str, levels: Tensor, record: str | None) -> None:
 
 
 def cf_forward(x: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float, scale: float, *,
-               record: str | None = None, block: int | None = None) -> tuple[Tensor, Tensor | None]:
+               record: str | None = None, block: int | None = None, num_warps: int = 4) -> tuple[Tensor, Tensor | None]:
     """(outputs [T, ...] in x's dtype, the recorded potentials or None), bitwise the reference loop's (module
     docstring).  ``decay``: beta, a one-element tensor; ``levels``: the D levels l_j, fp32 [D] on x's device;
-    ``record``: None, ``"pre_fire"`` (H[t]) or ``"post_reset"`` (U[t]), recorded in fp32."""
+    ``record``: None, ``"pre_fire"`` (H[t]) or ``"post_reset"`` (U[t]), recorded in fp32; ``block``, ``num_warps``: the
+    launch configuration (as ``triton_lif.lif_forward``'s)."""
     _check(x, mode, levels, record)
     x = x.contiguous()
     out = torch.empty_like(x)
@@ -179,20 +180,22 @@ def cf_forward(x: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: 
     with _device_guard(x):
         _cf_forward_kernel[(triton.cdiv(neurons, block),)](
             x, _decay_pointer(decay), levels, out, out if potentials is None else potentials, neurons, reset_unit,
-            scale, T=steps, D=levels.numel(), MODE=mode, RECORD=record, BLOCK=block, enable_fp_fusion=False)
+            scale, T=steps, D=levels.numel(), MODE=mode, RECORD=record, BLOCK=block, num_warps=num_warps,
+            enable_fp_fusion=False)
     return out, potentials
 
 
 def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode: str, reset_unit: float,
                 scale: float, reset_detach: bool, shape, params: Tensor, *, switches: tuple = (),
                 learned_k: bool = False, record: str | None = None, grad_potentials: Tensor | None = None,
-                block: int | None = None, chunk: int = CHUNK) -> tuple[Tensor, Tensor | None]:
+                block: int | None = None, chunk: int = CHUNK, num_warps: int = 4) -> tuple[Tensor, Tensor | None]:
     """(dL/dI [T, ...] in x's dtype, dL/dk[T] in float64 or None unless ``learned_k``).
 
     ``shape``: a ``triton.jit`` derivative (``triton_surrogates.kernel_shape``: the surrogate's ``shape``, or
     with ``learned_k`` a TLSG's ``proxy_derivatives``); ``params``: its numeric parameters per step, fp32
     [T, 1, P] (both directions, every level); ``switches``: its trailing None / bool parameters;
-    ``grad_potentials``: the gradient at the potentials ``cf_forward`` recorded (``record``), fp32 [T, ...].
+    ``grad_potentials``: the gradient at the potentials ``cf_forward`` recorded (``record``), fp32 [T, ...];
+    ``block``, ``chunk``, ``num_warps``: as ``triton_lif.lif_backward``'s.
     """
     _check(x, mode, levels, record)
     record = record if grad_potentials is not None else None
@@ -210,7 +213,7 @@ def cf_backward(x: Tensor, grad_out: Tensor, decay: Tensor, levels: Tensor, mode
             x, grad_out, _decay_pointer(decay), levels, params.contiguous(), grad_x, k_partials,
             k_partials if grad_potentials is None else grad_potentials, neurons, reset_unit, scale, T=steps,
             CHUNK=chunk, D=levels.numel(), MODE=mode, RECORD=record, DETACH=reset_detach, SHAPE=shape,
-            N_PARAMS=params.shape[2], SWITCHES=tuple(switches), LEARNED_K=learned_k, BLOCK=block,
+            N_PARAMS=params.shape[2], SWITCHES=tuple(switches), LEARNED_K=learned_k, BLOCK=block, num_warps=num_warps,
             enable_fp_fusion=False)
     return grad_x, (k_partials.sum(0, dtype=torch.float64) if learned_k else None)
 

@@ -286,9 +286,10 @@ def _decay_pointer(decay: Tensor) -> Tensor:
 
 
 def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool, decay_input: bool,
-                fire_ge: bool, *, keep: bool = False, block: int | None = None) -> Tensor:
+                fire_ge: bool, *, keep: bool = False, block: int | None = None, num_warps: int = 4) -> Tensor:
     """Spikes [T, ...] in x's dtype for a fixed threshold (or, with ``keep``, the pre-reset membrane u),
-    bitwise the reference loop's (module docstring).  ``decay``: lambda, a one-element tensor."""
+    bitwise the reference loop's (module docstring).  ``decay``: lambda, a one-element tensor; ``block``,
+    ``num_warps``: the launch configuration (default ``forward_block``, 4 warps; ``benchmarks/kernel_tuning.py``)."""
     _check(x, reset)
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=torch.float32 if keep else x.dtype, device=x.device)
@@ -298,7 +299,7 @@ def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_de
         _forward_kernel[(triton.cdiv(neurons, block),)](
             x, _decay_pointer(decay), out, out, out, neurons, 1, 1, threshold, T=steps, RESET=reset,
             DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=keep, RESUME=False,
-            THRESHOLD_CHANNELS=False, BLOCK=block, enable_fp_fusion=False)  # thr_ptr, fired_ptr unused: out
+            THRESHOLD_CHANNELS=False, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)  # thr, fired: out
     return out
 
 
@@ -348,7 +349,7 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
                  shape, params: Tensor, reset: str, reset_decayed: bool, reset_detach: bool, decay_input: bool,
                  fire_ge: bool, want_decay: bool, *, switches: tuple = (), learned_k: bool = False,
                  spike_grads: Tensor | None = None, membrane_grads: Tensor | None = None, block: int | None = None,
-                 chunk: int = CHUNK) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                 chunk: int = CHUNK, num_warps: int = 4) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(dL/dI [T, ...] in x's dtype, dL/dlambda as a float64 scalar or None unless ``want_decay``, dL/dk[T] in
     float64 or None unless ``learned_k``).
 
@@ -361,6 +362,9 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     the kernel sums dL/ds[t] dh/dk over each program's neurons (per-program partials, summed here in float64).
     ``spike_grads`` / ``membrane_grads``: fp32 [T, ...] tensors that, if given, receive dL/ds[t] (reset path
     included) and e[t] = dL/du[t] (what A2SG's statistics read; the kernel writes them only then).
+    ``block``, ``chunk``, ``num_warps``: the launch configuration and the steps replayed into registers at once
+    (default ``backward_block``, ``CHUNK``, 4 warps; the outputs do not depend on them but for the partial sums'
+    order).
     """
     _check(x, reset)
     x, grad_spikes = x.contiguous(), grad_spikes.contiguous()
@@ -389,7 +393,7 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
             N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, SWITCHES=tuple(switches),
             LEARNED_K=learned_k, WANT_DECAY=want_decay,
             STORE_SPIKE_GRADS=spike_grads is not None, STORE_MEMBRANE_GRADS=membrane_grads is not None, BLOCK=block,
-            enable_fp_fusion=False)
+            num_warps=num_warps, enable_fp_fusion=False)
     return (grad_x, partials.sum(dtype=torch.float64) if want_decay else None,
             k_partials.sum(0, dtype=torch.float64) if learned_k else None)
 

@@ -1,7 +1,11 @@
 """The benchmark scripts run end to end on tiny shapes (their timings are not checked: benchmarks, not
 tests) and their memory accounting and cross-implementation agreement hold in closed form."""
 import argparse
+import json
+import os
 import runpy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -100,3 +104,31 @@ def test_train_step_benchmark_times_the_compiling_step_and_counts_graph_breaks(t
     neurons = sum(isinstance(getattr(module, "surrogate", None), A2SG) for module in model.modules())
     assert 0 < recipe["graph_breaks"] <= neurons and recipe["first_step_s"] > 0
     assert rows["recipe:a2sg_cifar100"].get("graph_breaks") is None  # eager rows have no compile columns
+
+
+def test_kernel_tuning_sweeps_every_configuration_with_the_default_outputs(tmp_path):
+    """benchmarks/kernel_tuning.py in the Triton interpreter (a subprocess: the variable is read when the kernels are
+    decorated): every asked launch configuration of the four kernels is timed, the default first, and gives bitwise
+    the default's outputs (T = 3 > chunk 2 replays the backward in chunks)."""
+    output = tmp_path / "kernel_tuning.json"
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "kernel_tuning.py"), "--device", "cpu", "--batch", "2", "--channels", "3",
+         "--size", "4", "--steps", "3", "--dtypes", "fp32", "bf16", "--forward_blocks", "256", "--backward_blocks",
+         "128", "--warps", "4", "8", "--chunks", "2", "--repeats", "1", "--warmup", "0", "--inner", "1",
+         "--output", str(output)],
+        env={**os.environ, "TRITON_INTERPRET": "1"}, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads(output.read_text())
+    configs = {}
+    for row in results["rows"]:
+        assert "error" not in row and row["same"] is True and row["ms"] > 0, row
+        configs.setdefault((row["kernel"], row["dtype"]), []).append((row["block"], row["warps"], row["chunk"],
+                                                                       row["default"]))
+    forward = {"fp32": 512, "bf16": 1024}  # forward_block: 16-byte loads
+    for dtype in ("fp32", "bf16"):
+        for kernel in ("lif_forward", "cf_forward"):
+            assert configs[kernel, dtype] == [(forward[dtype], 4, None, "*"), (256, 4, None, ""), (256, 8, None, "")]
+        for kernel in ("lif_backward", "cf_backward"):  # backward_block(3) = 512; chunk 2 and the default 32
+            assert configs[kernel, dtype] == [(512, 4, 32, "*"), (128, 4, 2, ""), (128, 4, 32, ""), (128, 8, 2, ""),
+                                              (128, 8, 32, "")]
+    assert len(results["fastest"]) == 8 and all(row["x_default"] <= 1 for row in results["fastest"])
