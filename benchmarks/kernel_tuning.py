@@ -62,7 +62,7 @@ def layer_kernels(kind: str, x: torch.Tensor, grad: torch.Tensor, preset: str) -
                 num_warps=warps)[0]}
     neuron = CFNeuron(surrogate="sigmoid").to(x.device)
     config, levels = neuron.step_config(), neuron.levels.float()
-    shape, params, switches = fused_cf.kernel_tables(neuron.surrogate, None, x)
+    shape, params, switches = fused_cf.kernel_tables(neuron.surrogate, None, x, [neuron.surrogate.params] * x.shape[0])
     return {
         "cf_forward": lambda block, warps, chunk: triton_cf.cf_forward(
             x, neuron.decay, levels, config.mode, config.reset_unit, config.scale, block=block, num_warps=warps)[0],

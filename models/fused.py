@@ -15,7 +15,8 @@ theta = the neuron's fixed threshold (used by the reset), theta_t = the firing t
 
 Saved for backward: the input I[T, ...] (one tensor, the same size as the membrane) and, per
 step, theta_t and the surrogate parameters ``surrogate.call_params(u[t] - theta_t, **context)``
-captured at forward time (small).  ``backward`` first replays the forward from I with the saved
+captured at forward time (small; a surrogate that reads no membrane, ``Surrogate.reads_membrane``, gets u[t]
+or, on the forward kernel, I[t] in place of both).  ``backward`` first replays the forward from I with the saved
 thresholds (same operations, so u and s are bitwise the forward's; no surrogate or ``fire_context``
 call, so no side effect runs twice), then, g[t] = dL/ds[t], h[t] = shape(u[t] - theta_t, **params[t]),
 e[t] = dL/du[t], e[T] = 0::
@@ -222,7 +223,8 @@ class FusedLIFFunction(torch.autograd.Function):
 
         def threshold_at(u: Tensor, step: int):
             threshold, context = neuron.fire_context(u, step)
-            shifted = u - threshold if observed or not fixed_params or half else None
+            # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
+            shifted = u - threshold if observed or half or (not fixed_params and surrogate.reads_membrane) else u
             params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
             if observed:
                 if any(ctx.needs_input_grad[:3]):
@@ -240,7 +242,7 @@ class FusedLIFFunction(torch.autograd.Function):
         if kernels and neuron.fixed_threshold:
             # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
             # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
-            per_step = observed or not (fixed_params or k is not None)
+            per_step = observed or not (fixed_params or k is not None or not surrogate.reads_membrane)
             out = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                          config.decay_input, config.fire_ge, keep=per_step)
             if per_step:
@@ -248,11 +250,15 @@ class FusedLIFFunction(torch.autograd.Function):
                     threshold_at(out[step], step)
                 spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
                 (torch.ge if config.fire_ge else torch.gt)(out, config.threshold, out=spikes)
-            else:
+            elif fixed_params or k is not None:
                 spikes = out
                 thresholds = [config.threshold] * x.shape[0]
                 params = ([surrogate.params] * x.shape[0] if k is None
                           else [{"k": value} for value in k.detach().unbind()])
+            else:  # per-step parameters that read no membrane (MPD-AGL): I[t] stands in for u[t]
+                spikes = out
+                for step in range(x.shape[0]):
+                    threshold_at(x[step], step)
         elif kernels:  # theta_t from the statistics of u[t] (DS-ATGO): a kernel launch per step, threshold_at between
             spikes = triton_lif.lif_forward_by_step(x, decay, config.threshold, config.reset, config.reset_decayed,
                                                     config.decay_input, config.fire_ge, threshold_at)

@@ -64,11 +64,11 @@ runs as one eager call (``fused.forward_eagerly``, one graph break).
 Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`` (one forward, one backward
 kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing
 dL/dk[t] per program; recorded potentials and their gradient included), chosen on CUDA (or in the Triton
-interpreter) when the surrogate has fixed parameters or is a learned TLSG and its derivative (``shape``, or
-``proxy_derivatives``) is written in the closed-form vocabulary (``surrogates/closed_form.py``); per-call
-parameters (``tgo``, ``mpd_agl``) keep the torch code.  Setting ``neuron.triton = False`` on a ``CFNeuron``
-keeps the torch code.  The kernels are tested in the Triton interpreter on CPU only (tests/test_triton_cf.py),
-not yet on a GPU.
+interpreter) when the surrogate has fixed parameters, parameters of the step that read no membrane
+(``Surrogate.reads_membrane`` False: ``mpd_agl``, ``tgo``; one value per step) or is a learned TLSG, and its
+derivative (``shape``, or ``proxy_derivatives``) is written in the closed-form vocabulary
+(``surrogates/closed_form.py``); per-channel widths keep the torch code, and so does ``neuron.triton = False``.
+The kernels are tested in the Triton interpreter on CPU only (tests/test_triton_cf.py), not yet on a GPU.
 """
 from __future__ import annotations
 
@@ -145,8 +145,13 @@ class FusedCFFunction(torch.autograd.Function):
         levels = neuron.levels.view(-1, *([1] * (x.dim() - 1)))
         surrogate, params, on_charge = neuron.surrogate, [], None
         fixed_params = k is None and type(surrogate).call_params is FixedSurrogate.call_params
+        step_params = k is None and not fixed_params and not surrogate.reads_membrane
+        directions = 1 if config.mode == "unsigned" else 2
         if fixed_params:  # ignores x and context
-            params = [[surrogate.params] * (1 if config.mode == "unsigned" else 2)] * x.shape[0]
+            params = [[surrogate.params] * directions] * x.shape[0]
+        elif step_params:  # from the step and the neuron (MPD-AGL): I[t] stands in for H[t], one call per direction
+            params = [[surrogate.call_params(x[t], mem=x[t], step=t, neuron=neuron) for _ in range(directions)]
+                      for t in range(x.shape[0])]
         elif k is None:
             def on_charge(charged: Tensor, step: int) -> None:
                 context = dict(mem=charged, step=step, neuron=neuron)
@@ -155,8 +160,8 @@ class FusedCFFunction(torch.autograd.Function):
 
         recorded = neuron.recorded_potential if neuron.record_potentials else None
         kernel = None
-        if (fixed_params or k is not None) and getattr(neuron, "triton", True):
-            kernel = kernel_tables(surrogate, k, x)
+        if (fixed_params or step_params or k is not None) and getattr(neuron, "triton", True):
+            kernel = kernel_tables(surrogate, k, x, [calls[0] for calls in params])
         if kernel is not None:
             out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels.float(), config.mode,
                                                    config.reset_unit, config.scale, record=recorded)
@@ -167,7 +172,7 @@ class FusedCFFunction(torch.autograd.Function):
             ctx.kernel, ctx.level_tensor = kernel, neuron.levels.float()
             ctx.config, ctx.decay, ctx.levels, ctx.params = config, neuron.decay, levels, params
             ctx.surrogate_type, ctx.shape, ctx.recorded = type(surrogate), surrogate.shape, recorded
-            ctx.per_level = fixed_params or k is not None  # scalar parameters: one level at a time
+            ctx.per_level = fixed_params or step_params or k is not None  # the same parameters at every level
         return out if recorded is None else (out, potentials)
 
     @staticmethod
@@ -213,13 +218,14 @@ class FusedCFFunction(torch.autograd.Function):
         return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
 
 
-def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor) -> tuple | None:
+def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor, params: list[dict]) -> tuple | None:
     """(kernel derivative, parameter table [T, 1, P], switches) for ``triton_cf.cf_backward`` when the kernels
-    run on ``x``'s device and the derivative (fixed parameters, or a learned TLSG's k[t]) compiles; else None."""
+    run on ``x``'s device, the derivative compiles and the parameters of each step (``params``; a learned TLSG's
+    k[t] in their place) are single values; else None."""
     derivative = kernel_derivative(surrogate, k)
     if not kernels_apply(derivative, x):
         return None
-    params = [surrogate.params] * x.shape[0] if k is None else [{"k": value} for value in k.detach().unbind()]
+    params = params if k is None else [{"k": value} for value in k.detach().unbind()]
     return triton_surrogates.kernel_inputs(derivative, params, torch.Size([1]), x.device)
 
 

@@ -53,6 +53,12 @@ class Surrogate(nn.Module):
     with the parameters actually used (diagnostics such as gradient-window occupancy attach here).
     """
 
+    # whether ``call_params`` reads the values of ``x`` or of the context's ``mem`` (True, the safe default).  False:
+    # the parameters come from the rest of the context (the step, the neuron, its statistics; x gives only a device
+    # and a shape), and the fused neuron paths pass the membrane, or a tensor of its shape, as both without forming
+    # u - theta_t; the LIF kernels then need no membrane output
+    reads_membrane = True
+
     def __init__(self):
         super().__init__()
         self.observers: list = []

@@ -49,6 +49,8 @@ GAMMA_GUARDS = ("abs_eps", "none")
 class MembranePotentialWidth(Rectangular):
     """Rectangular surrogate with MPD-AGL's parameter-derived width (see module docstring)."""
 
+    reads_membrane = False  # the width comes from the step, the neuron's decay and threshold and the feeding BN
+
     def __init__(self, width: str = "mpd", alpha: float = 1.0, exact_var: bool = False, granularity: str = "layer",
                  gamma_guard: str = "abs_eps", guard_eps: float = 1e-3, fixed_width: float = 1.0):
         super().__init__(width=fixed_width)
@@ -77,13 +79,15 @@ class MembranePotentialWidth(Rectangular):
             decay = neuron.decay.detach().float().to(x.device)
             if self.rule == "lsg":
                 return {"width": 2 * v_th * torch.sqrt(1 + decay ** 2)}
-            gamma = self.feeding_gamma(getattr(neuron, "input_norm", None), x)
+            gamma = self.feeding_gamma(getattr(neuron, "input_norm", None), context.get("mem", x))
             if gamma is None:
                 return self.params
             return {"width": 2 * self.alpha * gamma * v_th * self.spread_factor(decay, step)}
 
     def feeding_gamma(self, norm: nn.Module | None, x: Tensor) -> Tensor | None:
-        """gbar (layer) or gamma_c shaped [C, 1, ...] (channel) of the feeding BN, detached and guarded."""
+        """gbar (layer) or gamma_c shaped [C, 1, ...] (channel) of the feeding BN, detached and guarded; ``x``: a
+        step of the membrane [B, C, ...] (the context's ``mem``, over whose levels circulate firing's
+        [L, B, C, ...] inputs broadcast the same gamma_c)."""
         weight = getattr(norm, "weight", None)
         if weight is None:
             return None

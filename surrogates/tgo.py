@@ -40,6 +40,8 @@ def tgo_width(statistic: Tensor, k0: float, V0: float) -> Tensor:
 class ThresholdDrivenRectangular(Rectangular):
     """Rectangular surrogate with TGO's per-call width (see module docstring)."""
 
+    reads_membrane = False  # the width comes from the neuron's statistic (std or theta_t) in the context
+
     def __init__(self, k0: float = 1.0, V0: float = 1.0, tgo: bool = True, tgo_stat: str = "std",
                  k_min: float = 0.05):
         super().__init__(width=k0)

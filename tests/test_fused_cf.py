@@ -92,7 +92,7 @@ def test_fused_equals_reference_loop_for_every_mode(mode, wrap_mode, surrogate):
 
 @pytest.mark.parametrize("surrogate", [
     dict(name="atan"), dict(name="rectangular"), dict(name="triangle"), dict(name="fast_sigmoid"),
-    dict(name="tgo"), dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"),
+    dict(name="tgo"), dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"), dict(name="mpd_agl", granularity="channel"),
     dict(name="learnable", shape="rect"), dict(name="learnable", shape="atan"),
     dict(name="learnable", granularity="per_layer"), dict(name="learnable", granularity="fixed"),
     dict(name="learnable", init="mpd", lr_mult=0.1)], ids=lambda s: "-".join(map(str, s.values())))
@@ -100,7 +100,7 @@ def test_fused_equals_reference_loop_for_other_surrogates(surrogate):
     inputs, upstream = inputs_for(3, (2, 4, 3), 1.0, 5), torch.randn(3, 2, 4, 3)
     norm = nn.BatchNorm1d(4)
     with torch.no_grad():
-        norm.weight.fill_(0.6)  # mpd_agl: per-step widths from the feeding BN's gamma
+        norm.weight.copy_(torch.linspace(0.4, 1.2, 4))  # mpd_agl: per-step widths from the feeding BN's gammas
     for mode in ("signed", "wrap_signed"):
         fused, reference = make_pair(surrogate, 3, mode=mode)
         fused.set_input_norm(norm), reference.set_input_norm(norm)

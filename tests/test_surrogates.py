@@ -109,3 +109,25 @@ def test_double_backward_for_hessian_vector_products():
     (grad,) = torch.autograd.grad(loss, w, create_graph=True)
     (hvp,) = torch.autograd.grad(grad @ torch.ones(2), w)
     assert torch.isfinite(hvp).all()
+
+
+@pytest.mark.parametrize("name,options", [("tgo", {}), ("tgo", {"tgo_stat": "thr"}), ("mpd_agl", {}),
+                                          ("mpd_agl", {"granularity": "channel"}), ("mpd_agl", {"width": "lsg"})])
+def test_surrogates_that_read_no_membrane_give_the_same_parameters_whatever_it_holds(name, options):
+    """``reads_membrane`` False (what lets the fused paths skip forming u - theta_t) is true of TGO and MPD-AGL:
+    their parameters for a call are the same whatever values x and the context's ``mem`` hold."""
+    from repro.models import TDBatchNorm, plif
+
+    surrogate = create_surrogate(name, **options)
+    assert not surrogate.reads_membrane and create_surrogate("atan").reads_membrane
+    neuron = plif(decay=0.3, threshold=0.8, surrogate=surrogate)
+    norm = TDBatchNorm(3, dims=1)
+    with torch.no_grad():
+        norm.weight.uniform_(0.3, 1.5)
+    neuron.set_input_norm(norm)
+    torch.manual_seed(0)
+    context = dict(step=2, neuron=neuron, std=torch.tensor(0.7), threshold=torch.tensor(1.1))
+    params = [surrogate.call_params(x, mem=x + 1, **context) for x in (torch.randn(2, 3, 4), torch.zeros(2, 3, 4))]
+    assert params[0].keys() == params[1].keys() == {"width"}
+    assert torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(params[1]["width"]))
+    assert not torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(surrogate.params["width"]))

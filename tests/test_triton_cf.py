@@ -78,6 +78,33 @@ def test_cf_kernels_match_reference_loop_and_torch_fused_path(monkeypatch, mode)
 
 
 @kernels_run_here
+@pytest.mark.parametrize("options", [dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"), dict(name="tgo"),
+                                     dict(name="mpd_agl", granularity="channel")], ids=lambda o: "-".join(o.values()))
+def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, options):
+    """MPD-AGL's per-step widths (and TGO's, which stay k0 on a neuron without statistics) come from the step and
+    the neuron alone (``reads_membrane`` False): the kernels run with one width per step in the backward's table,
+    outputs bitwise and gradients equal to the reference loop's; widths per channel keep the torch code."""
+    counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
+    norm = torch.nn.BatchNorm1d(3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, 0.9, 1.3]))
+    runs = []
+    for fused in (True, False):
+        kwargs = dict(options)
+        neuron = CFNeuron(D=3, theta=0.75, surrogate=create_surrogate(kwargs.pop("name"), **kwargs), fused=fused)
+        neuron.set_input_norm(norm)
+        x = make_input(4, neuron.levels)
+        upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        counter.launches.clear()
+        runs.append(grads_of(neuron.to(DEVICE), x, upstream))
+        kernels = fused and options.get("granularity") != "channel"
+        assert counter.launches == (["_cf_forward_kernel", "_cf_backward_kernel"] if kernels else [])
+    (out, (grad,)), (ref_out, (ref_grad,)) = runs
+    assert torch.equal(out, ref_out) and out.abs().sum() > 0
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+@kernels_run_here
 def test_cf_backward_replays_in_chunks_and_reads_half_input():
     """T = 4 replayed in chunks of 3 (a full and a partial one) gives the one-chunk gradients (bitwise: the same
     operations); bf16 input
@@ -88,7 +115,7 @@ def test_cf_backward_replays_in_chunks_and_reads_half_input():
     surrogate = create_surrogate("atan")
     from repro.models.fused_cf import kernel_tables
 
-    shape, params, switches = kernel_tables(surrogate, None, x)
+    shape, params, switches = kernel_tables(surrogate, None, x, [surrogate.params] * x.shape[0])
     args = (x, upstream, decay, levels, "signed", 1.0, 1.0, False, shape, params)
     whole, _ = triton_cf.cf_backward(*args, switches=switches)
     chunked, _ = triton_cf.cf_backward(*args, switches=switches, chunk=3)

@@ -254,6 +254,21 @@ def neuron_pair(make):
     return kernel.to(DEVICE), reference.to(DEVICE)
 
 
+def adaptive_width_neurons(scope: str, steps: int) -> dict:
+    """Makers of DS-ATGO's neuron (adaptive theta_t, TGO widths) and of a PLIF with MPD-AGL's widths (a feeding BN
+    with random gammas), statistics and widths per layer or per channel (``scope``)."""
+    norm = TDBatchNorm(3, dims=1)
+    with torch.no_grad():
+        norm.weight.uniform_(0.3, 1.5)
+
+    def mpd_agl():
+        neuron = LIF(decay=0.2, threshold=0.5, preset="reference", decay_learnable=True, decay_param="sigmoid",
+                     surrogate=create_surrogate("mpd_agl", granularity=scope))
+        neuron.set_input_norm(norm)
+        return neuron
+    return {"ds_atgo": lambda: AdaptiveThresholdLIF(num_steps=steps, stat_scope=scope), "mpd_agl": mpd_agl}
+
+
 @kernels_run_here
 @pytest.mark.parametrize("scope", ["layer", "channel"])
 def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope):
@@ -263,30 +278,39 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
     kernel's membrane), then the backward kernel with theta_t and the widths as tables; spikes equal, gradients
     equal the torch backward's."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
-    norm = TDBatchNorm(3, dims=1)
-    with torch.no_grad():
-        norm.weight.uniform_(0.3, 1.5)
-
-    def mpd_agl():
-        neuron = LIF(decay=0.2, threshold=0.5, preset="reference", decay_learnable=True, decay_param="sigmoid",
-                     surrogate=create_surrogate("mpd_agl", granularity="layer" if scope == "layer" else "channel"))
-        neuron.set_input_norm(norm)
-        return neuron
-
-    makers = [(["_forward_kernel"] * 5 + ["_backward_kernel"],  # DS-ATGO: a forward launch per step
-               lambda: AdaptiveThresholdLIF(num_steps=5, stat_scope=scope)),
-              (["_forward_kernel", "_backward_kernel"], mpd_agl)]
-    for launches, make in makers:
+    launches = {"ds_atgo": ["_forward_kernel"] * 5 + ["_backward_kernel"],  # a forward launch per step
+                "mpd_agl": ["_forward_kernel", "_backward_kernel"]}
+    for method, make in adaptive_width_neurons(scope, steps=5).items():
         kernel, reference = neuron_pair(make)
         x = make_input(random.Random(scope), 5, False, 0.2, 1.0)
         upstream = torch.randn(x.shape, device=DEVICE)
         counter.launches.clear()
         out, grads = grads_of(kernel, x, upstream)
-        assert counter.launches == launches
+        assert counter.launches == launches[method]
         ref_out, ref_grads = grads_of(reference, x, upstream)
         assert torch.equal(out, ref_out) and 0 < out.mean() < 1
         for grad, ref_grad in zip(grads, ref_grads):
             torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@kernels_run_here
+@pytest.mark.parametrize("scope", ["layer", "channel"])
+def test_surrogates_that_read_no_membrane_get_no_membrane_pass(scope):
+    """TGO and MPD-AGL take their widths from the neuron's statistics, the step and the feeding BN
+    (``reads_membrane`` False): the forward allocates the spikes [T, ...] (DS-ATGO also its one-step membrane
+    buffer), neither an fp32 membrane [T, ...] written by the kernel nor u - theta_t at each step."""
+    steps = 4
+    for method, make in adaptive_width_neurons(scope, steps).items():
+        neuron = make().to(DEVICE)
+        assert not neuron.surrogate.reads_membrane
+        x = make_input(random.Random(scope), steps, False, 0.2, 1.0).requires_grad_()
+        recorder = AllocationRecorder()
+        with recorder:
+            out = neuron(x)
+        step_bytes = x[0].numel() * 4
+        large = [size for _, size in recorder.created if size >= step_bytes]
+        assert large == [steps * step_bytes] + ([step_bytes] if method == "ds_atgo" else []), (method, recorder.created)
+        assert 0 < out.mean() < 1
 
 
 DS_ATGO_CASES = [dict(stat_scope="layer"), dict(stat_scope="channel", fire_ge=False),
