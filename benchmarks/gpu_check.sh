@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu_check.sh kernels   # A2SG / TLSG / CF / DS-ATGO layers: kernels vs the fused torch code
 #                                          # (T = 4 and 32; `kernels 4`, `kernels 32` one T each: the unrolled
 #                                          # T = 32 backward kernels take minutes to compile on a fresh machine)
-#   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager
+#   bash benchmarks/gpu_check.sh methods   # per-method training step, bf16 autocast, eager (+ its launches, bytes)
 #   bash benchmarks/gpu_check.sh compiled  # the same with torch.compile (first step timed apart, with its graph breaks)
 #   bash benchmarks/gpu_check.sh tuning    # the kernels alone by block size, warps and replay chunk (LIF at T = 4
 #                                          # and 32, circulate firing at T = 4: its T = 32 backward compiles slowly)
@@ -32,7 +32,9 @@ case "${1:-}" in
       --output "benchmarks/results/neuron_cuda_kernels_T${STEPS// /_}.json" ;;
   methods)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
-      --recipes $RECIPES --output benchmarks/results/train_step_cuda_methods.json ;;
+      --recipes $RECIPES --output benchmarks/results/train_step_cuda_methods.json
+    python benchmarks/step_counts.py --device cuda --width 1 --size 32 --batch 128 --recipes $RECIPES \
+      --output benchmarks/results/step_counts_cuda.json ;;
   compiled)
     python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
       --compile --variants ann_relu --recipes $RECIPES --output benchmarks/results/train_step_cuda_compiled.json ;;

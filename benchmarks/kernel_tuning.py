@@ -51,23 +51,23 @@ def layer_kernels(kind: str, x: torch.Tensor, grad: torch.Tensor, preset: str) -
         surrogate = neuron.surrogate
         shape, params, switches = kernel_inputs(surrogate.shape, [surrogate.call_params(x[0])] * x.shape[0],
                                                 x[0].shape, x.device)
-        want_decay = neuron.decay_raw.requires_grad
+        want_decay, decay = neuron.decay_raw.requires_grad, neuron.decay.detach()
         return {
             "lif_forward": lambda block, warps, chunk: triton_lif.lif_forward(
-                x, neuron.decay, neuron.threshold, *flags, neuron.decay_input, neuron.fire_ge, block=block,
+                x, decay, neuron.threshold, *flags, neuron.decay_input, neuron.fire_ge, block=block,
                 num_warps=warps),
             "lif_backward": lambda block, warps, chunk: triton_lif.lif_backward(
-                x, grad, neuron.decay, neuron.threshold, None, shape, params, *flags, neuron.reset_detach,
+                x, grad, decay, neuron.threshold, None, shape, params, *flags, neuron.reset_detach,
                 neuron.decay_input, neuron.fire_ge, want_decay, switches=switches, block=block, chunk=chunk,
                 num_warps=warps)[0]}
     neuron = CFNeuron(surrogate="sigmoid").to(x.device)
-    config, levels = neuron.step_config(), neuron.levels.float()
-    shape, params, switches = fused_cf.kernel_tables(neuron.surrogate, None, x, [neuron.surrogate.params] * x.shape[0])
+    config, levels, decay = neuron.step_config(), neuron.levels.float(), neuron.decay.detach()
+    shape, params, switches = fused_cf.kernel_tables(neuron.surrogate, None, x)
     return {
         "cf_forward": lambda block, warps, chunk: triton_cf.cf_forward(
-            x, neuron.decay, levels, config.mode, config.reset_unit, config.scale, block=block, num_warps=warps)[0],
+            x, decay, levels, config.mode, config.reset_unit, config.scale, block=block, num_warps=warps)[0],
         "cf_backward": lambda block, warps, chunk: triton_cf.cf_backward(
-            x, grad, neuron.decay, levels, config.mode, config.reset_unit, config.scale, config.reset_detach, shape,
+            x, grad, decay, levels, config.mode, config.reset_unit, config.scale, config.reset_detach, shape,
             params, switches=switches, block=block, chunk=chunk, num_warps=warps)[0]}
 
 

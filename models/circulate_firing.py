@@ -112,13 +112,14 @@ class CFNeuron(SpikingNeuron):
         if self.num_steps is not None and x.shape[0] != self.num_steps:
             raise ValueError(f"this neuron was built for T={self.num_steps} timesteps but got T={x.shape[0]} "
                              f"(shape {tuple(x.shape)}, expected [T, B, ...]); rebuild with matching num_steps")
-        dtype, x = x.dtype, x.float()
+        dtype = x.dtype
         if self.fused:
             reason = unfused_reason(self)
-            if reason is None:
+            if reason is None:  # bf16 / fp16 input as it is: the kernels read it in its own dtype
                 return fused_cf(self, x).to(dtype)
             if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path
                 report_fallback(self, reason)
+        x = x.float()
         config = self.step_config()
         levels = self.levels.view(-1, *([1] * (x.dim() - 1)))
         potential = torch.zeros_like(x[0])

@@ -78,9 +78,9 @@ None / bool parameters (A2SG's ramp ``height``, ``clip``) as compile-time switch
 also sums dL/dk[t] per program.  Where callbacks are registered (A2SG's statistics steps) the kernel also
 writes dL/ds[t] and e[t] (two fp32 [T, ...] tensors, on those steps only) and the callbacks get them in the
 torch path's order after the kernel.  For a fixed threshold the forward is a kernel too (the spikes need
-nothing from the surrogate): it writes the spikes, or, where the surrogate reads u[t] (per-call parameters:
-A2SG's windows, MPD-AGL's widths, TGO; ``observe``: observers, A2SG's statistics), the membrane u[T, ...]
-in fp32, bitwise ``integrate``'s, whose steps then go to ``fire_context`` and the surrogate in the loop's
+nothing from the surrogate): it writes the spikes, or, where the surrogate reads u[t] (per-call parameters
+of a surrogate that reads the membrane, ``Surrogate.reads_membrane``: A2SG's windows; ``observe``: observers,
+A2SG's statistics), the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to ``fire_context`` and the surrogate in the loop's
 order, and the spikes are compared from it.  A threshold computed from u[t] (``fire_context`` overridden:
 DS-ATGO's layer or channel statistics) takes one launch of the same kernel per step
 (``triton_lif.lif_forward_by_step``): it charges u[t], bitwise ``integrate``'s, into one fp32 buffer [B, C, ...],
@@ -242,7 +242,7 @@ class FusedLIFFunction(torch.autograd.Function):
         if kernels and neuron.fixed_threshold:
             # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
             # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
-            per_step = observed or not (fixed_params or k is not None or not surrogate.reads_membrane)
+            per_step = observed or (not fixed_params and k is None and surrogate.reads_membrane)
             out = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                          config.decay_input, config.fire_ge, keep=per_step)
             if per_step:
@@ -255,7 +255,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 thresholds = [config.threshold] * x.shape[0]
                 params = ([surrogate.params] * x.shape[0] if k is None
                           else [{"k": value} for value in k.detach().unbind()])
-            else:  # per-step parameters that read no membrane (MPD-AGL): I[t] stands in for u[t]
+            else:  # per-step parameters that read no membrane (MPD-AGL, TGO): I[t] stands in for u[t]
                 spikes = out
                 for step in range(x.shape[0]):
                     threshold_at(x[step], step)

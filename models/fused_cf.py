@@ -16,7 +16,7 @@ ring's down-crossings), U[-1] = 0::
 
 Surrogate derivative of one crossing x: h(x) = ``shape(x, **params)`` with the parameters the surrogate
 gave for that call (``call_params(x, mem=H[t], step=t, neuron=neuron)``, as the reference loop calls it;
-captured at forward time), or for a learned TLSG h(x) = psi_k'(x) with k = k[t] (the straight-through
+captured at forward time; a surrogate that reads no membrane gets I[t] as x and mem), or for a learned TLSG h(x) = psi_k'(x) with k = k[t] (the straight-through
 term psi_k(x) - stopgrad(psi_k(x)) of ``TimestepLearnableSurrogate.forward``), which also gives k a
 gradient.  Backward, g[t] = dL/dout[t], e[t] = dL/dU[t] (e[T-1] = 0), a = 0 if ``reset_detach`` else 1::
 
@@ -111,9 +111,10 @@ def compiled_kernel_shape(neuron) -> str | None:
 
 
 def fused_cf(neuron, x: Tensor) -> Tensor:
-    """Outputs [T, B, ...] (fp32) of ``neuron`` on fp32 input ``x`` through ``FusedCFFunction``; a learned
-    TLSG's k[t] (differentiable w.r.t. its rho) enters as an input; with ``record_potentials`` the recorded
-    potentials go to ``neuron.potentials``."""
+    """Outputs [T, B, ...] of ``neuron`` on input ``x`` through ``FusedCFFunction``: fp32, or bf16 / fp16 saved and
+    read by the kernels in its own dtype (their outputs in it too; the torch code computes in fp32 and returns fp32);
+    a learned TLSG's k[t] (differentiable w.r.t. its rho) enters as an input; with ``record_potentials`` the
+    recorded potentials (fp32) go to ``neuron.potentials``."""
     surrogate = neuron.surrogate
     k = surrogate.sharpness_per_step(x.shape[0]) if learns_sharpness(surrogate) else None
     if torch.compiler.is_compiling():  # unfused_reason let it through: the kernels as one operator
@@ -161,12 +162,12 @@ class FusedCFFunction(torch.autograd.Function):
         recorded = neuron.recorded_potential if neuron.record_potentials else None
         kernel = None
         if (fixed_params or step_params or k is not None) and getattr(neuron, "triton", True):
-            kernel = kernel_tables(surrogate, k, x, [calls[0] for calls in params])
+            kernel = kernel_tables(surrogate, k, x, [calls[0] for calls in params] if step_params else None)
         if kernel is not None:
             out, potentials = triton_cf.cf_forward(x, neuron.decay, neuron.levels.float(), config.mode,
                                                    config.reset_unit, config.scale, record=recorded)
         else:
-            out, potentials = integrate(x, neuron.decay, levels, config, on_charge, keep=recorded)
+            out, potentials = integrate(at_least_fp32(x), neuron.decay, levels, config, on_charge, keep=recorded)
         if any(ctx.needs_input_grad[:2]):
             ctx.save_for_backward(x, k)
             ctx.kernel, ctx.level_tensor = kernel, neuron.levels.float()
@@ -192,7 +193,7 @@ class FusedCFFunction(torch.autograd.Function):
         grad_k = torch.zeros_like(k) if ctx.needs_input_grad[1] else None
         grad_out = grad_out.float()
         # H[t], overwritten by dL/dH[t] below
-        _, grad_mem = integrate(x, decay, levels, config, outputs=False, keep="pre_fire")
+        _, grad_mem = integrate(at_least_fp32(x), decay, levels, config, outputs=False, keep="pre_fire")
         attached, signed_out = not config.reset_detach, config.mode != "wrap_binary"
         carry = None  # e[t] = dL/dU[t]
         for t in range(x.shape[0] - 1, -1, -1):
@@ -215,17 +216,26 @@ class FusedCFFunction(torch.autograd.Function):
                 grad_h = grad_h + grad_potentials[t]
             grad_mem[t] = grad_h
             carry = decay * grad_h
-        return (grad_mem if ctx.needs_input_grad[0] else None), grad_k, None
+        return (grad_mem.to(x.dtype) if ctx.needs_input_grad[0] else None), grad_k, None
 
 
-def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor, params: list[dict]) -> tuple | None:
+def at_least_fp32(x: Tensor) -> Tensor:
+    """What the torch code computes in: fp32 for half input, else x's own dtype (float64 for gradcheck)."""
+    return x.float() if x.dtype in (torch.bfloat16, torch.float16) else x
+
+
+def kernel_tables(surrogate: Surrogate, k: Tensor | None, x: Tensor, params: list[dict] | None = None
+                  ) -> tuple | None:
     """(kernel derivative, parameter table [T, 1, P], switches) for ``triton_cf.cf_backward`` when the kernels
-    run on ``x``'s device, the derivative compiles and the parameters of each step (``params``; a learned TLSG's
-    k[t] in their place) are single values; else None."""
+    run on ``x``'s device, the derivative compiles and the parameters of each step are single values: ``params``
+    (None: a fixed surrogate's own), or a learned TLSG's k[t]; else None."""
     derivative = kernel_derivative(surrogate, k)
     if not kernels_apply(derivative, x):
         return None
-    params = params if k is None else [{"k": value} for value in k.detach().unbind()]
+    if k is not None:
+        params = [{"k": value} for value in k.detach().unbind()]
+    elif params is None:
+        params = [surrogate.params] * x.shape[0]
     return triton_surrogates.kernel_inputs(derivative, params, torch.Size([1]), x.device)
 
 
@@ -257,10 +267,10 @@ def double_differentiable_grads(ctx, x: Tensor, k: Tensor | None, grad_out: Tens
     """Input and sharpness gradients as differentiable functions of (I, k, upstream gradient): the
     reference step graph rebuilt with ``crossing_inputs`` and ``discharge`` and the captured surrogate."""
 
-    config = ctx.config
-    potential, out, recorded = torch.zeros_like(x[0]), [], []
+    config, inputs = ctx.config, at_least_fp32(x)
+    potential, out, recorded = torch.zeros_like(inputs[0]), [], []
     for t in range(x.shape[0]):
-        charged = ctx.decay * potential + x[t]
+        charged = ctx.decay * potential + inputs[t]
         counts = []
         for i, (shifted, fire_ge) in enumerate(crossing_inputs(charged, ctx.levels, config.mode)):
             if k is None:

@@ -5,6 +5,7 @@ import math
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -103,19 +104,30 @@ class TDBatchNorm(nn.Module):
         self.sync = False
 
     def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        x_hat = self._synced_normalise(x, shape) if self.sync and self.training else self.norm(x)
-        return x_hat * (self.scale * self.weight).view(shape) + self.bias.view(shape)
+        """y in x's dtype (bf16 stays bf16 under autocast: an fp32 affine after the normalisation would promote the
+        activations, and the spiking layers and convolutions after it, to fp32), computed in fp32."""
+        weight, norm = self.scale * self.weight, self.norm
+        if self.sync and self.training:
+            return self._synced_normalise(x, weight)
+        if self.training:
+            norm.num_batches_tracked += 1
+        momentum = norm.momentum
+        if momentum is None:  # the cumulative average, as nn.BatchNorm
+            momentum = 1.0 / float(norm.num_batches_tracked) if self.training else 0.0
+        return F.batch_norm(x, norm.running_mean, norm.running_var, weight, self.bias, self.training, momentum,
+                            norm.eps)
 
-    def _synced_normalise(self, x: Tensor, shape: tuple) -> Tensor:
+    def _synced_normalise(self, x: Tensor, weight: Tensor) -> Tensor:
         mean, var, n = global_mean_var(x, [0, *range(2, x.dim())])
         with torch.no_grad():
             momentum = self.norm.momentum
             self.norm.running_mean.mul_(1 - momentum).add_(momentum * mean.float())
             self.norm.running_var.mul_(1 - momentum).add_(momentum * (var * n / (n - 1)).float())
             self.norm.num_batches_tracked += 1
+        shape = (1, -1) + (1,) * (x.dim() - 2)
         mean, var = mean.float().view(shape), var.float().view(shape)
-        return ((x.float() - mean) * torch.rsqrt(var + self.norm.eps)).to(x.dtype)
+        x_hat = (x.float() - mean) * torch.rsqrt(var + self.norm.eps)
+        return torch.addcmul(self.bias.view(shape), x_hat, weight.view(shape)).to(x.dtype)
 
     def extra_repr(self) -> str:
         return f"{self.weight.numel()}, scale={self.scale}"

@@ -232,7 +232,7 @@ def cf_outputs(x: Tensor, k: Tensor | None, decay: Tensor, levels: Tensor, param
 
 @cf_outputs.register_fake
 def _(x, k, decay, levels, params, shape, mode, reset_unit, scale, reset_detach, record):
-    return torch.empty_like(x), torch.empty_like(x) if record else x.new_empty(0)
+    return torch.empty_like(x), torch.empty_like(x, dtype=torch.float32) if record else x.new_empty(0)
 
 
 @torch.library.custom_op("repro::cf_grads", mutates_args=())

@@ -54,9 +54,10 @@ class Surrogate(nn.Module):
     """
 
     # whether ``call_params`` reads the values of ``x`` or of the context's ``mem`` (True, the safe default).  False:
-    # the parameters come from the rest of the context (the step, the neuron, its statistics; x gives only a device
-    # and a shape), and the fused neuron paths pass the membrane, or a tensor of its shape, as both without forming
-    # u - theta_t; the LIF kernels then need no membrane output
+    # the parameters come from the rest of the context (the step, the neuron, its statistics), read only x's device
+    # and mem's shape (a step [B, C, ...] of the membrane), and keep neither; the fused neuron paths then pass a
+    # stand-in for both (the membrane buffer, or the step's input, in its own dtype) without forming u - theta_t,
+    # and the LIF kernels need no membrane output
     reads_membrane = True
 
     def __init__(self):

@@ -92,7 +92,8 @@ def test_fused_equals_reference_loop_for_every_mode(mode, wrap_mode, surrogate):
 
 @pytest.mark.parametrize("surrogate", [
     dict(name="atan"), dict(name="rectangular"), dict(name="triangle"), dict(name="fast_sigmoid"),
-    dict(name="tgo"), dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"), dict(name="mpd_agl", granularity="channel"),
+    dict(name="tgo"), dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"),
+    dict(name="mpd_agl", granularity="channel"),
     dict(name="learnable", shape="rect"), dict(name="learnable", shape="atan"),
     dict(name="learnable", granularity="per_layer"), dict(name="learnable", granularity="fixed"),
     dict(name="learnable", init="mpd", lr_mult=0.1)], ids=lambda s: "-".join(map(str, s.values())))
@@ -100,11 +101,16 @@ def test_fused_equals_reference_loop_for_other_surrogates(surrogate):
     inputs, upstream = inputs_for(3, (2, 4, 3), 1.0, 5), torch.randn(3, 2, 4, 3)
     norm = nn.BatchNorm1d(4)
     with torch.no_grad():
-        norm.weight.copy_(torch.linspace(0.4, 1.2, 4))  # mpd_agl: per-step widths from the feeding BN's gammas
+        # mpd_agl: per-step widths from the feeding BN's gammas, two of them guarded (|gamma| >= 1e-3), counted
+        norm.weight.copy_(torch.tensor([-0.6, 0.0004, 0.8, 1.2]))
     for mode in ("signed", "wrap_signed"):
         fused, reference = make_pair(surrogate, 3, mode=mode)
         fused.set_input_norm(norm), reference.set_input_norm(norm)
         assert_same(fused, reference, inputs, upstream, case=mode)
+        if surrogate == dict(name="mpd_agl", granularity="channel"):
+            assert fused.surrogate.guard_count > 0
+        if hasattr(reference.surrogate, "guard_count"):  # once per call, as the reference loop counts
+            assert torch.equal(fused.surrogate.guard_count, reference.surrogate.guard_count), mode
 
 
 def test_frozen_and_asgl_mix_in_eval_stay_fused():

@@ -93,3 +93,44 @@ def test_vgg_layer_lists_match_common_md():
     assert (linear.in_features, linear.out_features) == (2048, 200) and len(spiking_layers(vgg13)) == 10
     with pytest.raises(ValueError, match=r"C=2"):
         vggsnn(torch.randn(10, 2, 3, 48, 48))
+
+
+@pytest.mark.parametrize("sync", [False, True])
+def test_tdbn_keeps_the_input_dtype_and_equals_its_closed_form(sync):
+    """tdBN: y = scale gamma (x - mean) / sqrt(var + eps) + beta per channel over (N, H, W), computed in fp32 and
+    returned in x's dtype (``sync``: the --sync_bn path), running statistics updated with momentum 0.1; under bf16
+    autocast a bf16 activation stays bf16 (an fp32 affine after it would promote it, and every layer after it)."""
+    from repro.models import TDBatchNorm
+
+    torch.manual_seed(0)
+    norm = TDBatchNorm(3, scale=0.5)
+    norm.sync = sync
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5), norm.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(4, 3, 5, 5) * 2 + 1
+    mean = x.double().mean((0, 2, 3), keepdim=True)
+    var = x.double().var((0, 2, 3), keepdim=True, unbiased=False)
+    expected = ((x.double() - mean) / torch.sqrt(var + 1e-5) * 0.5 * norm.weight.double().view(1, -1, 1, 1)
+                + norm.bias.double().view(1, -1, 1, 1))
+    y = norm(x)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(norm.norm.running_mean.double(), 0.1 * mean.flatten(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(norm.norm.running_var.double(), 0.9 + 0.1 * x.double().var((0, 2, 3)), rtol=1e-5,
+                               atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y16 = norm(torch.nn.functional.conv2d(x, torch.eye(3).view(3, 3, 1, 1)))  # a bf16 activation
+    assert y16.dtype == torch.bfloat16
+    torch.testing.assert_close(y16.float(), y, rtol=2e-2, atol=4e-2)  # bf16 rounding of x and of y
+
+
+def test_recipe_neurons_get_bf16_activations_under_bf16_autocast():
+    """A ResNet-19 recipe model under bf16 autocast: every spiking layer receives the bf16 activation of its tdBN,
+    which the kernels read as it is."""
+    model = create_model("resnet19", num_classes=10, num_steps=2, width=0.0625, neuron="plif")
+    seen = []
+    for _, layer in spiking_layers(model):
+        layer.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[0].dtype))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model(torch.randn(2, 3, 8, 8))
+    assert len(seen) == 20 and set(seen) == {torch.bfloat16}

@@ -16,7 +16,9 @@ from kernel_launches import LaunchCounter, grads_of, run_in_triton_interpreter
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernels cannot be tested")
 
 import repro.models.triton_cf as triton_cf  # noqa: E402
+import repro.models.triton_lif as triton_lif  # noqa: E402
 from repro.models.circulate_firing import CFNeuron  # noqa: E402
+from repro.models.triton_surrogates import kernel_inputs  # noqa: E402
 from repro.surrogates import create_surrogate  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -87,8 +89,8 @@ def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, opti
     counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
     norm = torch.nn.BatchNorm1d(3)
     with torch.no_grad():
-        norm.weight.copy_(torch.tensor([0.5, 0.9, 1.3]))
-    runs = []
+        norm.weight.copy_(torch.tensor([-0.5, 0.9, 1.3]))  # guarded (made positive) and counted, once per call
+    runs, guards = [], []
     for fused in (True, False):
         kwargs = dict(options)
         neuron = CFNeuron(D=3, theta=0.75, surrogate=create_surrogate(kwargs.pop("name"), **kwargs), fused=fused)
@@ -97,9 +99,12 @@ def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, opti
         upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
         counter.launches.clear()
         runs.append(grads_of(neuron.to(DEVICE), x, upstream))
+        guards.append(getattr(neuron.surrogate, "guard_count", None))
         kernels = fused and options.get("granularity") != "channel"
         assert counter.launches == (["_cf_forward_kernel", "_cf_backward_kernel"] if kernels else [])
     (out, (grad,)), (ref_out, (ref_grad,)) = runs
+    assert guards[0] == guards[1]  # MPD-AGL's count of guarded gammas: once per call, as the reference loop counts
+    assert options.get("granularity") != "channel" or guards[0] > 0
     assert torch.equal(out, ref_out) and out.abs().sum() > 0
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
 
@@ -115,7 +120,7 @@ def test_cf_backward_replays_in_chunks_and_reads_half_input():
     surrogate = create_surrogate("atan")
     from repro.models.fused_cf import kernel_tables
 
-    shape, params, switches = kernel_tables(surrogate, None, x, [surrogate.params] * x.shape[0])
+    shape, params, switches = kernel_tables(surrogate, None, x)
     args = (x, upstream, decay, levels, "signed", 1.0, 1.0, False, shape, params)
     whole, _ = triton_cf.cf_backward(*args, switches=switches)
     chunked, _ = triton_cf.cf_backward(*args, switches=switches, chunk=3)
@@ -152,6 +157,64 @@ def test_cf_kernels_record_the_potentials_and_take_their_gradient(monkeypatch, r
         assert torch.equal(out, ref_out) and torch.equal(potentials, ref_potentials), case
         for grad, ref_grad in zip(grads, ref_grads):
             torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5, msg=case)
+
+
+@kernels_run_here
+@pytest.mark.parametrize("surrogate", ["sigmoid", "learnable"])
+def test_bf16_input_reaches_the_cf_kernels_in_its_own_dtype(surrogate):
+    """``CFNeuron`` on bf16 input (autocast after a bf16 layer) runs the kernels on it as it is: the layer saves the
+    bf16 input itself, its outputs are the fp32 kernels' on the upcast input, its input gradient theirs rounded
+    once to bf16 (within one bf16 ulp in the interpreter), k's gradient theirs."""
+    levels = torch.tensor([0.75, 1.5, 2.25])
+    x = make_input(4, levels.to(DEVICE)).bfloat16()
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE).bfloat16()
+    results = []
+    for inputs in (x.clone().requires_grad_(), x.float().requires_grad_()):
+        neuron = CFNeuron(D=3, theta=0.75, surrogate=make_surrogate(surrogate, 4), num_steps=4).to(DEVICE)
+        out = neuron(inputs)
+        saved = [t for t in out.grad_fn.saved_tensors if t is not None and t.numel() > 4]
+        assert [t.data_ptr() for t in saved] == [inputs.data_ptr()] and out.dtype == inputs.dtype
+        results.append((out, *torch.autograd.grad(out, [inputs, *neuron.surrogate.parameters()],
+                                                  upstream.to(out.dtype))))
+    (out, grad_x, *grad_k), (ref_out, ref_grad_x, *ref_grad_k) = results
+    assert torch.equal(out.float(), ref_out) and out.abs().sum() > 0
+    ulp = ref_grad_x.abs().clamp_min(2 ** -126) * 2 ** -7
+    assert grad_x.dtype == torch.bfloat16 and ((grad_x.float() - ref_grad_x).abs() <= ulp).all()
+    for grad, ref_grad in zip(grad_k, ref_grad_k):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+
+
+@kernels_run_here
+def test_launch_configuration_reaches_the_kernels(monkeypatch):
+    """``block``, ``chunk`` and ``num_warps`` of the four layer kernels (what benchmarks/kernel_tuning.py sweeps; the
+    interpreter ignores the warps) are what the kernels are launched with."""
+    launched = []
+
+    def recording(name, kernel):
+        class Recording:
+            def __getitem__(self, grid):
+                launch = kernel[grid]
+
+                def run(*args, **kwargs):
+                    launched.append((name, kwargs["BLOCK"], kwargs.get("CHUNK"), kwargs["num_warps"]))
+                    return launch(*args, **kwargs)
+                return run
+        return Recording()
+    for module, name in ((triton_lif, "_forward_kernel"), (triton_lif, "_backward_kernel"),
+                         (triton_cf, "_cf_forward_kernel"), (triton_cf, "_cf_backward_kernel")):
+        monkeypatch.setattr(module, name, recording(name, getattr(module, name)))
+    levels = torch.tensor([1.0, 2.0], device=DEVICE)
+    x, decay = make_input(3, levels), torch.tensor(0.5, device=DEVICE)
+    surrogate = create_surrogate("atan")
+    shape, params, switches = kernel_inputs(surrogate.shape, [surrogate.params] * 3, x[0].shape, x.device)
+    triton_lif.lif_forward(x, decay, 1.0, "zero", True, False, False, block=256, num_warps=8)
+    triton_lif.lif_backward(x, torch.ones_like(x), decay, 1.0, None, shape, params, "zero", True, False, False,
+                            False, True, switches=switches, block=128, chunk=2, num_warps=2)
+    triton_cf.cf_forward(x, decay, levels, "signed", 1.0, 1.0, block=512, num_warps=2)
+    triton_cf.cf_backward(x, torch.ones_like(x), decay, levels, "signed", 1.0, 1.0, False, shape, params,
+                          switches=switches, block=256, chunk=2, num_warps=8)
+    assert launched == [("_forward_kernel", 256, None, 8), ("_backward_kernel", 128, 2, 2),
+                        ("_cf_forward_kernel", 512, None, 2), ("_cf_backward_kernel", 256, 2, 8)]
 
 
 @kernels_run_here

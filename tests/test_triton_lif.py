@@ -275,7 +275,7 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
     """DS-ATGO (adaptive theta_t per step, or per step and channel, TGO widths from the same statistics) and
     MPD-AGL (per-step widths, per layer or per channel): DS-ATGO's forward kernel launched per step (theta_t from
     the step's statistics between launches), MPD-AGL's forward kernel (fixed threshold; its widths from the
-    kernel's membrane), then the backward kernel with theta_t and the widths as tables; spikes equal, gradients
+    step, the decay and the feeding BN), then the backward kernel with theta_t and the widths as tables; spikes equal, gradients
     equal the torch backward's."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     launches = {"ds_atgo": ["_forward_kernel"] * 5 + ["_backward_kernel"],  # a forward launch per step
