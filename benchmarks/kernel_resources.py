@@ -65,11 +65,12 @@ def resources(compiled) -> dict:
 def forward_kernel(steps: int, dtype: str, reset: str, arch: int, per_step: str | None = None):
     """The forward kernel over T steps, or (``per_step`` "layer" / "channel") one step of
     ``lif_forward_by_step`` (T = 1, membrane in and out in fp32, theta_{t-1} one value or one per channel)."""
-    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": "*fp32" if per_step else f"*{dtype}",
+    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}", "mem_ptr": "*fp32",
                 "thr_ptr": "*fp32", "fired_ptr": f"*{dtype}"}
     scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
     constants = dict(T=1 if per_step else steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True,
-                     KEEP=bool(per_step), RESUME=bool(per_step), THRESHOLD_CHANNELS=per_step == "channel",
+                     SPIKES=not per_step, KEEP=bool(per_step), RESUME=bool(per_step),
+                     THRESHOLD_CHANNELS=per_step == "channel",
                      BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
     return compile_kernel(triton_lif._forward_kernel, pointers, scalars, constants, arch)
 

@@ -78,10 +78,10 @@ None / bool parameters (A2SG's ramp ``height``, ``clip``) as compile-time switch
 also sums dL/dk[t] per program.  Where callbacks are registered (A2SG's statistics steps) the kernel also
 writes dL/ds[t] and e[t] (two fp32 [T, ...] tensors, on those steps only) and the callbacks get them in the
 torch path's order after the kernel.  For a fixed threshold the forward is a kernel too (the spikes need
-nothing from the surrogate): it writes the spikes, or, where the surrogate reads u[t] (per-call parameters
+nothing from the surrogate): it writes the spikes, and where the surrogate reads u[t] (per-call parameters
 of a surrogate that reads the membrane, ``Surrogate.reads_membrane``: A2SG's windows; ``observe``: observers,
-A2SG's statistics), the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to ``fire_context`` and the surrogate in the loop's
-order, and the spikes are compared from it.  A threshold computed from u[t] (``fire_context`` overridden:
+A2SG's statistics) also the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to
+``fire_context`` and the surrogate in the loop's order.  A threshold computed from u[t] (``fire_context`` overridden:
 DS-ATGO's layer or channel statistics) takes one launch of the same kernel per step
 (``triton_lif.lif_forward_by_step``): it charges u[t], bitwise ``integrate``'s, into one fp32 buffer [B, C, ...],
 ``fire_context`` and the surrogate run on it in torch exactly as in the loop, and the next launch fires s[t]
@@ -243,20 +243,17 @@ class FusedLIFFunction(torch.autograd.Function):
             # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
             # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
             per_step = observed or (not fixed_params and k is None and surrogate.reads_membrane)
-            out = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
-                                         config.decay_input, config.fire_ge, keep=per_step)
+            membrane = torch.empty(x.shape, device=x.device) if per_step else None
+            spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
+                                            config.decay_input, config.fire_ge, membrane=membrane)
             if per_step:
                 for step in range(x.shape[0]):
-                    threshold_at(out[step], step)
-                spikes = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-                (torch.ge if config.fire_ge else torch.gt)(out, config.threshold, out=spikes)
+                    threshold_at(membrane[step], step)
             elif fixed_params or k is not None:
-                spikes = out
                 thresholds = [config.threshold] * x.shape[0]
                 params = ([surrogate.params] * x.shape[0] if k is None
                           else [{"k": value} for value in k.detach().unbind()])
             else:  # per-step parameters that read no membrane (MPD-AGL, TGO): I[t] stands in for u[t]
-                spikes = out
                 for step in range(x.shape[0]):
                     threshold_at(x[step], step)
         elif kernels:  # theta_t from the statistics of u[t] (DS-ATGO): a kernel launch per step, threshold_at between

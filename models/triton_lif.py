@@ -16,7 +16,7 @@ uses ``enable_fp_fusion=False`` (no multiply-add is contracted into an FMA): u, 
 bitwise the reference loop's on the same device (products with a 0/1 spike are exact).
 
 **Forward** (``lif_forward``): reads I in its own dtype (fp32, bf16 or fp16), computes in fp32 and
-writes s in I's dtype; saves nothing.
+writes s in I's dtype (and, if asked, u in fp32); saves nothing.
 
 **Per-step forward** (``lif_forward_by_step``, DS-ATGO: theta_t from statistics of the layer's u[t]): the
 same kernel with T = 1 and ``RESUME``, launched once per step.  Launch t reads u[t-1] from an fp32 buffer,
@@ -163,17 +163,17 @@ if triton is not None:
         return h
 
     @triton.jit
-    def _forward_kernel(x_ptr, lam_ptr, out_ptr, thr_ptr, fired_ptr, N, inner, channels, theta, T: tl.constexpr,
-                        RESET: tl.constexpr, DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr,
-                        KEEP: tl.constexpr, RESUME: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr,
-                        BLOCK: tl.constexpr):
+    def _forward_kernel(x_ptr, lam_ptr, out_ptr, mem_ptr, thr_ptr, fired_ptr, N, inner, channels, theta,
+                        T: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr,
+                        FIRE_GE: tl.constexpr, SPIKES: tl.constexpr, KEEP: tl.constexpr, RESUME: tl.constexpr,
+                        THRESHOLD_CHANNELS: tl.constexpr, BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
         u = tl.zeros([BLOCK], dtype=tl.float32)
         s = tl.zeros([BLOCK], dtype=tl.float32)
-        if RESUME:  # a step of lif_forward_by_step: u[t-1] from out, s[t-1] fired against theta_{t-1} into fired
-            u = tl.load(out_ptr + offsets, mask=valid, other=0.0)
+        if RESUME:  # a step of lif_forward_by_step: u[t-1] from mem, s[t-1] fired against theta_{t-1} into fired
+            u = tl.load(mem_ptr + offsets, mask=valid, other=0.0)
             s = _fire(u, _step_threshold(thr_ptr, 0, (offsets // inner) % channels, channels, theta, True,
                                          THRESHOLD_CHANNELS), FIRE_GE)
             tl.store(fired_ptr + offsets, s.to(fired_ptr.dtype.element_ty), mask=valid)
@@ -181,7 +181,10 @@ if triton is not None:
             current = _current(x_ptr + t * stride + offsets, valid, scale, DECAY_INPUT)
             u = _charge(u, s, current, lam, theta, RESET, DECAYED)
             s = _fire(u, theta, FIRE_GE)
-            tl.store(out_ptr + t * stride + offsets, (u if KEEP else s).to(out_ptr.dtype.element_ty), mask=valid)
+            if SPIKES:
+                tl.store(out_ptr + t * stride + offsets, s.to(out_ptr.dtype.element_ty), mask=valid)
+            if KEEP:
+                tl.store(mem_ptr + t * stride + offsets, u, mask=valid)
 
     @triton.jit
     def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, k_partial_ptr, gs_ptr,
@@ -286,20 +289,26 @@ def _decay_pointer(decay: Tensor) -> Tensor:
 
 
 def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool, decay_input: bool,
-                fire_ge: bool, *, keep: bool = False, block: int | None = None, num_warps: int = 4) -> Tensor:
-    """Spikes [T, ...] in x's dtype for a fixed threshold (or, with ``keep``, the pre-reset membrane u),
-    bitwise the reference loop's (module docstring).  ``decay``: lambda, a one-element tensor; ``block``,
-    ``num_warps``: the launch configuration (default ``forward_block``, 4 warps; ``benchmarks/kernel_tuning.py``)."""
+                fire_ge: bool, *, membrane: Tensor | None = None, block: int | None = None,
+                num_warps: int = 4) -> Tensor:
+    """Spikes [T, ...] in x's dtype for a fixed threshold, bitwise the reference loop's (module docstring).
+    ``decay``: lambda, a one-element tensor; ``membrane``: an fp32 tensor of x's shape that, if given, also
+    receives the pre-reset membrane u (for a surrogate that reads it); ``block``, ``num_warps``: the launch
+    configuration (default ``forward_block``, 4 warps; ``benchmarks/kernel_tuning.py``)."""
     _check(x, reset)
     x = x.contiguous()
-    out = torch.empty(x.shape, dtype=torch.float32 if keep else x.dtype, device=x.device)
+    out = torch.empty_like(x)
+    keep = membrane is not None
+    if keep:
+        _output_or("membrane", membrane, x, out)
     steps, neurons = x.shape[0], x[0].numel()
     block = block or forward_block(x.dtype)
     with _device_guard(x):
         _forward_kernel[(triton.cdiv(neurons, block),)](
-            x, _decay_pointer(decay), out, out, out, neurons, 1, 1, threshold, T=steps, RESET=reset,
-            DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=keep, RESUME=False,
-            THRESHOLD_CHANNELS=False, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)  # thr, fired: out
+            x, _decay_pointer(decay), out, membrane if keep else out, out, out, neurons, 1, 1, threshold, T=steps,
+            RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, SPIKES=True, KEEP=keep,
+            RESUME=False, THRESHOLD_CHANNELS=False, BLOCK=block, num_warps=num_warps,
+            enable_fp_fusion=False)  # thr_ptr, fired_ptr unused: out
     return out
 
 
@@ -323,9 +332,10 @@ def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, 
         for step in range(x.shape[0]):
             table, inner, channels = (membrane, 1, 1) if step == 0 else _threshold_table(step_threshold, membrane)
             _forward_kernel[(triton.cdiv(membrane.numel(), block),)](
-                x[step], lam, membrane, table, spikes[step - 1], membrane.numel(), inner, channels, threshold, T=1,
-                RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, KEEP=True,
-                RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1, BLOCK=block, enable_fp_fusion=False)
+                x[step], lam, membrane, membrane, table, spikes[step - 1], membrane.numel(), inner, channels,
+                threshold, T=1, RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge,
+                SPIKES=False, KEEP=True, RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1, BLOCK=block,
+                enable_fp_fusion=False)  # out_ptr unused: membrane
             step_threshold = threshold_at(membrane, step)
     last = step_threshold.float() if isinstance(step_threshold, Tensor) else step_threshold  # as the kernel's table
     (torch.ge if fire_ge else torch.gt)(membrane, last, out=spikes[-1])

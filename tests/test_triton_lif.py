@@ -116,8 +116,10 @@ def test_kernels_match_reference_loop_and_torch_fused_path(reset, reset_decayed)
         config = StepConfig(theta, reset, reset_decayed, detach, decay_input, fire_ge)
         ref_spikes, ref_membrane = integrate(x, decay, config, lambda u, t: theta, keep=True)
         args = (x, decay, theta, reset, reset_decayed, decay_input, fire_ge)
-        spikes, membrane = lif_forward(*args, block=BLOCK), lif_forward(*args, keep=True, block=BLOCK)
-        assert torch.equal(spikes, ref_spikes) and bitwise_equal(membrane, ref_membrane), case
+        membrane = torch.empty(x.shape, device=DEVICE)
+        spikes, kept_spikes = lif_forward(*args, block=BLOCK), lif_forward(*args, membrane=membrane, block=BLOCK)
+        assert torch.equal(spikes, ref_spikes) and torch.equal(kept_spikes, spikes), case
+        assert bitwise_equal(membrane, ref_membrane), case
         assert steps == 1 or 0 < spikes.mean() < 1, case
         kwargs = dict(decay=lam, decay_param="clamp", threshold=theta, reset=reset, reset_decayed=reset_decayed,
                       reset_detach=detach, fire_ge=fire_ge, decay_input=decay_input)
@@ -275,8 +277,8 @@ def test_backward_kernel_with_per_step_thresholds_and_widths(monkeypatch, scope)
     """DS-ATGO (adaptive theta_t per step, or per step and channel, TGO widths from the same statistics) and
     MPD-AGL (per-step widths, per layer or per channel): DS-ATGO's forward kernel launched per step (theta_t from
     the step's statistics between launches), MPD-AGL's forward kernel (fixed threshold; its widths from the
-    step, the decay and the feeding BN), then the backward kernel with theta_t and the widths as tables; spikes equal, gradients
-    equal the torch backward's."""
+    step, the decay and the feeding BN), then the backward kernel with theta_t and the widths as tables; spikes
+    equal, gradients equal the torch backward's."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     launches = {"ds_atgo": ["_forward_kernel"] * 5 + ["_backward_kernel"],  # a forward launch per step
                 "mpd_agl": ["_forward_kernel", "_backward_kernel"]}
@@ -354,18 +356,22 @@ def test_ds_atgo_forward_kernel_per_step_equals_the_torch_path(monkeypatch, opti
 
 @kernels_run_here
 def test_forward_kernel_hands_observers_the_membrane_of_each_step(monkeypatch):
-    """A fixed-threshold LIF whose surrogate has an observer: the forward kernel writes u, the observer gets
-    x[t] = u[t] - theta for t = 0..T-1, bitwise the torch path's, and the spikes equal it."""
+    """A fixed-threshold LIF whose surrogate has an observer: the forward kernel writes the spikes and u, the
+    observer gets x[t] = u[t] - theta for t = 0..T-1, bitwise the torch path's, and the spikes equal it (no
+    comparison pass over u after the kernel)."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random("observer"), 4, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(8)).to(DEVICE)
-    runs = []
+    runs, comparisons = [], []
     for neuron in neuron_pair(lambda: LIF(surrogate="atan", preset="reference", decay_learnable=True)):
         seen = []
         neuron.surrogate.observers.append(lambda sg, u, params, context: seen.append((context["step"], u.clone())))
         counter.launches.clear()
-        runs.append((*grads_of(neuron, x, upstream), seen, list(counter.launches)))
+        with OperationCounter() as operations:
+            runs.append((*grads_of(neuron, x, upstream), seen, list(counter.launches)))
+        comparisons.append(operations.names["aten.gt"] + operations.names["aten.ge"])
     (out, grads, seen, launches), (ref_out, ref_grads, ref_seen, ref_launches) = runs
+    assert comparisons[0] == 0 < comparisons[1]  # the torch path fires by comparison, the kernel path not
     assert launches == ["_forward_kernel", "_backward_kernel"] and ref_launches == []
     assert torch.equal(out, ref_out) and 0 < out.mean() < 1
     assert [step for step, _ in seen] == [step for step, _ in ref_seen] == [0, 1, 2, 3]
