@@ -107,23 +107,24 @@ class TDBatchNorm(nn.Module):
         """y in x's dtype (bf16 stays bf16 under autocast: an fp32 affine after the normalisation would promote the
         activations, and the spiking layers and convolutions after it, to fp32), computed in fp32."""
         weight, norm = self.scale * self.weight, self.norm
+        momentum = self._count_batch() if self.training else 0.0
         if self.sync and self.training:
-            return self._synced_normalise(x, weight)
-        if self.training:
-            norm.num_batches_tracked += 1
-        momentum = norm.momentum
-        if momentum is None:  # the cumulative average, as nn.BatchNorm
-            momentum = 1.0 / float(norm.num_batches_tracked) if self.training else 0.0
+            return self._synced_normalise(x, weight, momentum)
         return F.batch_norm(x, norm.running_mean, norm.running_var, weight, self.bias, self.training, momentum,
                             norm.eps)
 
-    def _synced_normalise(self, x: Tensor, weight: Tensor) -> Tensor:
+    def _count_batch(self) -> float:
+        """Count a training batch and return the running statistics' momentum (momentum None: the cumulative
+        average, 1 / batches so far, as nn.BatchNorm)."""
+        norm = self.norm
+        norm.num_batches_tracked += 1
+        return 1.0 / float(norm.num_batches_tracked) if norm.momentum is None else norm.momentum
+
+    def _synced_normalise(self, x: Tensor, weight: Tensor, momentum: float) -> Tensor:
         mean, var, n = global_mean_var(x, [0, *range(2, x.dim())])
         with torch.no_grad():
-            momentum = self.norm.momentum
             self.norm.running_mean.mul_(1 - momentum).add_(momentum * mean.float())
             self.norm.running_var.mul_(1 - momentum).add_(momentum * (var * n / (n - 1)).float())
-            self.norm.num_batches_tracked += 1
         shape = (1, -1) + (1,) * (x.dim() - 2)
         mean, var = mean.float().view(shape), var.float().view(shape)
         x_hat = (x.float() - mean) * torch.rsqrt(var + self.norm.eps)

@@ -122,6 +122,16 @@ def test_tdbn_keeps_the_input_dtype_and_equals_its_closed_form(sync):
         y16 = norm(torch.nn.functional.conv2d(x, torch.eye(3).view(3, 3, 1, 1)))  # a bf16 activation
     assert y16.dtype == torch.bfloat16
     torch.testing.assert_close(y16.float(), y, rtol=2e-2, atol=4e-2)  # bf16 rounding of x and of y
+    norm.norm.momentum = None  # the cumulative average over the batches, as nn.BatchNorm's (then evaluation)
+    reference = torch.nn.BatchNorm2d(3, momentum=None, affine=False)
+    reference.load_state_dict(norm.norm.state_dict())
+    for batch in (x, x * 0.5 + 1):
+        norm(batch), reference(batch)
+    for name, value in reference.state_dict().items():
+        torch.testing.assert_close(norm.norm.state_dict()[name], value, rtol=1e-6, atol=1e-7, msg=name)
+    norm.eval(), reference.eval()
+    gamma, beta = norm.weight.view(1, -1, 1, 1), norm.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(norm(x), 0.5 * gamma * reference(x) + beta, rtol=1e-5, atol=1e-6)
 
 
 def test_recipe_neurons_get_bf16_activations_under_bf16_autocast():
