@@ -10,6 +10,7 @@ Uses Triton's own ``ptxas``/``cuobjdump`` (shipped in the triton wheel); no CUDA
 
     python benchmarks/kernel_resources.py                        # T = 4, 32; fp32, bf16; atan, sigmoid; sm_90
     python benchmarks/kernel_resources.py --steps 64 --arch 100  # another T / architecture
+    python benchmarks/kernel_resources.py --surrogates a2sg --rows  # also A2SG's search steps (sampled rows out)
 
 Compiling the backward at T = 32 takes about 10 s per variant on one CPU core (the time loop is unrolled).
 Writes JSON (``--output``, default benchmarks/results/kernel_resources.json).
@@ -34,6 +35,7 @@ from repro.models.triton_surrogates import kernel_parameters, kernel_shape
 from repro.surrogates import create_surrogate
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+ROW_SCALARS = {"row_units": "i32", "row_inner": "i32", "row_every": "i32", "row_length": "i32"}
 
 
 def compile_kernel(kernel, pointers: dict[str, str], scalars: dict[str, str], constants: dict, arch: int,
@@ -62,31 +64,35 @@ def resources(compiled) -> dict:
             "loads": ptx.count("ld.global"), "stores": ptx.count("st.global")}
 
 
-def forward_kernel(steps: int, dtype: str, reset: str, arch: int, per_step: str | None = None):
+def forward_kernel(steps: int, dtype: str, reset: str, arch: int, per_step: str | None = None, rows: bool = False):
     """The forward kernel over T steps, or (``per_step`` "layer" / "channel") one step of
-    ``lif_forward_by_step`` (T = 1, membrane in and out in fp32, theta_{t-1} one value or one per channel)."""
+    ``lif_forward_by_step`` (T = 1, membrane in and out in fp32, theta_{t-1} one value or one per channel);
+    ``rows``: also writing the sampled rows of u (A2SG's search steps)."""
     pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}", "mem_ptr": "*fp32",
                 "thr_ptr": "*fp32", "fired_ptr": f"*{dtype}"}
-    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
+    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32", **ROW_SCALARS}
     constants = dict(T=1 if per_step else steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True,
-                     SPIKES=not per_step, KEEP=bool(per_step), RESUME=bool(per_step),
+                     SPIKES=not per_step, KEEP=bool(per_step) or rows, ROWS=rows, RESUME=bool(per_step),
                      THRESHOLD_CHANNELS=per_step == "channel",
                      BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
     return compile_kernel(triton_lif._forward_kernel, pointers, scalars, constants, arch)
 
 
-def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: int, chunk: int):
+def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: int, chunk: int, rows: bool = False):
+    """The backward kernel of a fixed-threshold LIF with ``surrogate`` at its default parameters (one value per
+    step); ``rows``: also writing the sampled rows of dL/ds and dL/du (A2SG's search steps)."""
     module = create_surrogate(surrogate)
     shape = module.shape
     names, switches = kernel_parameters(shape, [module.call_params(torch.zeros(()))])
     pointers = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "lam_ptr": "*fp32", "thr_ptr": "*fp32",
                 "param_ptr": "*fp32", "gx_ptr": f"*{dtype}", "partial_ptr": "*fp32", "k_partial_ptr": "*fp32",
                 "gs_ptr": "*fp32", "gu_ptr": "*fp32"}
-    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32"}
+    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32", **ROW_SCALARS}
     constants = dict(T=steps, CHUNK=chunk, RESET=reset, DECAYED=True, DETACH=False, DECAY_INPUT=False, FIRE_GE=True,
                      STEP_THRESHOLDS=False, THRESHOLD_CHANNELS=False, SHAPE=kernel_shape(shape),
                      N_PARAMS=len(names), PARAM_CHANNELS=False, SWITCHES=switches, LEARNED_K=False, WANT_DECAY=True,
-                     STORE_SPIKE_GRADS=False, STORE_MEMBRANE_GRADS=False, BLOCK=triton_lif.backward_block(steps))
+                     STORE_SPIKE_GRADS=rows, STORE_MEMBRANE_GRADS=rows, ROWS=rows,
+                     BLOCK=triton_lif.backward_block(steps))
     return compile_kernel(triton_lif._backward_kernel, pointers, scalars, constants, arch)
 
 
@@ -98,6 +104,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--reset", default="zero", choices=triton_lif.RESETS)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (H100/H200: 90)")
     parser.add_argument("--chunk", type=int, default=triton_lif.CHUNK, help="steps replayed into registers at once")
+    parser.add_argument("--rows", action="store_true",
+                        help="also the kernels of a window-search step (A2SG): sampled rows of u, dL/ds, dL/du out")
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "kernel_resources.json"))
     args = parser.parse_args(argv)
     rows = []
@@ -110,6 +118,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
             variants += [("backward", name, lambda name=name: backward_kernel(steps, dtype, args.reset, name, args.arch,
                                                                         args.chunk))
                          for name in args.surrogates]
+            if args.rows:
+                variants += [("forward_rows", "-", lambda: forward_kernel(steps, dtype, args.reset, args.arch,
+                                                                          rows=True))]
+                variants += [("backward_rows", name, lambda name=name: backward_kernel(
+                    steps, dtype, args.reset, name, args.arch, args.chunk, rows=True)) for name in args.surrogates]
             for kernel, surrogate, build in variants:
                 start = time.perf_counter()
                 compiled = build()

@@ -5,8 +5,10 @@ of device time however small the tensor) and, for the elementwise layers, the by
 training step (forward, backward, SGD step with momentum, the surrogates' ``after_optimizer_step``) of each recipe's
 model at its own T (``recipes/NAME.py``), against the ANN with the same layers (ReLU in place of the neurons):
 
-- launches: the aten operations that compute (views and bare allocations excluded) plus the Triton kernel launches;
-- operand bytes: per aten operation the bytes of its tensor inputs and outputs, per Triton launch the bytes of its
+- launches: the aten operations that compute (views, bare allocations and profiler marks excluded) plus the Triton
+  kernel launches; SGD runs its multi-tensor (``foreach``) update, a GPU's default;
+- operand bytes: per aten operation the bytes of its tensor inputs and outputs (an ``out=`` tensor once, as the
+  result; an in-place operation's tensor as read and written), per Triton launch the bytes of its
   distinct tensor arguments.  A model of the memory traffic, not a measurement: a convolution's tiling, caches and
   an in-place operation's reuse are not seen, and both sides are counted alike;
 
@@ -60,11 +62,13 @@ class StepCounts(TorchDispatchMode):
         self.inside_kernel = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
         name = str(func.overloadpacket)
-        if not (self.inside_kernel or func.is_view or name in ALLOCATIONS):
+        if not (self.inside_kernel or func.is_view or name in ALLOCATIONS or name.startswith("profiler.")):
             self.launches[name] += 1
-            self.bytes[name] += tensor_bytes(tree_leaves((args, kwargs, out)))
+            inputs = {key: value for key, value in kwargs.items() if key != "out"}  # an out= tensor is the result
+            self.bytes[name] += tensor_bytes(tree_leaves((args, inputs, out)))
         return out
 
     @contextlib.contextmanager
@@ -105,7 +109,7 @@ def count_step(variant: str, steps: int, args, device: torch.device) -> tuple[St
     spiking layers."""
     torch.manual_seed(args.seed)
     model = build(variant, steps, args).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, foreach=True)  # a GPU's default
     hooked = [module for module in model.modules() if hasattr(module, "after_optimizer_step")]
     generator = torch.Generator().manual_seed(args.seed)
     images = torch.randn(args.batch, 3, args.size, args.size, generator=generator).to(device)

@@ -114,7 +114,7 @@ class CFNeuron(SpikingNeuron):
                              f"(shape {tuple(x.shape)}, expected [T, B, ...]); rebuild with matching num_steps")
         dtype = x.dtype
         if self.fused:
-            reason = unfused_reason(self)
+            reason = unfused_reason(self, x)
             if reason is None:  # bf16 / fp16 input as it is: the kernels read it in its own dtype
                 return fused_cf(self, x).to(dtype)
             if not torch.compiler.is_compiling():  # under torch.compile the traced loop is the intended path

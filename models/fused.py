@@ -79,9 +79,13 @@ also sums dL/dk[t] per program.  Where callbacks are registered (A2SG's statisti
 writes dL/ds[t] and e[t] (two fp32 [T, ...] tensors, on those steps only) and the callbacks get them in the
 torch path's order after the kernel.  For a fixed threshold the forward is a kernel too (the spikes need
 nothing from the surrogate): it writes the spikes, and where the surrogate reads u[t] (per-call parameters
-of a surrogate that reads the membrane, ``Surrogate.reads_membrane``: A2SG's windows; ``observe``: observers,
-A2SG's statistics) also the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to
-``fire_context`` and the surrogate in the loop's order.  A threshold computed from u[t] (``fire_context`` overridden:
+of a surrogate that reads the membrane, ``Surrogate.reads_membrane``; ``observe``: observers, A2SG's
+statistics) also the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to
+``fire_context`` and the surrogate in the loop's order.  Where the observation reads only a fixed sample of rows
+of each step (``Surrogate.observation_sample``: A2SG's window search, the paper's statistics) both kernels write
+only those rows, [T, U, S] in fp32 (``surrogates.base.RowSample``): ``observe`` gets the rows of u[t] - theta_t
+(context ``sampled``; I[t] stands in for u[t]), the callbacks the rows of dL/ds[t] and e[t]; the torch code
+hands over the same rows of its full tensors.  A threshold computed from u[t] (``fire_context`` overridden:
 DS-ATGO's layer or channel statistics) takes one launch of the same kernel per step
 (``triton_lif.lif_forward_by_step``): it charges u[t], bitwise ``integrate``'s, into one fp32 buffer [B, C, ...],
 ``fire_context`` and the surrogate run on it in torch exactly as in the loop, and the next launch fires s[t]
@@ -99,6 +103,7 @@ import torch
 from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
+from ..surrogates.base import RowSample
 from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
 from . import triton_lif, triton_surrogates
 from .dynamics import charge
@@ -152,7 +157,7 @@ def compiled_kernels_apply(neuron, x: Tensor) -> bool:
             and neuron.fixed_threshold and isinstance(surrogate, FixedSurrogate)
             and type(surrogate).call_params is FixedSurrogate.call_params
             and not surrogate.observes
-            and triton_lif.triton_available(x.device) and kernel_shape_name(surrogate.shape) is not None)
+            and kernels_run_on(x) and kernel_shape_name(surrogate.shape) is not None)
 
 
 @torch.compiler.assume_constant_result
@@ -221,10 +226,12 @@ class FusedLIFFunction(torch.autograd.Function):
                 and not (config.decay_input and ctx.needs_input_grad[1]))
         margins = torch.empty(x.shape, dtype=torch.float16, device=x.device) if half else None
 
-        def threshold_at(u: Tensor, step: int):
+        def threshold_at(u: Tensor, step: int, shifted_rows: Tensor | None = None):
             threshold, context = neuron.fire_context(u, step)
-            # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
-            shifted = u - threshold if observed or half or (not fixed_params and surrogate.reads_membrane) else u
+            if shifted_rows is not None:  # the surrogate observes sampled rows of u[t] - theta_t; u: I[t], a stand-in
+                shifted, context["sampled"] = shifted_rows, True
+            else:  # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
+                shifted = u - threshold if observed or half or (not fixed_params and surrogate.reads_membrane) else u
             params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
             if observed:
                 if any(ctx.needs_input_grad[:3]):
@@ -239,14 +246,23 @@ class FusedLIFFunction(torch.autograd.Function):
         recording = neuron.record_potentials
         derivative = kernel_derivative(surrogate, k)
         kernels = not recording and not half and neuron.triton and kernels_apply(derivative, x)
+        sample = None  # the rows the surrogate's observation reads, where it reads only those
         if kernels and neuron.fixed_threshold:
             # fixed threshold: the spikes need nothing from the surrogate, so the forward kernel runs; a surrogate
-            # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order
+            # that reads u[t] (per-call parameters, observe) gets the kernel's membrane step by step, in loop order,
+            # or only the rows it samples (A2SG's window search)
             per_step = observed or (not fixed_params and k is None and surrogate.reads_membrane)
-            membrane = torch.empty(x.shape, device=x.device) if per_step else None
+            sample = surrogate.observation_sample() if observed else None
+            rows = None if sample is None else sample.layout(x.shape[1:])
+            kept = x.shape if rows is None else (x.shape[0], rows.units, rows.length)
+            membrane = torch.empty(kept, dtype=torch.float32, device=x.device) if per_step else None
             spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
-                                            config.decay_input, config.fire_ge, membrane=membrane)
-            if per_step:
+                                            config.decay_input, config.fire_ge, membrane=membrane, rows=rows)
+            if sample is not None:
+                shifted_rows = membrane - config.threshold  # all steps at once (theta_t = theta)
+                for step in range(x.shape[0]):
+                    threshold_at(x[step], step, shifted_rows[step])
+            elif per_step:
                 for step in range(x.shape[0]):
                     threshold_at(membrane[step], step)
             elif fixed_params or k is not None:
@@ -265,7 +281,7 @@ class FusedLIFFunction(torch.autograd.Function):
             ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape
             ctx.callbacks, ctx.spike_callbacks = callbacks, spike_callbacks
-            ctx.surrogate_type, ctx.half = type(surrogate), half
+            ctx.surrogate_type, ctx.half, ctx.sample = type(surrogate), half, sample
             ctx.kernel = kernel_tables(derivative, config, thresholds, params, x) if kernels else None
         return (spikes, membrane) if recording else spikes
 
@@ -280,12 +296,16 @@ class FusedLIFFunction(torch.autograd.Function):
         config, want_decay = ctx.config, ctx.needs_input_grad[1]
         if ctx.kernel is not None:
             shape, step_thresholds, params, switches = ctx.kernel
-            spike_grads, membrane_grads = (torch.empty(x.shape, device=x.device) if any(callbacks.values()) else None
+            rows = None if ctx.sample is None else ctx.sample.layout(x.shape[1:])  # the kernel writes only these
+            kept = x.shape if rows is None else (x.shape[0], rows.units, rows.length)
+            spike_grads, membrane_grads = (torch.empty(kept, dtype=torch.float32, device=x.device)
+                                           if any(callbacks.values()) else None
                                            for callbacks in (ctx.spike_callbacks, ctx.callbacks))
             grad_x, grad_decay, grad_k = triton_lif.lif_backward(
                 x, grad_spikes, decay, config.threshold, step_thresholds, shape, params, config.reset,
                 config.reset_decayed, config.reset_detach, config.decay_input, config.fire_ge, want_decay,
-                switches=switches, learned_k=k is not None, spike_grads=spike_grads, membrane_grads=membrane_grads)
+                switches=switches, learned_k=k is not None, spike_grads=spike_grads, membrane_grads=membrane_grads,
+                rows=rows)
             for t in range(x.shape[0] - 1, -1, -1):  # the torch path's order: dL/ds[t], then dL/du[t], t = T-1..0
                 for callbacks, grads in ((ctx.spike_callbacks, spike_grads), (ctx.callbacks, membrane_grads)):
                     if grads is not None:
@@ -328,11 +348,11 @@ class FusedLIFFunction(torch.autograd.Function):
                 u = membrane[t]
                 shifted = u - ctx.thresholds[t]
             if t == last:
-                report_grad(ctx.spike_callbacks, t, grad_spikes[t])
+                report_grad(ctx.spike_callbacks, t, grad_spikes[t], ctx.sample)
                 surrogate_vjp(t, shifted, grad_spikes[t], grad_mem[t])
                 if grad_membrane is not None:  # the recorded u[t]
                     grad_mem[t].add_(grad_membrane[t])
-                report_grad(ctx.callbacks, t, grad_mem[t])
+                report_grad(ctx.callbacks, t, grad_mem[t], ctx.sample)
                 continue
             carry = grad_mem[t + 1]
             grad_s = grad_spikes[t]
@@ -350,7 +370,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 if config.reset == "subtract" and config.reset_decayed:
                     compare(shifted, 0, out=mask)
                     grad_decay -= theta * torch.dot(carry.flatten(), mask.flatten())
-            report_grad(ctx.spike_callbacks, t, grad_s)
+            report_grad(ctx.spike_callbacks, t, grad_s, ctx.sample)
             surrogate_vjp(t, shifted, grad_s, grad_mem[t])  # u[t] is not read after this
             if leak is not None:
                 grad_mem[t].addcmul_(leak, lam)
@@ -360,7 +380,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 grad_mem[t].addcmul_(carry, lam)
             if grad_membrane is not None:
                 grad_mem[t].add_(grad_membrane[t])
-            report_grad(ctx.callbacks, t, grad_mem[t])
+            report_grad(ctx.callbacks, t, grad_mem[t], ctx.sample)
         return finish_grads(ctx, x, decay, grad_mem, grad_decay if want_decay else None, grad_k)
 
 
@@ -392,10 +412,15 @@ def kernel_derivative(surrogate: Surrogate, k: Tensor | None) -> Callable:
 
 
 def kernels_apply(derivative: Callable, x: Tensor) -> bool:
-    """Whether the kernels can run on ``x``'s device (CUDA, or the Triton interpreter, ``TRITON_INTERPRET=1``,
-    how they are tested on CPU) and ``derivative`` is written in the closed-form vocabulary
-    (``models/triton_surrogates.py``)."""
-    return triton_lif.triton_available(x.device) and triton_surrogates.kernel_shape(derivative) is not None
+    """Whether the kernels can run on ``x`` (on CUDA, or in the Triton interpreter, ``TRITON_INTERPRET=1``, how they
+    are tested on CPU; fp32, bf16 or fp16: float64 keeps the torch code) and ``derivative`` is written in the
+    closed-form vocabulary (``models/triton_surrogates.py``)."""
+    return kernels_run_on(x) and triton_surrogates.kernel_shape(derivative) is not None
+
+
+def kernels_run_on(x: Tensor) -> bool:
+    """Whether the kernels can read ``x``: its device (``triton_lif.triton_available``) and dtype."""
+    return triton_lif.triton_available(x.device) and x.dtype in triton_lif.DTYPES
 
 
 def kernel_tables(torch_shape: Callable, config: StepConfig, thresholds: list, params: list[dict],
@@ -417,11 +442,13 @@ def kernel_tables(torch_shape: Callable, config: StepConfig, thresholds: list, p
     return shape, torch.stack([row.expand(widest) for row in rows]), table, switches
 
 
-def report_grad(callbacks: dict[int, list], step: int, grad: Tensor) -> None:
+def report_grad(callbacks: dict[int, list], step: int, grad: Tensor, sample: RowSample | None = None) -> None:
     """Give e[t] = dL/du[t] (``ctx.callbacks``) or dL/ds[t] (``ctx.spike_callbacks``, the spike's whole
-    gradient, reset path included) to the callbacks the surrogate registered at step t (A2SG's statistics)."""
+    gradient, reset path included) to the callbacks the surrogate registered at step t (A2SG's statistics); with
+    the ``sample`` its observation took (``Surrogate.observation_sample``), a copy of the sampled rows of ``grad``
+    (the torch backward overwrites its buffers)."""
     for callback in callbacks.get(step, ()):
-        callback(grad)
+        callback(grad if sample is None else sample.rows(grad).clone())
 
 
 def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None, grad_spikes: Tensor,
@@ -434,15 +461,15 @@ def double_differentiable_grads(ctx, x: Tensor, decay: Tensor, k: Tensor | None,
     for t in range(x.shape[0]):
         mem = charge(inputs[t], mem, spk, decay, config.threshold, config.reset, config.reset_decayed,
                      config.reset_detach, config.decay_input)
-        for callback in ctx.callbacks.get(t, ()):
-            mem.register_hook(callback)
+        if ctx.callbacks.get(t):
+            mem.register_hook(lambda grad, t=t: report_grad(ctx.callbacks, t, grad, ctx.sample))
         shifted = mem - ctx.thresholds[t]
         if k is None:
             spk = SpikeFunction.apply(shifted, ctx.shape, ctx.params[t], config.fire_ge)
         else:
             spk = ctx.surrogate_type.straight_through(shifted, k[t], config.fire_ge)
-        for callback in ctx.spike_callbacks.get(t, ()):
-            spk.register_hook(callback)
+        if ctx.spike_callbacks.get(t):
+            spk.register_hook(lambda grad, t=t: report_grad(ctx.spike_callbacks, t, grad, ctx.sample))
         out.append(spk)
         mems.append(mem)
     outputs = [(torch.stack(out), grad_spikes), (torch.stack(mems), grad_membrane)]

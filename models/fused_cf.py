@@ -65,7 +65,8 @@ Backends: the torch code above, and the Triton kernels of ``models/triton_cf.py`
 kernel that replays H in registers and evaluates the derivative for every level in the kernel, reducing
 dL/dk[t] per program; recorded potentials and their gradient included), chosen on CUDA (or in the Triton
 interpreter) when the surrogate has fixed parameters, parameters of the step that read no membrane
-(``Surrogate.reads_membrane`` False: ``mpd_agl``, ``tgo``; one value per step) or is a learned TLSG, and its
+(``Surrogate.reads_membrane`` False: ``mpd_agl``, ``tgo``, A2SG's windows on the forwards that take no statistics;
+one value per step) or is a learned TLSG, and its
 derivative (``shape``, or ``proxy_derivatives``) is written in the closed-form vocabulary
 (``surrogates/closed_form.py``); per-channel widths keep the torch code, and so does ``neuron.triton = False``.
 The kernels are tested in the Triton interpreter on CPU only (tests/test_triton_cf.py), not yet on a GPU.
@@ -79,33 +80,34 @@ from torch import Tensor
 
 from ..surrogates import FixedSurrogate, SpikeFunction, Surrogate
 from ..surrogates.learnable import TimestepLearnableSurrogate, learns_sharpness
-from . import triton_cf, triton_lif, triton_surrogates
+from . import triton_cf, triton_surrogates
 from .dynamics import CFConfig, crossing_inputs, discharge
-from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_apply, surrogate_unfused_reason
+from .fused import differentiate, kernel_derivative, kernel_shape_name, kernels_apply, kernels_run_on, \
+    surrogate_unfused_reason
 
 
-def unfused_reason(neuron) -> str | None:
-    """Why this forward of ``neuron`` (a ``CFNeuron``) cannot take the fused path (None: it can)."""
+def unfused_reason(neuron, x: Tensor) -> str | None:
+    """Why this forward of ``neuron`` (a ``CFNeuron``) on ``x`` cannot take the fused path (None: it can)."""
     surrogate = neuron.surrogate
     if isinstance(surrogate, Surrogate) and surrogate.observes:  # as the LIF fused path, which calls observe
         what = "has observers attached" if surrogate.observers else "has per-call side effects on this forward"
         return f"the surrogate {type(surrogate).__name__} {what}"
-    if torch.compiler.is_compiling() and compiled_kernel_shape(neuron) is not None:
+    if torch.compiler.is_compiling() and compiled_kernel_shape(neuron, x) is not None:
         return None
     return surrogate_unfused_reason(surrogate)
 
 
-def compiled_kernel_shape(neuron) -> str | None:
+def compiled_kernel_shape(neuron, x: Tensor) -> str | None:
     """Under torch.compile, the name of the derivative the ``repro::cf_outputs`` operator (the Triton kernels)
-    evaluates for ``neuron``, or None when the operator does not apply: it needs the kernels on the neuron's
-    device and a fixed surrogate or a learned TLSG (st_smooth, or asgl_mix in eval)."""
+    evaluates for ``neuron`` on ``x``, or None when the operator does not apply: it needs kernels that read ``x``
+    and a fixed surrogate or a learned TLSG (st_smooth, or asgl_mix in eval)."""
     surrogate = neuron.surrogate
     fixed = (isinstance(surrogate, FixedSurrogate) and type(surrogate).call_params is FixedSurrogate.call_params
              and type(surrogate).forward is Surrogate.forward)
     learned = (learns_sharpness(surrogate) and type(surrogate).forward is TimestepLearnableSurrogate.forward
                and (surrogate.learn == "st_smooth" or not surrogate.training))
     if not (getattr(neuron, "triton", True) and (fixed or learned)
-            and triton_lif.triton_available(neuron.levels.device)):
+            and kernels_run_on(x)):
         return None
     return kernel_shape_name(type(surrogate).proxy_derivatives if learned else surrogate.shape)
 
@@ -123,7 +125,7 @@ def fused_cf(neuron, x: Tensor) -> Tensor:
                                            for name in triton_surrogates.shape_parameters(surrogate.shape)]
         record = neuron.recorded_potential if neuron.record_potentials else ""
         out, potentials = torch.ops.repro.cf_outputs(x, k, neuron.decay, neuron.levels, params,
-                                                     compiled_kernel_shape(neuron), config.mode, config.reset_unit,
+                                                     compiled_kernel_shape(neuron, x), config.mode, config.reset_unit,
                                                      config.scale, config.reset_detach, record)
         if record:
             neuron.record_steps(potentials)

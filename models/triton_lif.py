@@ -37,7 +37,8 @@ the surrogate's own ``shape`` compiled by ``models/triton_surrogates.py``.  With
                  R' = (1 - s) u (zero), u - theta s (subtract, decayed), u (otherwise)
     dL/dk[t]   = sum over neurons of dL/ds[t] dpsi_k/dk(u[t] - theta_t)     (learned TLSG, ``learned_k``)
 
-Optional outputs for A2SG's statistics callbacks: dL/ds[t] and e[t] as fp32 [T, ...] (only when asked).
+Optional outputs for A2SG's statistics callbacks: dL/ds[t] and e[t] as fp32 [T, ...], or only the rows that its
+window search samples, [T, units, length] (``rows``; the forward's membrane likewise); written only when asked.
 
 The replayed u[t] are kept in registers for CHUNK steps at a time: for T > CHUNK a first pass stores
 (u, s) at every chunk start, and each chunk is replayed from its start (one more read of I).  The decay
@@ -72,6 +73,7 @@ except ImportError:  # triton_available() is False and the kernels below are not
     triton = None
 
 RESETS = ("zero", "subtract", "none")
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # what the kernels read and write
 CHUNK = 32  # steps replayed into registers at once
 
 
@@ -101,6 +103,22 @@ if triton is not None:
         """(offsets, valid, stride) of this program's BLOCK neurons in x viewed as [T, N] (int64 offsets)."""
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         return offsets, offsets < N, tl.cast(N, tl.int64)
+
+    @triton.jit
+    def _row_slots(offsets, valid, stride, units, inner, every, length, ROWS: tl.constexpr):
+        """(slots, mask, step size) of an optional fp32 output [T, ...]: the neurons' own offsets, or with ROWS the
+        entries of a row sample [T, units, length] they fill (``RowLayout`` of surrogates/base.py: element n of
+        a step [outer, units, inner] in row (n // inner) % units, position j = n // (inner units) inner + n % inner,
+        taken where j % every == 0 as entry j // every; in int32, as a step has fewer than 2^31 elements)."""
+        if ROWS:
+            n = offsets.to(tl.int32)
+            position = n // (inner * units) * inner + n % inner
+            slots = (n // inner) % units * length + position // every
+            mask = valid & (position % every == 0)
+            size = tl.cast(units, tl.int64) * length
+        else:
+            slots, mask, size = offsets, valid, stride
+        return slots, mask, size
 
     @triton.jit
     def _fire(u, threshold, FIRE_GE: tl.constexpr):
@@ -163,11 +181,13 @@ if triton is not None:
         return h
 
     @triton.jit
-    def _forward_kernel(x_ptr, lam_ptr, out_ptr, mem_ptr, thr_ptr, fired_ptr, N, inner, channels, theta,
-                        T: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr, DECAY_INPUT: tl.constexpr,
-                        FIRE_GE: tl.constexpr, SPIKES: tl.constexpr, KEEP: tl.constexpr, RESUME: tl.constexpr,
-                        THRESHOLD_CHANNELS: tl.constexpr, BLOCK: tl.constexpr):
+    def _forward_kernel(x_ptr, lam_ptr, out_ptr, mem_ptr, thr_ptr, fired_ptr, N, inner, channels, theta, row_units,
+                        row_inner, row_every, row_length, T: tl.constexpr, RESET: tl.constexpr, DECAYED: tl.constexpr,
+                        DECAY_INPUT: tl.constexpr, FIRE_GE: tl.constexpr, SPIKES: tl.constexpr, KEEP: tl.constexpr,
+                        ROWS: tl.constexpr, RESUME: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr,
+                        BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
+        kept, keep, kept_step = _row_slots(offsets, valid, stride, row_units, row_inner, row_every, row_length, ROWS)
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
         u = tl.zeros([BLOCK], dtype=tl.float32)
@@ -184,17 +204,20 @@ if triton is not None:
             if SPIKES:
                 tl.store(out_ptr + t * stride + offsets, s.to(out_ptr.dtype.element_ty), mask=valid)
             if KEEP:
-                tl.store(mem_ptr + t * stride + offsets, u, mask=valid)
+                tl.store(mem_ptr + t * kept_step + kept, u, mask=keep)
 
     @triton.jit
     def _backward_kernel(x_ptr, g_ptr, lam_ptr, thr_ptr, param_ptr, gx_ptr, partial_ptr, k_partial_ptr, gs_ptr,
-                         gu_ptr, N, inner, channels, theta, T: tl.constexpr, CHUNK: tl.constexpr,
+                         gu_ptr, N, inner, channels, theta, row_units, row_inner, row_every, row_length,
+                         T: tl.constexpr, CHUNK: tl.constexpr,
                          RESET: tl.constexpr, DECAYED: tl.constexpr, DETACH: tl.constexpr, DECAY_INPUT: tl.constexpr,
                          FIRE_GE: tl.constexpr, STEP_THRESHOLDS: tl.constexpr, THRESHOLD_CHANNELS: tl.constexpr,
                          SHAPE: tl.constexpr, N_PARAMS: tl.constexpr, PARAM_CHANNELS: tl.constexpr,
                          SWITCHES: tl.constexpr, LEARNED_K: tl.constexpr, WANT_DECAY: tl.constexpr,
-                         STORE_SPIKE_GRADS: tl.constexpr, STORE_MEMBRANE_GRADS: tl.constexpr, BLOCK: tl.constexpr):
+                         STORE_SPIKE_GRADS: tl.constexpr, STORE_MEMBRANE_GRADS: tl.constexpr, ROWS: tl.constexpr,
+                         BLOCK: tl.constexpr):
         offsets, valid, stride = _lanes(N, BLOCK)
+        kept, keep, kept_step = _row_slots(offsets, valid, stride, row_units, row_inner, row_every, row_length, ROWS)
         channel = (offsets // inner) % channels  # of element n of a step [B, C, ...]
         lam = tl.load(lam_ptr)
         scale = 1.0 - lam
@@ -240,7 +263,7 @@ if triton is not None:
                     elif not DETACH and RESET == "subtract":
                         grad_s = grad_s + -theta * e
                     if STORE_SPIKE_GRADS:
-                        tl.store(gs_ptr + t * stride + offsets, grad_s, mask=valid)
+                        tl.store(gs_ptr + t * kept_step + kept, grad_s, mask=keep)
                     if RESET == "zero":
                         carry = e * (1.0 - s)  # e[t+1] m[t]
                     else:
@@ -259,7 +282,7 @@ if triton is not None:
                                        PARAM_CHANNELS, SWITCHES)
                     e = grad_s * h + lam * carry
                     if STORE_MEMBRANE_GRADS:
-                        tl.store(gu_ptr + t * stride + offsets, e, mask=valid)
+                        tl.store(gu_ptr + t * kept_step + kept, e, mask=keep)
                     if WANT_DECAY and DECAY_INPUT:
                         acc -= e * tl.load(x_ptr + t * stride + offsets, mask=valid, other=0.0).to(tl.float32)
                     grad_x = scale * e if DECAY_INPUT else e
@@ -279,7 +302,7 @@ def _check(x: Tensor, reset: str) -> None:
 
 
 def _check_dtype(x: Tensor) -> None:
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if x.dtype not in DTYPES:
         raise ValueError(f"the spiking-layer kernels take fp32, bf16 or fp16 input, got {x.dtype}")
 
 
@@ -289,27 +312,44 @@ def _decay_pointer(decay: Tensor) -> Tensor:
 
 
 def lif_forward(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool, decay_input: bool,
-                fire_ge: bool, *, membrane: Tensor | None = None, block: int | None = None,
-                num_warps: int = 4) -> Tensor:
+                fire_ge: bool, *, membrane: Tensor | None = None, rows: tuple[int, int, int, int] | None = None,
+                block: int | None = None, num_warps: int = 4) -> Tensor:
     """Spikes [T, ...] in x's dtype for a fixed threshold, bitwise the reference loop's (module docstring).
-    ``decay``: lambda, a one-element tensor; ``membrane``: an fp32 tensor of x's shape that, if given, also
-    receives the pre-reset membrane u (for a surrogate that reads it); ``block``, ``num_warps``: the launch
-    configuration (default ``forward_block``, 4 warps; ``benchmarks/kernel_tuning.py``)."""
+    ``decay``: lambda, a one-element tensor; ``membrane``: an fp32 tensor that, if given, also receives the
+    pre-reset membrane u (for a surrogate that reads it): of x's shape, or with ``rows`` (a ``RowLayout`` of
+    surrogates/base.py: units, inner, every, length) [T, units, length], the sampled rows of u[t] alone;
+    ``block``, ``num_warps``: the launch configuration (default ``forward_block``, 4 warps;
+    ``benchmarks/kernel_tuning.py``)."""
     _check(x, reset)
     x = x.contiguous()
     out = torch.empty_like(x)
     keep = membrane is not None
+    layout = _row_layout(x, rows)
     if keep:
-        _output_or("membrane", membrane, x, out)
+        _output_or("membrane", membrane, x, out, rows)
     steps, neurons = x.shape[0], x[0].numel()
     block = block or forward_block(x.dtype)
     with _device_guard(x):
         _forward_kernel[(triton.cdiv(neurons, block),)](
-            x, _decay_pointer(decay), out, membrane if keep else out, out, out, neurons, 1, 1, threshold, T=steps,
-            RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, SPIKES=True, KEEP=keep,
-            RESUME=False, THRESHOLD_CHANNELS=False, BLOCK=block, num_warps=num_warps,
-            enable_fp_fusion=False)  # thr_ptr, fired_ptr unused: out
+            x, _decay_pointer(decay), out, membrane if keep else out, out, out, neurons, 1, 1, threshold, *layout,
+            T=steps, RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge, SPIKES=True,
+            KEEP=keep, ROWS=rows is not None, RESUME=False, THRESHOLD_CHANNELS=False, BLOCK=block,
+            num_warps=num_warps, enable_fp_fusion=False)  # thr_ptr, fired_ptr unused: out
     return out
+
+
+def _row_layout(x: Tensor, rows: tuple[int, int, int, int] | None) -> tuple[int, int, int, int]:
+    """The kernels' (units, inner, every, length) of ``rows``, checked against a step of ``x``; without rows, the
+    whole step (one row of every element)."""
+    neurons = x[0].numel()
+    if rows is None:
+        return 1, neurons, 1, neurons
+    units, inner, every, length = rows
+    row = neurons // units if units and inner and neurons % (units * inner) == 0 else -1
+    if row < 0 or every < 1 or length != -(-row // every):
+        raise ValueError(f"rows {tuple(rows)} (units, inner, every, length) do not describe a sample of a step of "
+                         f"shape {tuple(x.shape[1:])}: take RowSample.layout(step shape)")
+    return units, inner, every, length
 
 
 def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, reset_decayed: bool,
@@ -333,9 +373,9 @@ def lif_forward_by_step(x: Tensor, decay: Tensor, threshold: float, reset: str, 
             table, inner, channels = (membrane, 1, 1) if step == 0 else _threshold_table(step_threshold, membrane)
             _forward_kernel[(triton.cdiv(membrane.numel(), block),)](
                 x[step], lam, membrane, membrane, table, spikes[step - 1], membrane.numel(), inner, channels,
-                threshold, T=1, RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input, FIRE_GE=fire_ge,
-                SPIKES=False, KEEP=True, RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1, BLOCK=block,
-                enable_fp_fusion=False)  # out_ptr unused: membrane
+                threshold, *_row_layout(x, None), T=1, RESET=reset, DECAYED=reset_decayed, DECAY_INPUT=decay_input,
+                FIRE_GE=fire_ge, SPIKES=False, KEEP=True, ROWS=False, RESUME=step > 0, THRESHOLD_CHANNELS=channels > 1,
+                BLOCK=block, enable_fp_fusion=False)  # out_ptr unused: membrane
             step_threshold = threshold_at(membrane, step)
     last = step_threshold.float() if isinstance(step_threshold, Tensor) else step_threshold  # as the kernel's table
     (torch.ge if fire_ge else torch.gt)(membrane, last, out=spikes[-1])
@@ -358,8 +398,9 @@ def _threshold_table(value: float | Tensor, membrane: Tensor) -> tuple[Tensor, i
 def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float, step_thresholds: Tensor | None,
                  shape, params: Tensor, reset: str, reset_decayed: bool, reset_detach: bool, decay_input: bool,
                  fire_ge: bool, want_decay: bool, *, switches: tuple = (), learned_k: bool = False,
-                 spike_grads: Tensor | None = None, membrane_grads: Tensor | None = None, block: int | None = None,
-                 chunk: int = CHUNK, num_warps: int = 4) -> tuple[Tensor, Tensor | None, Tensor | None]:
+                 spike_grads: Tensor | None = None, membrane_grads: Tensor | None = None,
+                 rows: tuple[int, int, int, int] | None = None, block: int | None = None, chunk: int = CHUNK,
+                 num_warps: int = 4) -> tuple[Tensor, Tensor | None, Tensor | None]:
     """(dL/dI [T, ...] in x's dtype, dL/dlambda as a float64 scalar or None unless ``want_decay``, dL/dk[T] in
     float64 or None unless ``learned_k``).
 
@@ -371,7 +412,8 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     ``learned_k``: ``shape`` returns (h, dh/dk) of the TLSG's learned sharpness k (``params`` = k[t]), and
     the kernel sums dL/ds[t] dh/dk over each program's neurons (per-program partials, summed here in float64).
     ``spike_grads`` / ``membrane_grads``: fp32 [T, ...] tensors that, if given, receive dL/ds[t] (reset path
-    included) and e[t] = dL/du[t] (what A2SG's statistics read; the kernel writes them only then).
+    included) and e[t] = dL/du[t] (what A2SG's statistics read; the kernel writes them only then); with ``rows``
+    (as ``lif_forward``'s) [T, units, length], the sampled rows alone.
     ``block``, ``chunk``, ``num_warps``: the launch configuration and the steps replayed into registers at once
     (default ``backward_block``, ``CHUNK``, 4 warps; the outputs do not depend on them but for the partial sums'
     order).
@@ -391,30 +433,35 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
     partials = torch.empty(programs if want_decay else 1, dtype=torch.float32, device=x.device)
     k_partials = torch.empty((programs, steps) if learned_k else (1,), dtype=torch.float32, device=x.device)
     thresholds = params if step_thresholds is None else step_thresholds.contiguous()  # unused pointer if None
-    spike_grads_out, membrane_grads_out = (_output_or(name, output, x, partials) for name, output in
+    layout = _row_layout(x, rows)
+    spike_grads_out, membrane_grads_out = (_output_or(name, output, x, partials, rows) for name, output in
                                            (("spike_grads", spike_grads), ("membrane_grads", membrane_grads)))
     with _device_guard(x):
         _backward_kernel[(programs,)](
             x, grad_spikes, _decay_pointer(decay), thresholds, params.contiguous(), grad_x, partials, k_partials,
-            spike_grads_out, membrane_grads_out, neurons, inner, channels,
-            threshold, T=steps, CHUNK=chunk, RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
+            spike_grads_out, membrane_grads_out, neurons, inner, channels, threshold, *layout, T=steps, CHUNK=chunk,
+            RESET=reset, DECAYED=reset_decayed, DETACH=reset_detach,
             DECAY_INPUT=decay_input, FIRE_GE=fire_ge, STEP_THRESHOLDS=step_thresholds is not None,
             THRESHOLD_CHANNELS=step_thresholds is not None and step_thresholds.shape[1] > 1, SHAPE=shape,
             N_PARAMS=params.shape[2], PARAM_CHANNELS=params.shape[1] > 1, SWITCHES=tuple(switches),
             LEARNED_K=learned_k, WANT_DECAY=want_decay,
-            STORE_SPIKE_GRADS=spike_grads is not None, STORE_MEMBRANE_GRADS=membrane_grads is not None, BLOCK=block,
-            num_warps=num_warps, enable_fp_fusion=False)
+            STORE_SPIKE_GRADS=spike_grads is not None, STORE_MEMBRANE_GRADS=membrane_grads is not None,
+            ROWS=rows is not None, BLOCK=block, num_warps=num_warps, enable_fp_fusion=False)
     return (grad_x, partials.sum(dtype=torch.float64) if want_decay else None,
             k_partials.sum(0, dtype=torch.float64) if learned_k else None)
 
 
-def _output_or(name: str, output: Tensor | None, x: Tensor, unused: Tensor) -> Tensor:
-    """The optional fp32 output ``name`` of the backward kernel, shaped as ``x`` (``unused``, never written, stands
-    in for None)."""
-    if output is not None and (output.dtype != torch.float32 or not output.is_contiguous() or output.shape != x.shape):
-        raise ValueError(f"{name} must be a contiguous fp32 tensor of the input's shape {tuple(x.shape)}, got a "
+def _output_or(name: str, output: Tensor | None, x: Tensor, unused: Tensor,
+               rows: tuple[int, int, int, int] | None = None) -> Tensor:
+    """The optional fp32 output ``name`` of a kernel, shaped as ``x`` or, with ``rows``, [T, units, length]
+    (``unused``, never written, stands in for None)."""
+    shape = x.shape if rows is None else torch.Size((x.shape[0], rows[0], rows[3]))
+    if output is not None and (output.dtype != torch.float32 or not output.is_contiguous() or output.shape != shape
+                               or output.device != x.device):
+        whose = "the input's shape" if rows is None else "the rows' shape"
+        raise ValueError(f"{name} must be a contiguous fp32 tensor of {whose} {tuple(shape)} on {x.device}, got a "
                          f"{'' if output.is_contiguous() else 'non-contiguous '}{output.dtype} tensor of shape "
-                         f"{tuple(output.shape)}")
+                         f"{tuple(output.shape)} on {output.device}")
     return unused if output is None else output
 
 

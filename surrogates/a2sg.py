@@ -71,7 +71,7 @@ from torch import Tensor, nn
 from .a2sg_shapes import ASYMMETRY_SHAPES, SHAPE_PARAMETERS, SHAPES
 from .a2sg_search import PendingSearches, WindowSearch
 from .a2sg_statistics import EPS, GradientObservation, coefficient_of_variation, per_step_weight_grads, world_mean
-from .base import Surrogate
+from .base import RowSample, Surrogate
 
 ADAPT_MODES = ("search", "none", "sgv_tgc", "memstat")
 STATISTICS = ("paper", "reconstructed")
@@ -136,6 +136,8 @@ class A2SG(Surrogate):
         kappa: memstat's window per unit of membrane std.
         channel_dim: channel dimension of the per-step input (per-channel granularities).
     """
+
+    reads_membrane = False  # the windows come from the step and the membrane's shape (``call_params``)
 
     def __init__(
         self,
@@ -272,11 +274,23 @@ class A2SG(Surrogate):
             with torch.no_grad():
                 self._observe(x, context, step, params, _threshold(context.get("neuron")))
 
+    @property
+    def row_sample(self) -> RowSample:
+        """The units (a channel along ``channel_dim`` with per-channel granularities, else the layer) and the window
+        search's sample of each unit's row (``search_sample`` elements)."""
+        return RowSample(self.channel_dim if self.per_channel else None, self.search_sample)
+
+    def observation_sample(self) -> RowSample | None:
+        """The window search's rows where they are all this forward's observation reads (the paper's statistics,
+        no observers, no memstat, which reads whole membranes): the fused LIF path then writes only these
+        (``Surrogate.observation_sample``)."""
+        if self.statistics == "paper" and self.adapt != "memstat" and not self.observers:
+            return self.row_sample
+        return None
+
     def _per_unit(self, values: Tensor) -> Tensor:
         """[U, N]: one row per channel (per-channel granularities) or a single row."""
-        if self.per_channel:
-            return values.movedim(self.channel_dim, 0).flatten(1)
-        return values.reshape(1, -1)
+        return self.row_sample.per_unit(values)
 
     def _units(self, values: Tensor) -> Tensor:
         """[..., U] -> [..., C] or [...] (the buffers' unit shape)."""
@@ -332,11 +346,11 @@ class A2SG(Surrogate):
         if not isinstance(search, WindowSearch) or (step == 0 and not repeat):
             key = (self.shape_name, self.asym, self.height, self.clip, tuple(self.candidates), self.sgv_form)
             self._observation = WindowSearch(self.shape, self.shape_params, theta, self.candidate_windows,
-                                             self._per_unit, self.search_sample, self.sgv_form, key)
+                                             self.row_sample, self.sgv_form, key)
             self._pending.add(self, self._observation)
         window = self.w_t[step].reshape(-1, 1)  # [U, 1], units of theta
         self._observation.add_step(step, x, mem, context.get("mem_slope", 1.0), window, register_spike,
-                                   register_membrane, repeat)
+                                   register_membrane, repeat, sampled=context.get("sampled", False))
 
     def _controller_step_next(self) -> bool:
         return self._statistics_next

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .a2sg_statistics import world_sum
+from .base import RowSample
 
 
 def sgv_from_sums(sums: Tensor, form: str = "variance") -> Tensor:
@@ -61,48 +62,53 @@ class WindowSearch:
     the same sample of g[t] and delta[t].  After the backward, ``reduce_searches`` evaluates every candidate for
     every step and for the searches of a model together, in [K + 1, steps, L, units, S] passes within an element
     budget (few operations, so few GPU launches, however many steps and layers fit), and reduces them to sums.
-    The sample is every ``stride``-th element of each unit's row of the membrane, stride = ceil(N / ``sample``),
-    the same elements for every level (``sample=None``: every element, exact) [reconstructed: the paper's search
-    cost is not given].  ``shape_params(w)`` gives the surrogate parameters for
+    The ``sample`` (a ``RowSample``) is every ``every``-th element of each unit's row of the membrane, every =
+    ceil(N / its size), the same elements for every level (size None: every element, exact) [reconstructed: the
+    paper's search cost is not given]; a fused path may hand over these rows themselves (``sampled``: the LIF
+    kernels write only them).  ``shape_params(w)`` gives the surrogate parameters for
     absolute windows ``w`` (a tensor broadcasting to the rows), ``theta`` the neuron's threshold, ``key`` what
     searches evaluated together must share (the shape and its other parameters, the candidates, the SGV form);
     the last column of the sums is the window in force.
     """
 
     def __init__(self, shape: Callable[..., Tensor], shape_params: Callable[[Tensor], dict], theta: float,
-                 candidates: Tensor, per_unit: Callable[[Tensor], Tensor], sample: int | None,
-                 sgv_form: str = "variance", key: tuple = ()):
+                 candidates: Tensor, sample: RowSample, sgv_form: str = "variance", key: tuple = ()):
         self.shape, self.shape_params, self.theta, self.key = shape, shape_params, theta, key
-        self.per_unit, self.sample, self.sgv_form = per_unit, sample, sgv_form
+        self.sample, self.sgv_form = sample, sgv_form
         self.candidates = candidates  # [K], units of theta
         self.inputs: dict[int, list[tuple]] = {}  # t -> per call: (x rows [L, U, S], sigma, window in force [U, 1])
         self.spike_grads: dict[tuple[int, int], Tensor] = {}  # (t, call) -> g rows [L, U, S]
         self.deltas: dict[int, Tensor] = {}  # t -> dL/du rows [U, S]
 
-    def rows(self, values: Tensor) -> Tensor:
-        """The sampled [U, S] rows of a per-step tensor of the membrane's shape (views)."""
-        rows = self.per_unit(values.detach())
-        return rows[:, ::1 if self.sample is None else -(-rows.shape[-1] // self.sample)]
+    def step_rows(self, values: Tensor, sampled: bool = False) -> Tensor:
+        """The sampled [U, S] rows (fp32) of a step of the membrane's shape (dL/du), in memory of their own (the torch
+        paths overwrite their gradient buffers); with ``sampled``, ``values`` are the rows themselves (a fused path
+        wrote them for this search)."""
+        return values.detach().float() if sampled else self.sample.rows(values.detach()).to(torch.float32, copy=True)
 
-    def level_rows(self, values: Tensor, membrane: torch.Size) -> Tensor:
-        """The sampled [L, U, S] rows (fp32, own memory) of each level of ``values`` (x or dL/ds: [L, *membrane]
-        or the membrane's shape, L = 1)."""
-        return torch.stack([self.rows(level) for level in values.reshape(-1, *membrane)]).float()
+    def level_rows(self, values: Tensor, membrane: torch.Size, sampled: bool = False) -> Tensor:
+        """The sampled [L, U, S] rows (fp32, ``step_rows``) of each level of ``values`` (x or dL/ds: [L, *membrane]
+        or the membrane's shape, L = 1; ``sampled``: the rows [U, S] themselves, L = 1)."""
+        if sampled:
+            return self.step_rows(values, sampled)[None]
+        return torch.stack([self.sample.rows(level.detach()) for level in values.reshape(-1, *membrane)]).float()
 
     def add_step(self, step: int, x: Tensor, mem: Tensor, sigma: float, window: Tensor, register_spike: Callable,
-                 register_membrane: Callable, repeat: bool = False) -> None:
+                 register_membrane: Callable, repeat: bool = False, sampled: bool = False) -> None:
         """One surrogate call of step ``step`` on ``x`` (the membrane ``mem``'s shape, or [L, *mem's shape]);
         ``sigma`` = dx/du (the context's ``mem_slope``: -1 for circulate firing's down-crossings, else 1, the same
         at every step); ``window``: the window in force at this step, in units of theta, [U, 1]; ``repeat``: a
-        further call at this step, on the same membrane."""
+        further call at this step, on the same membrane; ``sampled``: x and the callbacks' gradients are the
+        sampled rows [U, S] already (``Surrogate.observation_sample``)."""
+        membrane = x.shape if sampled else mem.shape
         if not repeat:
             self.inputs[step] = []
             register_membrane(lambda grad, step=step:
-                              self.deltas.__setitem__(step, self.rows(grad).to(torch.float32, copy=True)))
-        calls, membrane = self.inputs[step], mem.shape
-        calls.append((self.level_rows(x, membrane), sigma, window))
+                              self.deltas.__setitem__(step, self.step_rows(grad, sampled)))
+        calls = self.inputs[step]
+        calls.append((self.level_rows(x, membrane, sampled), sigma, window))
         register_spike(lambda grad, key=(step, len(calls) - 1):
-                       self.spike_grads.__setitem__(key, self.level_rows(grad, membrane)))
+                       self.spike_grads.__setitem__(key, self.level_rows(grad, membrane, sampled)))
 
     def live_calls(self) -> list[int] | None:
         """The calls (indices) whose spikes got a gradient at some step; None if the statistics cannot be formed: a

@@ -14,10 +14,51 @@ Rules every surrogate follows (docs/methods.md, "Classic surrogates"):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import math
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+
+class RowLayout(NamedTuple):
+    """Where ``RowSample.rows`` takes its entries from a step of a given shape, viewed as [outer, units, inner]:
+    element n lies in row (n // inner) % units at position j = n // (inner units) * inner + n % inner of that row,
+    and is taken where j % every == 0, as entry j // every of the row's ``length``."""
+
+    units: int
+    inner: int
+    every: int
+    length: int
+
+
+class RowSample(NamedTuple):
+    """An evenly strided sample of a membrane step [B, C, ...]: one row per index along ``unit_dim`` (a channel) or,
+    ``unit_dim=None``, one row of the whole step, and every ``every``-th element of each row, every = ceil(row
+    length / ``size``) (``size=None``: every element) [reconstructed: A2SG's window search, docs/methods.md]."""
+
+    unit_dim: int | None
+    size: int | None
+
+    def per_unit(self, values: Tensor) -> Tensor:
+        """[U, N]: the whole rows of a step (views where the layout allows)."""
+        if self.unit_dim is None:
+            return values.reshape(1, -1)
+        return values.movedim(self.unit_dim, 0).flatten(1)
+
+    def rows(self, values: Tensor) -> Tensor:
+        """[U, S]: the sampled rows of a step (views)."""
+        rows = self.per_unit(values)
+        return rows[:, ::self.layout(values.shape).every]
+
+    def layout(self, step: torch.Size) -> RowLayout:
+        """The ``RowLayout`` of a step of shape ``step``."""
+        numel = math.prod(step)
+        units = 1 if self.unit_dim is None else step[self.unit_dim]
+        inner = numel if self.unit_dim is None else math.prod(step[self.unit_dim % len(step) + 1:])
+        row = numel // units if units else 0
+        every = 1 if self.size is None else max(1, -(-row // self.size))
+        return RowLayout(units, inner, every, -(-row // every))
 
 
 class SpikeFunction(torch.autograd.Function):
@@ -103,9 +144,20 @@ class Surrogate(nn.Module):
         without graph; there ``context["register_membrane_grad"](callback)`` (present when a backward
         will run) has ``callback(dL/dmem)`` called during the backward, in place of a tensor hook.
         ``context["register_spike_grad"](callback)`` (both paths, when a backward will run) has
-        ``callback(dL/ds)`` called with the whole gradient of this call's spikes."""
+        ``callback(dL/ds)`` called with the whole gradient of this call's spikes.  With
+        ``context["sampled"]`` (``observation_sample``) x and the callbacks' gradients are sampled rows."""
         for observer in self.observers:
             observer(self, x, params, context)
+
+    def observation_sample(self) -> RowSample | None:
+        """The rows this forward's ``observe`` and its gradient callbacks read, where they read only a fixed
+        ``RowSample`` of each step (A2SG's window search) and ``call_params`` reads no membrane
+        (``reads_membrane`` False); None (the default): whole steps.  A fused neuron path may then hand over
+        only those rows: ``observe`` gets x as the rows [U, S] of u[t] - theta_t with ``context["sampled"]``
+        True (the context's ``mem``: a stand-in of the step's shape, as for ``reads_membrane``), and the
+        callbacks get the same rows of dL/ds[t] and dL/du[t]; so the LIF kernels write [T, U, S] rows, not the
+        whole fp32 membrane and gradients."""
+        return None
 
 
 class FixedSurrogate(Surrogate):

@@ -56,7 +56,7 @@ def forward_backward(neuron, inputs, upstream):
 
 
 def assert_same(fused, reference, inputs, upstream, case=""):
-    assert unfused_reason(fused) is None, case
+    assert unfused_reason(fused, inputs) is None, case
     out, grad_x, grad_rho = forward_backward(fused, inputs, upstream)
     assert type(out.grad_fn).__name__ == "FusedCFFunctionBackward"
     ref_out, ref_grad_x, ref_grad_rho = forward_backward(reference, inputs, upstream)
@@ -139,7 +139,7 @@ def test_a2sg_between_its_statistics_steps_stays_fused():
         neuron(inputs)  # sizes the windows (reference loop)
         with torch.no_grad():
             neuron.surrogate.w_t.copy_(torch.tensor([0.3, 0.7, 1.1]))
-    assert unfused_reason(fused) is None
+    assert unfused_reason(fused, inputs) is None
     assert_same(fused, reference, inputs, upstream)
     fused.eval(), reference.eval()
     assert_same(fused, reference, inputs, upstream)
@@ -180,18 +180,19 @@ def test_no_grad_eval_bf16_and_options():
 
 
 def test_fallback_reasons():
+    x = torch.randn(2, 3, 4)
     neuron = CFNeuron(surrogate="learnable", num_steps=2)
-    assert unfused_reason(neuron) is None
+    assert unfused_reason(neuron, x) is None
     neuron.record_potentials = True
-    assert unfused_reason(neuron) is None  # the Function returns the potentials too
+    assert unfused_reason(neuron, x) is None  # the Function returns the potentials too
     mix = CFNeuron(surrogate=create_surrogate("learnable", learn="asgl_mix"), num_steps=2)
-    assert "asgl_mix" in unfused_reason(mix)
-    assert unfused_reason(mix.eval()) is None
-    assert "A2SG has per-call side effects" in unfused_reason(CFNeuron(surrogate="a2sg", num_steps=2))  # sizing
+    assert "asgl_mix" in unfused_reason(mix, x)
+    assert unfused_reason(mix.eval(), x) is None
+    assert "A2SG has per-call side effects" in unfused_reason(CFNeuron(surrogate="a2sg", num_steps=2), x)  # sizing
     observed = CFNeuron(surrogate="sigmoid")
     observed.surrogate.observers.append(lambda *args: None)
-    assert "observers" in unfused_reason(observed)
-    assert unfused_reason(CFNeuron(surrogate=create_surrogate("learnable", learn="none"))) is None
+    assert "observers" in unfused_reason(observed, x)
+    assert unfused_reason(CFNeuron(surrogate=create_surrogate("learnable", learn="none")), x) is None
 
 
 def test_fallback_runs_reference_loop_and_logs_once(monkeypatch, caplog):

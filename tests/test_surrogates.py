@@ -112,10 +112,12 @@ def test_double_backward_for_hessian_vector_products():
 
 
 @pytest.mark.parametrize("name,options", [("tgo", {}), ("tgo", {"tgo_stat": "thr"}), ("mpd_agl", {}),
-                                          ("mpd_agl", {"granularity": "channel"}), ("mpd_agl", {"width": "lsg"})])
+                                          ("mpd_agl", {"granularity": "channel"}), ("mpd_agl", {"width": "lsg"}),
+                                          ("a2sg", {}), ("a2sg", {"granularity": "layer_channel_time"})])
 def test_surrogates_that_read_no_membrane_give_the_same_parameters_whatever_it_holds(name, options):
-    """``reads_membrane`` False (what lets the fused paths skip forming u - theta_t) is true of TGO and MPD-AGL:
-    their parameters for a call are the same whatever values x and the context's ``mem`` hold."""
+    """``reads_membrane`` False (what lets the fused paths skip forming u - theta_t) is true of TGO, MPD-AGL and
+    A2SG: their parameters for a call are the same whatever values x and the context's ``mem`` hold (A2SG: the
+    window of the step, times theta)."""
     from repro.models import TDBatchNorm, plif
 
     surrogate = create_surrogate(name, **options)
@@ -127,7 +129,34 @@ def test_surrogates_that_read_no_membrane_give_the_same_parameters_whatever_it_h
     neuron.set_input_norm(norm)
     torch.manual_seed(0)
     context = dict(step=2, neuron=neuron, std=torch.tensor(0.7), threshold=torch.tensor(1.1))
+    if name == "a2sg":  # sized by a first call, then distinct windows per step (and channel)
+        surrogate.call_params(torch.zeros(2, 3, 4), **context)
+        surrogate.w_t.copy_(torch.linspace(0.3, 1.5, surrogate.w_t.numel()).view_as(surrogate.w_t))
     params = [surrogate.call_params(x, mem=x + 1, **context) for x in (torch.randn(2, 3, 4), torch.zeros(2, 3, 4))]
-    assert params[0].keys() == params[1].keys() == {"width"}
-    assert torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(params[1]["width"]))
-    assert not torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(surrogate.params["width"]))
+    assert params[0].keys() == params[1].keys() == ({"w", "height", "clip"} if name == "a2sg" else {"width"})
+    for key, value in params[0].items():
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(params[1][key])) if value is not None \
+            else params[1][key] is None
+    if name == "a2sg":
+        assert torch.equal(params[0]["w"].flatten(), (surrogate.w_t[2] * 0.8).flatten())
+    else:
+        assert not torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(surrogate.params["width"]))
+
+
+@pytest.mark.parametrize("shape,unit_dim,size", [((2, 3, 7), None, 5), ((2, 3, 7), 1, 4), ((4, 5, 3), -1, 6),
+                                                 ((2, 3, 7), 1, None), ((3, 2), 0, 1)])
+def test_row_sample_layout_names_the_elements_its_rows_take(shape, unit_dim, size):
+    """``RowSample.layout`` (what the LIF kernels use to write A2SG's sampled rows) names exactly the elements that
+    ``RowSample.rows`` (the torch paths' strided view) takes: element n of a step [outer, units, inner] goes to row
+    (n // inner) % units, entry j // every, where j = n // (inner units) inner + n % inner and j % every == 0."""
+    from repro.surrogates.base import RowSample
+
+    sample = RowSample(unit_dim, size)
+    values = torch.arange(math.prod(shape), dtype=torch.float32).reshape(shape)
+    units, inner, every, length = sample.layout(torch.Size(shape))
+    written = torch.full((units, length), -1.0)
+    for n in range(values.numel()):
+        position = n // (inner * units) * inner + n % inner
+        if position % every == 0:
+            written[(n // inner) % units, position // every] = n
+    assert torch.equal(sample.rows(values), written) and (size is None or length <= size)

@@ -17,6 +17,7 @@ pytest.importorskip("triton", reason="triton is not installed: the Triton kernel
 
 import repro.models.triton_cf as triton_cf  # noqa: E402
 import repro.models.triton_lif as triton_lif  # noqa: E402
+from repro.models import LIF  # noqa: E402
 from repro.models.circulate_firing import CFNeuron  # noqa: E402
 from repro.models.triton_surrogates import kernel_inputs  # noqa: E402
 from repro.surrogates import create_surrogate  # noqa: E402
@@ -81,11 +82,15 @@ def test_cf_kernels_match_reference_loop_and_torch_fused_path(monkeypatch, mode)
 
 @kernels_run_here
 @pytest.mark.parametrize("options", [dict(name="mpd_agl"), dict(name="mpd_agl", width="lsg"), dict(name="tgo"),
-                                     dict(name="mpd_agl", granularity="channel")], ids=lambda o: "-".join(o.values()))
+                                     dict(name="mpd_agl", granularity="channel"),
+                                     dict(name="a2sg", granularity="layer_time"),
+                                     dict(name="a2sg", granularity="layer_channel_time")],
+                         ids=lambda o: "-".join(o.values()))
 def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, options):
-    """MPD-AGL's per-step widths (and TGO's, which stay k0 on a neuron without statistics) come from the step and
-    the neuron alone (``reads_membrane`` False): the kernels run with one width per step in the backward's table,
-    outputs bitwise and gradients equal to the reference loop's; widths per channel keep the torch code."""
+    """MPD-AGL's per-step widths (and TGO's, which stay k0 on a neuron without statistics), and A2SG's windows on
+    a forward that takes no statistics, come from the step and the neuron alone (``reads_membrane`` False): the
+    kernels run with one width per step in the backward's table, outputs bitwise and gradients equal to the
+    reference loop's; widths per channel keep the torch code."""
     counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
     norm = torch.nn.BatchNorm1d(3)
     with torch.no_grad():
@@ -93,20 +98,53 @@ def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, opti
     runs, guards = [], []
     for fused in (True, False):
         kwargs = dict(options)
-        neuron = CFNeuron(D=3, theta=0.75, surrogate=create_surrogate(kwargs.pop("name"), **kwargs), fused=fused)
+        name = kwargs.pop("name")
+        if name == "a2sg":
+            kwargs["update_every"] = 2  # the first training forward takes no statistics
+        neuron = CFNeuron(D=3, theta=0.75, surrogate=create_surrogate(name, **kwargs), fused=fused).to(DEVICE)
         neuron.set_input_norm(norm)
         x = make_input(4, neuron.levels)
         upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
+        if name == "a2sg":
+            with torch.no_grad():
+                neuron(x)  # sizes the windows, then distinct ones per step (and channel)
+            windows = neuron.surrogate.w_t
+            windows.copy_(torch.linspace(0.3, 1.5, windows.numel()).view_as(windows))
+            assert not neuron.surrogate.observes
         counter.launches.clear()
-        runs.append(grads_of(neuron.to(DEVICE), x, upstream))
+        runs.append(grads_of(neuron, x, upstream))
         guards.append(getattr(neuron.surrogate, "guard_count", None))
-        kernels = fused and options.get("granularity") != "channel"
+        kernels = fused and options.get("granularity") not in ("channel", "layer_channel_time")
         assert counter.launches == (["_cf_forward_kernel", "_cf_backward_kernel"] if kernels else [])
     (out, (grad,)), (ref_out, (ref_grad,)) = runs
     assert guards[0] == guards[1]  # MPD-AGL's count of guarded gammas: once per call, as the reference loop counts
     assert options.get("granularity") != "channel" or guards[0] > 0
     assert torch.equal(out, ref_out) and out.abs().sum() > 0
     torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)
+
+
+@kernels_run_here
+def test_float64_input_keeps_the_torch_code(monkeypatch):
+    """The kernels read fp32, bf16 and fp16: a float64 layer (a gradcheck, a float64 study) takes the fused torch
+    code where they would run, LIF and circulate firing, eagerly and as the compiled operators' condition says;
+    outputs and gradients those of the neuron with the kernels off."""
+    from repro.models.fused import compiled_kernels_apply
+    from repro.models.fused_cf import compiled_kernel_shape
+
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
+    cf_counter = LaunchCounter(monkeypatch, triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel"))
+    x = make_input(3, torch.tensor([1.0, 2.0])).double()
+    upstream = torch.randn(x.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    makers = (lambda: LIF(surrogate="atan", preset="reference", decay_learnable=True),
+              lambda: CFNeuron(D=2, surrogate="sigmoid"))
+    for make in makers:
+        kernel, torch_code = make().to(DEVICE), make().to(DEVICE)
+        torch_code.triton = False
+        (out, grads), (ref_out, ref_grads) = grads_of(kernel, x, upstream), grads_of(torch_code, x, upstream)
+        assert counter.launches == cf_counter.launches == [] and out.dtype == torch.float64
+        assert torch.equal(out, ref_out) and all(map(torch.equal, grads, ref_grads)) and out.abs().sum() > 0
+    assert not compiled_kernels_apply(makers[0](), x) and compiled_kernel_shape(makers[1](), x) is None
+    assert compiled_kernels_apply(makers[0](), x.float()) and compiled_kernel_shape(makers[1](), x.float())
 
 
 @kernels_run_here

@@ -42,6 +42,7 @@ from repro.models.triton_lif import lif_backward, lif_forward, triton_available 
 from repro.models.triton_surrogates import kernel_parameters, kernel_shape, parameter_table, shape_parameters  # noqa: E402,E501
 from repro.surrogates import SURROGATES, create_surrogate  # noqa: E402
 from repro.surrogates import a2sg  # noqa: E402
+from repro.surrogates.base import RowSample  # noqa: E402
 from repro.surrogates.closed_form import absolute, clamp_min, div, indicator, logistic, where  # noqa: E402
 
 INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
@@ -235,17 +236,31 @@ def test_shapes_outside_the_vocabulary_are_not_compiled():
     assert kernel_shape(lambda x: x * width) is None  # a closure
 
 
-def test_backward_refuses_gradient_outputs_it_cannot_write():
-    """A2SG's optional outputs must be contiguous fp32 tensors shaped as the input: one line, before any launch."""
+def test_kernels_refuse_outputs_they_cannot_write():
+    """The optional fp32 outputs (A2SG's statistics: the membrane, dL/ds, dL/du) must be contiguous fp32 tensors
+    shaped as the input or, with sampled rows, as the rows [T, units, length], on the input's device; and the rows
+    must describe a sample of a step: one line, before any launch."""
     x, table = torch.zeros(2, 3, 4), torch.zeros(2, 1, 1)
     shape = kernel_shape(create_surrogate("atan").shape)
-    for name, wrong, said in (("spike_grads", torch.zeros(2, 3, 4, dtype=torch.bfloat16), "bfloat16"),
-                              ("membrane_grads", torch.zeros(2, 3), "shape (2, 3)"),
-                              ("spike_grads", torch.zeros(4, 3, 2).transpose(0, 2), "non-contiguous")):
-        with pytest.raises(ValueError, match=rf"{name} must be a contiguous fp32 tensor of the input's shape "
-                                             rf"\(2, 3, 4\), got .*{re.escape(said)}"):
-            lif_backward(x, x, torch.tensor(0.5), 1.0, None, shape, table, "zero", True, False, False, False, False,
-                         **{name: wrong})
+    rows = RowSample(None, 5).layout(x.shape[1:])
+    assert rows == (1, 12, 3, 4)  # 12 elements in one row, every 3rd: 4 of them
+    backward_args = (x, x, torch.tensor(0.5), 1.0, None, shape, table, "zero", True, False, False, False, False)
+    for name, wrong, said, sample in (
+            ("spike_grads", torch.zeros(2, 3, 4, dtype=torch.bfloat16), "bfloat16", None),
+            ("membrane_grads", torch.zeros(2, 3), "shape (2, 3)", None),
+            ("spike_grads", torch.zeros(4, 3, 2).transpose(0, 2), "non-contiguous", None),
+            ("spike_grads", torch.zeros(2, 3, 4, device="meta"), "on meta", None),
+            ("membrane_grads", torch.zeros(2, 3, 4), "shape (2, 3, 4)", rows)):
+        whose = r"the input's shape \(2, 3, 4\)" if sample is None else r"the rows' shape \(2, 1, 4\)"
+        with pytest.raises(ValueError, match=rf"{name} must be a contiguous fp32 tensor of {whose} on cpu, got "
+                                             rf".*{re.escape(said)}"):
+            lif_backward(*backward_args, **{name: wrong}, rows=sample)
+    with pytest.raises(ValueError, match=r"membrane must be .* of the rows' shape \(2, 1, 4\)"):
+        lif_forward(x, torch.tensor(0.5), 1.0, "zero", True, False, False, membrane=torch.zeros(x.shape), rows=rows)
+    with pytest.raises(ValueError, match=r"rows \(1, 12, 3, 5\) .* do not describe a sample of a step of shape "
+                                         r"\(3, 4\): take RowSample.layout"):
+        lif_forward(x, torch.tensor(0.5), 1.0, "zero", True, False, False, membrane=torch.zeros(2, 1, 5),
+                    rows=(1, 12, 3, 5))
 
 
 def neuron_pair(make):
@@ -313,6 +328,68 @@ def test_surrogates_that_read_no_membrane_get_no_membrane_pass(scope):
         large = [size for _, size in recorder.created if size >= step_bytes]
         assert large == [steps * step_bytes] + ([step_bytes] if method == "ds_atgo" else []), (method, recorder.created)
         assert 0 < out.mean() < 1
+
+
+@kernels_run_here
+@pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
+def test_a2sg_kernels_write_only_the_rows_the_search_samples(granularity):
+    """A2SG's window search reads a fixed sample of each step (``observation_sample``): on a statistics step the
+    forward kernel writes only those rows of u (no fp32 membrane [T, ...], no u - theta_t over a step) and the
+    backward kernel only those rows of dL/ds and dL/du; the forwards that take no statistics (between them, and
+    evaluation) run the plain forward kernel (``reads_membrane`` False).  So the only tensors of a step's size or
+    more that forward and backward create are the spikes and the input gradient."""
+    steps = 4
+    neuron = LIF(surrogate=a2sg.A2SG(granularity=granularity, search_sample=7, update_every=2), preset="reference",
+                 decay_learnable=True).to(DEVICE)
+    x = make_input(random.Random(granularity), steps, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(8)).to(DEVICE)
+    step_bytes = x[0].numel() * 4
+    grads_of(neuron, x, upstream)  # the first forward sizes the windows; no statistics (update_every = 2)
+    for optimizer_step, statistics in ((1, True), (2, False)):
+        neuron.surrogate.after_optimizer_step(optimizer_step)
+        assert neuron.surrogate.observes == statistics
+        inputs, recorder = x.clone().requires_grad_(), AllocationRecorder()
+        with recorder:
+            torch.autograd.backward(neuron(inputs), upstream)
+        large = [size for _, size in recorder.created if size >= step_bytes]
+        assert large == [steps * step_bytes] * 2, (statistics, recorder.created)  # spikes, dL/dI
+    assert int(neuron.surrogate.num_controller_steps) == 1  # the search ran on the statistics step's rows
+    neuron.eval()
+    recorder = AllocationRecorder()
+    with recorder, torch.no_grad():
+        neuron(x)
+    assert [size for _, size in recorder.created if size >= step_bytes] == [steps * step_bytes]
+
+
+@kernels_run_here
+def test_a2sg_rows_along_the_last_dim_reach_the_search_through_the_torch_backward(monkeypatch):
+    """Per-channel windows along the last dim (``channel_dim=-1``, tokens [B, N, C]): the forward kernel writes the
+    search's rows of u (units along the last dim), the windows are no per-channel table of dim 1, so the torch
+    backward runs and hands the callbacks the same rows of its gradients: spikes, gradients, windows and
+    statistics equal the torch path's over two search steps."""
+    counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
+    x = make_input(random.Random("tokens"), 3, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    runs = []
+    for triton_on in (True, False):
+        neuron = LIF(surrogate=a2sg.A2SG(granularity="layer_channel_time", channel_dim=-1, search_sample=5),
+                     preset="reference", decay_learnable=True, triton=triton_on).to(DEVICE)
+        with torch.no_grad():
+            neuron(x)
+        windows = neuron.surrogate.w_t
+        windows.copy_(torch.linspace(0.3, 1.5, windows.numel()).view_as(windows))
+        counter.launches.clear()
+        for iteration in (1, 2):
+            out, grads = grads_of(neuron, x, upstream)
+            neuron.surrogate.after_optimizer_step(iteration)
+        assert counter.launches == (["_forward_kernel"] * 2 if triton_on else [])
+        runs.append((out, grads, neuron.surrogate))
+    (out, grads, kernel), (ref_out, ref_grads, reference) = runs
+    assert torch.equal(out, ref_out) and 0 < out.mean() < 1
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    assert torch.equal(kernel.w_t, reference.w_t) and int(kernel.num_controller_steps) == 2
+    torch.testing.assert_close(kernel.sgv_ema, reference.sgv_ema, rtol=1e-5, atol=1e-7)
 
 
 DS_ATGO_CASES = [dict(stat_scope="layer"), dict(stat_scope="channel", fire_ge=False),
@@ -415,8 +492,9 @@ def test_per_step_forward_kernel_takes_channel_and_neuron_thresholds(monkeypatch
 
 
 class RecordingA2SG(a2sg.A2SG):
-    """A2SG that also records, in call order, what its statistics callbacks are given: the surrogate input
-    x[t] (forward), g[t] = dL/ds[t] and delta[t] = dL/du[t] (backward)."""
+    """A2SG that also records, in call order, the window search's rows (``row_sample``) of what its statistics
+    callbacks are given: the surrogate input x[t] (forward), g[t] = dL/ds[t] and delta[t] = dL/du[t] (backward);
+    where the fused path hands over the sampled rows themselves (``context["sampled"]``), those."""
 
     def __init__(self, **options):
         super().__init__(**options)
@@ -426,33 +504,38 @@ class RecordingA2SG(a2sg.A2SG):
         super().observe(x, params, context)
         step = context.get("step")
         if "register_spike_grad" in context and self.training:
-            self.seen.append(("x", step, x.clone()))
-            context["register_spike_grad"](lambda g, step=step: self.seen.append(("g", step, g.clone())))
-            context["register_membrane_grad"](lambda d, step=step: self.seen.append(("delta", step, d.clone())))
+            self.got_rows = context.get("sampled", False)
+
+            def rows(values):
+                return (values if context.get("sampled") else self.row_sample.rows(values)).clone()
+            self.seen.append(("x", step, rows(x)))
+            context["register_spike_grad"](lambda g, step=step: self.seen.append(("g", step, rows(g))))
+            context["register_membrane_grad"](lambda d, step=step: self.seen.append(("delta", step, rows(d))))
 
 
 A2SG_CASES = [dict(shape=shape, asym=0.5 if shape in a2sg.ASYMMETRY_SHAPES else 0.0) for shape in a2sg.SHAPES] + [
-    dict(shape="ramp", height=0.3, clip=False), dict(shape="asym_triangle", asym=0.5, adapt="sgv_tgc", update_every=1)]
+    dict(shape="ramp", height=0.3, clip=False), dict(shape="ramp", search_sample=None),
+    dict(shape="asym_triangle", asym=0.5, adapt="sgv_tgc", update_every=1)]
 
 
 @kernels_run_here
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning")  # asym_sigmoid's exp in the interpreter (-> 0)
 @pytest.mark.parametrize("granularity", ["layer_time", "layer_channel_time"])
 def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity):
-    """A2SG, every shape (and the ramp with a fixed height, unclipped; the reconstructed controller), per-step
-    windows per layer or per channel: the forward kernel's membrane gives the window search the same x[t] as the
-    torch fused path, and the backward kernel evaluates the shape with the windows as a table and hands its
-    statistics callbacks the same g[t] and delta[t], in the same order;
-    spikes equal, input and (learnable) decay gradients to float tolerance, and over two search steps the same
-    windows chosen."""
+    """A2SG, every shape (and the ramp with a fixed height, unclipped; the search on every element; the
+    reconstructed controller), per-step windows per layer or per channel: the forward kernel's membrane gives the
+    window search the same x[t] as the torch fused path (the paper's search: only the rows it samples, 7 elements
+    per unit here, written by the kernel), and the backward kernel evaluates the shape with the windows as a table
+    and hands its statistics callbacks the same g[t] and delta[t] (rows), in the same order; spikes equal, input
+    and (learnable) decay gradients to float tolerance, and over two search steps the same windows chosen."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random(granularity), 3, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(3)).to(DEVICE)
     for case in A2SG_CASES:
         runs = []
         for triton_on in (True, False):
-            neuron = LIF(surrogate=RecordingA2SG(granularity=granularity, **case), preset="reference",
-                         decay_learnable=True, triton=triton_on).to(DEVICE)
+            neuron = LIF(surrogate=RecordingA2SG(granularity=granularity, **{"search_sample": 7, **case}),
+                         preset="reference", decay_learnable=True, triton=triton_on).to(DEVICE)
             with torch.no_grad():
                 neuron(x)  # sizes the windows, then distinct ones per step (and channel)
             neuron.surrogate.w_t.copy_(torch.linspace(0.3, 1.5, neuron.surrogate.w_t.numel()).view_as(
@@ -477,6 +560,7 @@ def test_a2sg_backward_kernel_serves_the_window_search(monkeypatch, granularity)
             torch.testing.assert_close(value, ref_value, rtol=1e-5, atol=1e-6, msg=f"{case} {kind}[{step}]")
         assert torch.equal(kernel.w_t, reference.w_t), case
         torch.testing.assert_close(kernel.sgv_ema, reference.sgv_ema, rtol=1e-4, atol=1e-6, msg=str(case))
+        assert kernel.got_rows == (kernel.statistics == "paper") and not reference.got_rows, case
 
 
 def tlsg_probe_points(k: float):
