@@ -11,10 +11,13 @@
 #   bash benchmarks/gpu_check.sh tuning    # the kernels alone by block size, warps and replay chunk (LIF at T = 4
 #                                          # and 32, circulate firing at T = 4: its T = 32 backward compiles slowly)
 #
-# Results go to benchmarks/results/*_cuda*.json; the tables print as they finish.
+# Results go to benchmarks/results/*_cuda*.json; the tables print as they finish.  On the device tool's machine
+# (``$OUT`` set) the stage's JSON files are also copied to $OUT on exit, whether the stage passed or not.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1
+STARTED=$(mktemp)
+trap '[ -n "${OUT:-}" ] && find benchmarks/results -name "*.json" -newer "$STARTED" -exec cp {} "$OUT"/ \; ; rm -f "$STARTED"' EXIT
 RECIPES="ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10"
 case "${1:-}" in
   tests)

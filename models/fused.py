@@ -253,6 +253,9 @@ class FusedLIFFunction(torch.autograd.Function):
             # or only the rows it samples (A2SG's window search)
             per_step = observed or (not fixed_params and k is None and surrogate.reads_membrane)
             sample = surrogate.observation_sample() if observed else None
+            if sample is not None and surrogate.reads_membrane:
+                raise TypeError(f"{type(surrogate).__name__}.observation_sample() needs call_params to read no "
+                                "membrane (reads_membrane = False): it gets the sampled rows as x")
             rows = None if sample is None else sample.layout(x.shape[1:])
             kept = x.shape if rows is None else (x.shape[0], rows.units, rows.length)
             membrane = torch.empty(kept, dtype=torch.float32, device=x.device) if per_step else None

@@ -345,7 +345,9 @@ def _row_layout(x: Tensor, rows: tuple[int, int, int, int] | None) -> tuple[int,
     if rows is None:
         return 1, neurons, 1, neurons
     units, inner, every, length = rows
-    row = neurons // units if units and inner and neurons % (units * inner) == 0 else -1
+    row = neurons // units if units > 0 and inner > 0 and neurons % (units * inner) == 0 else -1
+    if neurons >= 2 ** 31:  # the kernels map a step's elements to rows in int32
+        raise ValueError(f"rows of a step of {neurons} elements (2^31 or more) are not supported: take whole steps")
     if row < 0 or every < 1 or length != -(-row // every):
         raise ValueError(f"rows {tuple(rows)} (units, inner, every, length) do not describe a sample of a step of "
                          f"shape {tuple(x.shape[1:])}: take RowSample.layout(step shape)")

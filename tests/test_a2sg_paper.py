@@ -253,7 +253,10 @@ def test_search_evaluates_every_step_at_once(neuron_name):
     host's grid; the CPU neuron path's own reads of its decay are the same in both modes)."""
     def operations(adapt, steps):
         torch.manual_seed(0)
-        neuron = create_neuron(neuron_name, num_steps=steps, surrogate="a2sg", surrogate_kwargs={"adapt": adapt})
+        # circulate firing's statistics forwards run the reference loop: its forwards without statistics too, so
+        # that both counts see one path (the fused path takes its levels one at a time there)
+        neuron = create_neuron(neuron_name, num_steps=steps, surrogate="a2sg", surrogate_kwargs={"adapt": adapt},
+                               **({} if neuron_name == "lif" else {"fused": False}))
         x = torch.randn(steps, 4, 3, 8, requires_grad=True)
 
         def training_step():
@@ -271,7 +274,7 @@ def test_search_evaluates_every_step_at_once(neuron_name):
         (with_search, reads), (without, reads_without) = operations("search", steps), operations("none", steps)
         assert reads == reads_without
         search[steps] = with_search - without
-    assert search[8] - search[2] <= 6 * 5 * calls, search
+    assert 0 <= search[8] - search[2] <= 6 * 5 * calls, search
 
 
 def stacked_layers(layers: int, adapt: str = "search", together: bool = True, sample: int | None = 50

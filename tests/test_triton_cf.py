@@ -125,8 +125,8 @@ def test_cf_kernels_take_per_step_widths_that_read_no_membrane(monkeypatch, opti
 
 @kernels_run_here
 def test_float64_input_keeps_the_torch_code(monkeypatch):
-    """The kernels read fp32, bf16 and fp16: a float64 layer (a gradcheck, a float64 study) takes the fused torch
-    code where they would run, LIF and circulate firing, eagerly and as the compiled operators' condition says;
+    """The kernels read fp32, bf16 and fp16: a float64 input takes the fused torch code where they would run (which
+    computes in fp32, as before), LIF and circulate firing, eagerly and as the compiled operators' condition says;
     outputs and gradients those of the neuron with the kernels off."""
     from repro.models.fused import compiled_kernels_apply
     from repro.models.fused_cf import compiled_kernel_shape

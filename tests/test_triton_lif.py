@@ -257,10 +257,11 @@ def test_kernels_refuse_outputs_they_cannot_write():
             lif_backward(*backward_args, **{name: wrong}, rows=sample)
     with pytest.raises(ValueError, match=r"membrane must be .* of the rows' shape \(2, 1, 4\)"):
         lif_forward(x, torch.tensor(0.5), 1.0, "zero", True, False, False, membrane=torch.zeros(x.shape), rows=rows)
-    with pytest.raises(ValueError, match=r"rows \(1, 12, 3, 5\) .* do not describe a sample of a step of shape "
-                                         r"\(3, 4\): take RowSample.layout"):
-        lif_forward(x, torch.tensor(0.5), 1.0, "zero", True, False, False, membrane=torch.zeros(2, 1, 5),
-                    rows=(1, 12, 3, 5))
+    for wrong in ((1, 12, 3, 5), (5, 2, 1, 2), (1, -12, 1, 12), (0, 12, 1, 12), (1, 12, 0, 12)):
+        with pytest.raises(ValueError, match=rf"rows {re.escape(str(wrong))} .* do not describe a sample of a step "
+                                             r"of shape \(3, 4\): take RowSample.layout"):
+            lif_forward(x, torch.tensor(0.5), 1.0, "zero", True, False, False, membrane=torch.zeros(2, 1, 5),
+                        rows=wrong)
 
 
 def neuron_pair(make):
@@ -365,14 +366,14 @@ def test_a2sg_kernels_write_only_the_rows_the_search_samples(granularity):
 def test_a2sg_rows_along_the_last_dim_reach_the_search_through_the_torch_backward(monkeypatch):
     """Per-channel windows along the last dim (``channel_dim=-1``, tokens [B, N, C]): the forward kernel writes the
     search's rows of u (units along the last dim), the windows are no per-channel table of dim 1, so the torch
-    backward runs and hands the callbacks the same rows of its gradients: spikes, gradients, windows and
-    statistics equal the torch path's over two search steps."""
+    backward runs and hands the callbacks the same rows of its gradients: the same rows of x, g and delta, spikes,
+    gradients, windows and statistics as the torch path over two search steps."""
     counter = LaunchCounter(monkeypatch, triton_lif, ("_forward_kernel", "_backward_kernel"))
     x = make_input(random.Random("tokens"), 3, False, 0.5, 1.0)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(9)).to(DEVICE)
     runs = []
     for triton_on in (True, False):
-        neuron = LIF(surrogate=a2sg.A2SG(granularity="layer_channel_time", channel_dim=-1, search_sample=5),
+        neuron = LIF(surrogate=RecordingA2SG(granularity="layer_channel_time", channel_dim=-1, search_sample=5),
                      preset="reference", decay_learnable=True, triton=triton_on).to(DEVICE)
         with torch.no_grad():
             neuron(x)
@@ -385,11 +386,57 @@ def test_a2sg_rows_along_the_last_dim_reach_the_search_through_the_torch_backwar
         assert counter.launches == (["_forward_kernel"] * 2 if triton_on else [])
         runs.append((out, grads, neuron.surrogate))
     (out, grads, kernel), (ref_out, ref_grads, reference) = runs
+    assert kernel.got_rows and not reference.got_rows
     assert torch.equal(out, ref_out) and 0 < out.mean() < 1
     for grad, ref_grad in zip(grads, ref_grads):
         torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-6)
+    for (kind, step, value), (_, _, ref_value) in zip(kernel.seen, reference.seen, strict=True):
+        torch.testing.assert_close(value, ref_value, rtol=0 if kind == "x" else 1e-5, atol=0 if kind == "x" else 1e-6)
     assert torch.equal(kernel.w_t, reference.w_t) and int(kernel.num_controller_steps) == 2
     torch.testing.assert_close(kernel.sgv_ema, reference.sgv_ema, rtol=1e-5, atol=1e-7)
+
+
+@kernels_run_here
+def test_a2sg_rows_under_accumulation_double_backward_and_bf16():
+    """The sampled rows with gradient accumulation (two forwards per optimiser step: the last one supplies the
+    statistics), a double backward (``create_graph=True``: the step graph is rebuilt and its hooks hand over the
+    rows) and bf16 input: the same rows, windows and statistics as the torch path."""
+    x = make_input(random.Random("accumulate"), 3, False, 0.5, 1.0)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(10)).to(DEVICE)
+    runs = []
+    for triton_on in (True, False):
+        neuron = LIF(surrogate=RecordingA2SG(granularity="layer_channel_time", search_sample=7), preset="reference",
+                     decay_learnable=True, triton=triton_on).to(DEVICE)
+        with torch.no_grad():
+            neuron(x)
+        windows = neuron.surrogate.w_t
+        windows.copy_(torch.linspace(0.3, 1.5, windows.numel()).view_as(windows))
+        for iteration, (dtype, create_graph) in enumerate(((torch.float32, False), (torch.bfloat16, True)), 1):
+            for half in (slice(0, 1), slice(1, 2)):
+                inputs = x[:, half].to(dtype).requires_grad_()
+                out = neuron(inputs)
+                torch.autograd.grad(out, inputs, upstream[:, half].to(dtype), create_graph=create_graph)
+            neuron.surrogate.after_optimizer_step(iteration)
+        runs.append(neuron.surrogate)
+    kernel, reference = runs
+    assert kernel.got_rows and not reference.got_rows and int(kernel.num_controller_steps) == 2
+    for (kind, step, value), (_, _, ref_value) in zip(kernel.seen, reference.seen, strict=True):
+        torch.testing.assert_close(value, ref_value, rtol=0 if kind == "x" else 1e-5, atol=0 if kind == "x" else 1e-6)
+    assert torch.equal(kernel.w_t, reference.w_t)
+    torch.testing.assert_close(kernel.sgv_ema, reference.sgv_ema, rtol=1e-5, atol=1e-7)
+
+
+@kernels_run_here
+def test_a_row_sample_needs_parameters_that_read_no_membrane():
+    """``observation_sample`` hands ``call_params`` the sampled rows as x: a surrogate that declares a sample but
+    reads the membrane is refused in one line, before its parameters are computed from the wrong x."""
+    class MembraneReadingA2SG(a2sg.A2SG):
+        reads_membrane = True
+
+    neuron = LIF(surrogate=MembraneReadingA2SG(search_sample=7)).to(DEVICE)
+    with pytest.raises(TypeError, match=r"MembraneReadingA2SG.observation_sample\(\) needs call_params to read no "
+                                        r"membrane \(reads_membrane = False\)"):
+        neuron(make_input(random.Random("contract"), 2, False, 0.5, 1.0).requires_grad_())
 
 
 DS_ATGO_CASES = [dict(stat_scope="layer"), dict(stat_scope="channel", fire_ge=False),
