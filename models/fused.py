@@ -257,8 +257,8 @@ class FusedLIFFunction(torch.autograd.Function):
                 raise TypeError(f"{type(surrogate).__name__}.observation_sample() needs call_params to read no "
                                 "membrane (reads_membrane = False): it gets the sampled rows as x")
             rows = None if sample is None else sample.layout(x.shape[1:])
-            kept = x.shape if rows is None else (x.shape[0], rows.units, rows.length)
-            membrane = torch.empty(kept, dtype=torch.float32, device=x.device) if per_step else None
+            membrane = (torch.empty(triton_lif.kept_shape(x, rows), dtype=torch.float32, device=x.device)
+                        if per_step else None)
             spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                             config.decay_input, config.fire_ge, membrane=membrane, rows=rows)
             if sample is not None:
@@ -300,8 +300,8 @@ class FusedLIFFunction(torch.autograd.Function):
         if ctx.kernel is not None:
             shape, step_thresholds, params, switches = ctx.kernel
             rows = None if ctx.sample is None else ctx.sample.layout(x.shape[1:])  # the kernel writes only these
-            kept = x.shape if rows is None else (x.shape[0], rows.units, rows.length)
-            spike_grads, membrane_grads = (torch.empty(kept, dtype=torch.float32, device=x.device)
+            spike_grads, membrane_grads = (torch.empty(triton_lif.kept_shape(x, rows), dtype=torch.float32,
+                                                       device=x.device)
                                            if any(callbacks.values()) else None
                                            for callbacks in (ctx.spike_callbacks, ctx.callbacks))
             grad_x, grad_decay, grad_k = triton_lif.lif_backward(

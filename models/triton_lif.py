@@ -453,11 +453,17 @@ def lif_backward(x: Tensor, grad_spikes: Tensor, decay: Tensor, threshold: float
             k_partials.sum(0, dtype=torch.float64) if learned_k else None)
 
 
+def kept_shape(x: Tensor, rows: tuple[int, int, int, int] | None = None) -> torch.Size:
+    """The shape of the kernels' optional fp32 outputs (the membrane, dL/ds, dL/du) for input ``x``: x's, or with
+    ``rows`` (units, inner, every, length) the sampled rows' [T, units, length]."""
+    return x.shape if rows is None else torch.Size((x.shape[0], rows[0], rows[3]))
+
+
 def _output_or(name: str, output: Tensor | None, x: Tensor, unused: Tensor,
                rows: tuple[int, int, int, int] | None = None) -> Tensor:
-    """The optional fp32 output ``name`` of a kernel, shaped as ``x`` or, with ``rows``, [T, units, length]
-    (``unused``, never written, stands in for None)."""
-    shape = x.shape if rows is None else torch.Size((x.shape[0], rows[0], rows[3]))
+    """The optional fp32 output ``name`` of a kernel, shaped ``kept_shape(x, rows)`` (``unused``, never written,
+    stands in for None)."""
+    shape = kept_shape(x, rows)
     if output is not None and (output.dtype != torch.float32 or not output.is_contiguous() or output.shape != shape
                                or output.device != x.device):
         whose = "the input's shape" if rows is None else "the rows' shape"
