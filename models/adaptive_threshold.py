@@ -15,7 +15,8 @@ membrane U[t] of the whole layer:
   [published]: for Gaussian U, P(U >= mu + sigma) = 1 - Phi(1) = 15.87%.
 - theta_t receives no gradient.  Optional floor ``thr_min`` (None = no clip, as the code).
 - Running threshold [published Eq. 6; reference code]: every training forward does
-  ``running_thr[t] <- (1 - momentum) running_thr[t] + momentum theta_t`` (init V0, momentum 0.1);
+  ``running_thr[t] <- (1 - momentum) running_thr[t] + momentum theta_t`` (init V0, momentum 0.1; all
+  steps at once after the last);
   eval fires against ``running_thr[t]`` (``eval_threshold="running"``) or the eval batch's own
   statistics (``"batch"``).  ``running_thr`` is a registered persistent buffer of shape [T]
   ([T, C] for ``stat_scope="channel"``, sized at the first forward) [reconstructed: the code keeps
@@ -98,6 +99,8 @@ class AdaptiveThresholdLIF(LIF):
         if step == 0:
             self.thresholds = []
         self.thresholds.append(threshold)
+        if step == len(self.running_thr) - 1 and self.updates_running():  # every step's running threshold at once
+            self.running_thr.lerp_(torch.stack(self.thresholds).reshape(self.running_thr.shape), self.momentum)
         return threshold, dict(mem=u, step=step, neuron=self, threshold=threshold, mean=mean, std=std)
 
     @torch.no_grad()
@@ -116,9 +119,13 @@ class AdaptiveThresholdLIF(LIF):
         std = (var * count / (count - 1)).sqrt()
         return mean.float().reshape(shape), std.float().reshape(shape)
 
+    def updates_running(self) -> bool:
+        """Whether this forward moves ``running_thr`` (training, adaptive threshold, not frozen)."""
+        return self.at and self.training and not self.running_frozen
+
     @torch.no_grad()
     def step_threshold(self, step: int, mean: Tensor, std: Tensor) -> Tensor:
-        """theta_t for this forward (detached); updates ``running_thr[step]`` in training."""
+        """theta_t for this forward (detached)."""
         if not self.at:
             return torch.full_like(mean, self.threshold)
         if self.stat_scope == "channel":
@@ -126,14 +133,12 @@ class AdaptiveThresholdLIF(LIF):
         if not self.training and self.eval_threshold == "running":
             return self.running_thr[step].clone().view(mean.shape)
         if self.at_variant == "true":
-            threshold = self.f_c * (mean + std)
+            threshold = mean + std if self.f_c == 1 else self.f_c * (mean + std)  # (x 1 is exact: a launch fewer)
         else:
             tau = self.decay.detach().float().to(mean.device)
             threshold = self.f_c * self.threshold * torch.sqrt(1 + tau ** 2) * torch.ones_like(mean)
         if self.thr_min is not None:
             threshold = threshold.clamp_min(self.thr_min)
-        if self.training and not self.running_frozen:
-            self.running_thr[step].lerp_(threshold.reshape(self.running_thr[step].shape), self.momentum)
         return threshold
 
     def _size_running_thr(self, channels: int) -> None:

@@ -81,7 +81,8 @@ torch path's order after the kernel.  For a fixed threshold the forward is a ker
 nothing from the surrogate): it writes the spikes, and where the surrogate reads u[t] (per-call parameters
 of a surrogate that reads the membrane, ``Surrogate.reads_membrane``; ``observe``: observers, A2SG's
 statistics) also the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to
-``fire_context`` and the surrogate in the loop's order.  Where the observation reads only a fixed sample of rows
+``fire_context`` and the surrogate in the loop's order.  Per-step parameters that read no membrane (MPD-AGL's and
+TGO's widths) come for all steps from one ``Surrogate.step_params`` call after the loop.  Where the observation reads only a fixed sample of rows
 of each step (``Surrogate.observation_sample``: A2SG's window search, the paper's statistics) both kernels write
 only those rows, [T, U, S] in fp32 (``surrogates.base.RowSample``): ``observe`` gets the rows of u[t] - theta_t
 (context ``sampled``; I[t] stands in for u[t]), the callbacks the rows of dL/ds[t] and e[t]; the torch code
@@ -219,15 +220,21 @@ class FusedLIFFunction(torch.autograd.Function):
         surrogate = neuron.surrogate
         fixed_params = type(surrogate).call_params is FixedSurrogate.call_params  # ignores x: skip computing it
         observed = surrogate.observes
-        thresholds, params, callbacks, spike_callbacks = [], [], {}, {}
+        thresholds, params, contexts, callbacks, spike_callbacks = [], [], [], {}, {}
         # fp16 margins (when a backward will run) need the input only for a learnable decay with
         # decay_input (its gradient reads I)
         half = (neuron.saved_precision == "fp16" and any(ctx.needs_input_grad[:3])
                 and not (config.decay_input and ctx.needs_input_grad[1]))
         margins = torch.empty(x.shape, dtype=torch.float16, device=x.device) if half else None
+        # per-step parameters that read no membrane (MPD-AGL, TGO): every step's from one call after the loop
+        deferred = not (fixed_params or observed or half or surrogate.reads_membrane)
 
         def threshold_at(u: Tensor, step: int, shifted_rows: Tensor | None = None):
             threshold, context = neuron.fire_context(u, step)
+            if deferred:
+                contexts.append(context)
+                thresholds.append(threshold)
+                return threshold
             if shifted_rows is not None:  # the surrogate observes sampled rows of u[t] - theta_t; u: I[t], a stand-in
                 shifted, context["sampled"] = shifted_rows, True
             else:  # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
@@ -272,7 +279,7 @@ class FusedLIFFunction(torch.autograd.Function):
                 thresholds = [config.threshold] * x.shape[0]
                 params = ([surrogate.params] * x.shape[0] if k is None
                           else [{"k": value} for value in k.detach().unbind()])
-            else:  # per-step parameters that read no membrane (MPD-AGL, TGO): I[t] stands in for u[t]
+            else:  # per-step parameters that read no membrane (MPD-AGL): I[t] stands in for u[t]
                 for step in range(x.shape[0]):
                     threshold_at(x[step], step)
         elif kernels:  # theta_t from the statistics of u[t] (DS-ATGO): a kernel launch per step, threshold_at between
@@ -280,6 +287,8 @@ class FusedLIFFunction(torch.autograd.Function):
                                                     config.decay_input, config.fire_ge, threshold_at)
         else:
             spikes, membrane = integrate(x.float(), decay, config, threshold_at, keep=recording)
+        if deferred:
+            params = surrogate.step_params(x, contexts)
         if any(ctx.needs_input_grad[:3]):
             ctx.save_for_backward(margins if half else x, decay, k)
             ctx.config, ctx.thresholds, ctx.params, ctx.shape = config, thresholds, params, surrogate.shape

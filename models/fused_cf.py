@@ -153,8 +153,8 @@ class FusedCFFunction(torch.autograd.Function):
         if fixed_params:  # ignores x and context
             params = [[surrogate.params] * directions] * x.shape[0]
         elif step_params:  # from the step and the neuron (MPD-AGL): I[t] stands in for H[t], one call per direction
-            params = [[surrogate.call_params(x[t], mem=x[t], step=t, neuron=neuron) for _ in range(directions)]
-                      for t in range(x.shape[0])]
+            contexts = [dict(mem=x[t], step=t, neuron=neuron) for t in range(x.shape[0])]
+            params = [[step] * directions for step in surrogate.step_params(x, contexts, calls=directions)]
         elif k is None:
             def on_charge(charged: Tensor, step: int) -> None:
                 context = dict(mem=charged, step=step, neuron=neuron)

@@ -155,6 +155,8 @@ def parameter_table(params: list[dict], names: tuple[str, ...], step_shape: torc
         if any(value is None for value in values):
             return None
         columns.append(torch.stack(values))
+    if len(columns) == 1:  # one launch fewer
+        return columns[0].unsqueeze(-1)
     widest = max(column.shape[1] for column in columns)
     return torch.stack([column.expand(-1, widest) for column in columns], -1).contiguous()
 

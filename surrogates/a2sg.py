@@ -464,8 +464,9 @@ class A2SG(Surrogate):
         if self.adapt == "search":
             grid = self.candidate_windows.to(sgv.device)
             best_last, best_earlier = sgv[:-1].min(0), tgc[:, :-1].max(1)
-            picks = torch.cat([grid[best_earlier.indices], grid[best_last.indices][None]])
-            found = torch.cat([best_earlier.values.isfinite(), best_last.values.isfinite()[None]])
+            picks = grid[torch.cat([best_earlier.indices, best_last.indices[None]])]
+            # a vanished gradient scores -inf (TGC) / +inf (SGV); NaN compares False too
+            found = torch.cat([best_earlier.values > -math.inf, best_last.values[None] < math.inf])
             in_force = self.w_t[:len(picks)].reshape(picks.shape).to(picks)
             windows = torch.where(found, picks, in_force)  # no candidate with a gradient: keep the window
             self._set_windows(self._units(windows).to(self.w_t))

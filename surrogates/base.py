@@ -109,6 +109,18 @@ class Surrogate(nn.Module):
         """Per-call surrogate parameters (floats or detached tensors broadcasting to x)."""
         return {}
 
+    def step_params(self, x: Tensor, contexts: list[dict], calls: int = 1) -> list[dict]:
+        """The parameters of every step of a forward, for a surrogate that reads no membrane (``reads_membrane``
+        False): what ``calls`` calls per step, ``call_params(x[t], **contexts[t])``, give, side effects included (one
+        dict per step: a step's calls give equal parameters); ``x[t]`` and the contexts' ``mem`` are stand-ins of
+        step t.  The default makes those calls; a surrogate may compute all steps at once (MPD-AGL, TGO)."""
+        steps = []
+        for t, context in enumerate(contexts):
+            for _ in range(calls):
+                params = self.call_params(x[t], **context)
+            steps.append(params)
+        return steps
+
     @staticmethod
     def shape(x: Tensor, **params: Any) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

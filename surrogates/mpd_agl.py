@@ -34,6 +34,7 @@ the standard width-1 rectangle that MPD-AGL equals at initialisation.
 """
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -70,44 +71,62 @@ class MembranePotentialWidth(Rectangular):
 
     def call_params(self, x: Tensor, step: int | None = None, neuron: nn.Module | None = None,
                     **context: Any) -> dict:
-        if self.rule == "fixed" or neuron is None or step is None:
-            return self.params
-        if not (hasattr(neuron, "decay") and hasattr(neuron, "threshold")):
+        widths = None if step is None else self.step_widths(neuron, step + 1, context.get("mem", x))
+        return self.params if widths is None else {"width": widths[step]}
+
+    def step_params(self, x: Tensor, contexts: list[dict], calls: int = 1) -> list[dict]:
+        """Every step's width at once, equal to ``call_params``'s (``Surrogate.step_params``)."""
+        first = contexts[0]
+        if first.get("step") is None:
+            return super().step_params(x, contexts, calls)
+        widths = self.step_widths(first.get("neuron"), len(contexts), first.get("mem", x[0]), calls * len(contexts))
+        return [self.params] * len(contexts) if widths is None else [{"width": width} for width in widths.unbind()]
+
+    def step_widths(self, neuron: nn.Module | None, steps: int, mem: Tensor, calls: int = 1) -> Tensor | None:
+        """kappa_t of steps 0..steps-1, detached: [steps] (layer) or [steps, C, 1, ...] (channel, against a step
+        ``mem`` [B, C, ...]); None where the fixed width applies (rule ``fixed``, no neuron, no feeding BN weight).
+        ``calls``: the surrogate calls these widths serve (``guard_count`` counts each)."""
+        if self.rule == "fixed" or neuron is None:
+            return None
+        decay, threshold = getattr(neuron, "decay", None), getattr(neuron, "threshold", None)  # decay: computed once
+        if decay is None or threshold is None:
             raise ValueError(f"mpd_agl needs a neuron with `decay` and `threshold` (e.g. plif); got {type(neuron).__name__}")
         with torch.no_grad():
-            v_th = float(neuron.threshold)
-            decay = neuron.decay.detach().float().to(x.device)
+            v_th = float(threshold)
+            decay = decay.detach().float().to(mem.device)
             if self.rule == "lsg":
-                return {"width": 2 * v_th * torch.sqrt(1 + decay ** 2)}
-            gamma = self.feeding_gamma(getattr(neuron, "input_norm", None), context.get("mem", x))
+                return (2 * v_th * torch.sqrt(1 + decay ** 2)).expand(steps)
+            gamma = self.feeding_gamma(getattr(neuron, "input_norm", None), mem, calls)
             if gamma is None:
-                return self.params
-            return {"width": 2 * self.alpha * gamma * v_th * self.spread_factor(decay, step)}
+                return None
+            factors = self.spread_factors(decay, steps)
+            return factors.view(-1, *([1] * gamma.dim())) * (gamma * (2 * self.alpha * v_th))
 
-    def feeding_gamma(self, norm: nn.Module | None, x: Tensor) -> Tensor | None:
-        """gbar (layer) or gamma_c shaped [C, 1, ...] (channel) of the feeding BN, detached and guarded; ``x``: a
-        step of the membrane [B, C, ...] (the context's ``mem``, over whose levels circulate firing's
-        [L, B, C, ...] inputs broadcast the same gamma_c)."""
+    def feeding_gamma(self, norm: nn.Module | None, mem: Tensor, calls: int = 1) -> Tensor | None:
+        """gbar (layer) or gamma_c shaped [C, 1, ...] (channel) of the feeding BN, detached and guarded; ``mem``: a
+        step of the membrane [B, C, ...] (over whose levels circulate firing's [L, B, C, ...] inputs broadcast the
+        same gamma_c); in training ``guard_count`` grows by ``calls`` per channel the guard changed."""
         weight = getattr(norm, "weight", None)
         if weight is None:
             return None
-        weight = weight.detach().float().to(x.device)
-        gamma = weight.mean() if self.granularity == "layer" else weight.view((-1,) + (1,) * (x.dim() - 2))
+        weight = weight.detach().float().to(mem.device)
+        gamma = weight.mean() if self.granularity == "layer" else weight.view((-1,) + (1,) * (mem.dim() - 2))
         if self.gamma_guard == "none":
             return gamma
         guarded = gamma.abs().clamp_min(self.guard_eps)
         if self.training:
-            self.guard_count += (guarded != gamma).sum()
+            self.guard_count.add_((guarded != gamma).sum(), alpha=calls)
         return guarded
 
-    def spread_factor(self, decay: Tensor, step: int) -> Tensor:
-        """sigma_t / sigma_1: 1 at step 0 (and always for gamma_only); sqrt(1 + k^2) later, or the
-        unrolled sqrt(sum_{j<=step} k^{2j}) with ``exact_var``."""
-        if self.rule == "gamma_only" or step == 0:
-            return torch.ones_like(decay)
-        if self.exact_var:
-            return torch.sqrt(sum(decay ** (2 * j) for j in range(step + 1)))
-        return torch.sqrt(1 + decay ** 2)
+    def spread_factors(self, decay: Tensor, steps: int) -> Tensor:
+        """sigma_t / sigma_1 of steps 0..steps-1, [steps]: 1 at step 0 (and always for gamma_only); sqrt(1 + k^2)
+        later, or the unrolled sqrt(sum_{j<=t} k^{2j}) with ``exact_var``."""
+        first = torch.ones_like(decay).view(1)
+        if self.rule == "gamma_only":
+            return first.expand(steps)
+        if self.exact_var:  # the partial sums in order: each rounds as sum(k^{2j} for j <= t)
+            return torch.sqrt(torch.stack(list(itertools.accumulate(decay ** (2 * j) for j in range(steps)))))
+        return torch.cat([first, torch.sqrt(1 + decay ** 2).view(1).expand(steps - 1)])
 
     def extra_repr(self) -> str:
         return (f"width={self.rule}, alpha={self.alpha}, exact_var={self.exact_var}, granularity={self.granularity}, "

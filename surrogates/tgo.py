@@ -56,11 +56,21 @@ class ThresholdDrivenRectangular(Rectangular):
         statistic = std if self.tgo_stat == "std" else threshold
         if not self.tgo or statistic is None:
             return self.params
-        with torch.no_grad():
-            width = tgo_width(torch.as_tensor(statistic, dtype=torch.float32, device=x.device), self.k0, self.V0)
-            if self.tgo_stat == "thr":
-                width = width.clamp_min(self.k_min * self.k0)
-        return {"width": width}
+        return {"width": self.width_of(torch.as_tensor(statistic, dtype=torch.float32, device=x.device))}
+
+    def step_params(self, x: Tensor, contexts: list[dict], calls: int = 1) -> list[dict]:
+        """Every step's width at once, equal to ``call_params``'s (``Surrogate.step_params``)."""
+        statistics = [context.get("std" if self.tgo_stat == "std" else "threshold") for context in contexts]
+        if not self.tgo or any(statistic is None for statistic in statistics):
+            return super().step_params(x, contexts, calls)
+        stacked = torch.stack([torch.as_tensor(s, dtype=torch.float32, device=x.device) for s in statistics])
+        return [{"width": width} for width in self.width_of(stacked).unbind()]
+
+    @torch.no_grad()
+    def width_of(self, statistic: Tensor) -> Tensor:
+        """k from the statistic s (std or theta_t), floored at k_min * k0 for s = theta_t."""
+        width = tgo_width(statistic, self.k0, self.V0)
+        return width.clamp_min(self.k_min * self.k0) if self.tgo_stat == "thr" else width
 
     def extra_repr(self) -> str:
         return f"k0={self.k0}, V0={self.V0}, tgo={self.tgo}, tgo_stat={self.tgo_stat}, k_min={self.k_min}"

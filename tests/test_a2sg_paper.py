@@ -340,6 +340,26 @@ def test_a_models_searches_are_evaluated_together():
     assert (many - few) / 4 <= 60 < (many_alone - alone) / 4, (few, many, alone, many_alone)
 
 
+def test_search_step_picks_the_best_candidate_and_keeps_windows_without_one():
+    """search_step on given statistics: step t < T takes the candidate of highest TGC[t], step T the one of lowest SGV;
+    where every candidate's gradient vanished (TGC -inf, SGV +inf) or a statistic is NaN, the window in force stays."""
+    sg = create_surrogate("a2sg", shape="ramp", adapt="search")
+    grid, kept = sg.candidate_windows, torch.tensor([0.7, 0.8, 0.9, 1.1])
+    sg.w_t = kept.clone()
+    candidates = len(grid)
+    tgc = torch.full((3, candidates + 1, 1), float("-inf"), dtype=torch.float64)
+    tgc[0, 4], tgc[0, 6] = 0.9, 0.5  # step 0: candidate 4
+    tgc[1, :candidates] = float("nan")  # step 1: NaN statistics keep the window
+    tgc[:, -1] = 0.3  # the window in force (never a candidate)
+    sgv = torch.full((candidates + 1, 1), float("inf"), dtype=torch.float64)
+    sgv[7], sgv[2] = 0.25, 0.5  # step 3: candidate 7
+    sg.search_step(sgv, tgc)
+    assert torch.equal(sg.w_t, torch.stack([grid[4], kept[1], kept[2], grid[7]]).to(sg.w_t))
+    sgv[:candidates] = float("inf")
+    sg.search_step(sgv, tgc)  # no candidate of the last step has a gradient
+    assert sg.w_t[3] == grid[7] and int(sg.num_controller_steps) == 2
+
+
 def test_windows_apply_from_the_next_step_and_only_on_search_steps():
     layers = tiny_layer("ramp", "snntorch", "zero", fused=True)
     sg = layers[1].surrogate

@@ -304,3 +304,24 @@ def test_engine_trains_ds_atgo_on_digits(tmp_path):
     running = [v for k, v in weights.items() if k.endswith("running_thr")]
     assert len(running) == 20 and all(v.shape == (2,) for v in running)
     assert not all(torch.equal(v, torch.ones(2)) for v in running)  # updated in training and checkpointed
+
+
+@pytest.mark.parametrize("options", [{}, {"tgo_stat": "thr"}, {"tgo": False}], ids=["std", "thr", "no_tgo"])
+@pytest.mark.parametrize("shape", [(), (1, 3, 1, 1)], ids=["layer", "channel"])
+def test_tgo_step_params_equal_the_calls_step_by_step(options, shape):
+    """TGO's widths of all steps at once (the fused path, after the forward) equal the per-step calls' (the reference
+    loop), with the statistics per layer or per channel; without the neuron's statistics, the fixed width k0."""
+    surrogate = create_surrogate("tgo", **options)
+    x = torch.randn(4, 2, 3, 5, 5)
+    contexts = [dict(mem=x[t], step=t, std=torch.rand(shape) * 2, threshold=torch.rand(shape) * 0.05 + 1.2 * t - 2)
+                for t in range(4)]
+    for step_contexts in (contexts, [dict(mem=x[t], step=t) for t in range(4)]):
+        batched = surrogate.step_params(x, step_contexts)
+        for t, params in enumerate(batched):
+            expected = surrogate.call_params(x[t], **step_contexts[t])
+            assert params.keys() == expected.keys() == {"width"}
+            assert torch.equal(torch.as_tensor(params["width"]), torch.as_tensor(expected["width"])), t
+    widths = torch.stack([torch.as_tensor(p["width"]) for p in surrogate.step_params(x, contexts)])
+    assert widths.shape == ((4,) if options.get("tgo") is False else (4, *shape))
+    if options.get("tgo_stat") == "thr":
+        assert widths.min() == pytest.approx(0.05) and widths.max() > 1  # floored at k_min k0 for a low theta_t

@@ -90,6 +90,31 @@ def test_widths_follow_bn_weight_and_decay():
     assert factors[4] == pytest.approx(1.5746, abs=1e-4)  # vs sqrt(1 + k^2) = 1.2806 without exact_var
 
 
+@pytest.mark.parametrize("options", [{}, {"exact_var": True}, {"width": "gamma_only"}, {"width": "lsg"},
+                                     {"width": "fixed"}, {"granularity": "channel"}, {"gamma_guard": "none"}],
+                         ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()) or "mpd")
+def test_step_params_equal_the_calls_step_by_step(options):
+    """The widths of all steps at once (the fused paths) are bitwise the per-step calls' (the reference loop), and
+    the guard counts each call they stand for."""
+    norm, neuron = neuron_behind_bn(4, options)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([-0.3, 0.0, 0.8, 1.1]))  # gbar = 0.4; a channel the guard changes
+        neuron.decay_raw.fill_(0.7)
+    x = torch.randn(5, 2, 4, 3, 3)
+    batched = neuron.surrogate.step_params(x, [dict(mem=x[t], step=t, neuron=neuron) for t in range(5)], calls=2)
+    counted = neuron.surrogate.guard_count.clone()
+    neuron.surrogate.guard_count.zero_()
+    for step, params in enumerate(batched):
+        for _ in range(2):
+            one = neuron.surrogate.call_params(x[step], step=step, neuron=neuron, mem=x[step])
+        assert params.keys() == one.keys()
+        for name, value in params.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(one[name])), (step, name)
+    assert torch.equal(counted, neuron.surrogate.guard_count)
+    assert counted.item() == (0 if options.get("gamma_guard") == "none" or options.get("width") in ("fixed", "lsg")
+                              else 10 * (2 if options.get("granularity") == "channel" else 0))
+
+
 def test_gamma_guard_counts_and_none_reproduces_the_code():
     norm, neuron = neuron_behind_bn(4)
     with torch.no_grad():
