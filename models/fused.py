@@ -82,7 +82,8 @@ nothing from the surrogate): it writes the spikes, and where the surrogate reads
 of a surrogate that reads the membrane, ``Surrogate.reads_membrane``; ``observe``: observers, A2SG's
 statistics) also the membrane u[T, ...] in fp32, bitwise ``integrate``'s, whose steps then go to
 ``fire_context`` and the surrogate in the loop's order.  Per-step parameters that read no membrane (MPD-AGL's and
-TGO's widths) come for all steps from one ``Surrogate.step_params`` call after the loop.  Where the observation reads only a fixed sample of rows
+A2SG's windows; TGO's widths) come for all steps from one ``Surrogate.step_params`` call: before the loop for a
+fixed threshold, after it for DS-ATGO's (unless observed).  Where the observation reads only a fixed sample of rows
 of each step (``Surrogate.observation_sample``: A2SG's window search, the paper's statistics) both kernels write
 only those rows, [T, U, S] in fp32 (``surrogates.base.RowSample``): ``observe`` gets the rows of u[t] - theta_t
 (context ``sampled``; I[t] stands in for u[t]), the callbacks the rows of dL/ds[t] and e[t]; the torch code
@@ -226,29 +227,35 @@ class FusedLIFFunction(torch.autograd.Function):
         half = (neuron.saved_precision == "fp16" and any(ctx.needs_input_grad[:3])
                 and not (config.decay_input and ctx.needs_input_grad[1]))
         margins = torch.empty(x.shape, dtype=torch.float16, device=x.device) if half else None
-        # per-step parameters that read no membrane (MPD-AGL, TGO): every step's from one call after the loop
-        deferred = not (fixed_params or observed or half or surrogate.reads_membrane)
+        # per-step parameters that read no membrane (MPD-AGL, A2SG, TGO): every step's from one step_params call, before
+        # the loop for a fixed threshold (I[t] standing in for u[t]), else after it where no observe needs them earlier
+        ahead = neuron.fixed_threshold and not surrogate.reads_membrane
+        deferred = not (fixed_params or surrogate.reads_membrane or ahead or observed or half)
+        if ahead:
+            contexts = [neuron.fire_context(x[step], step)[1] for step in range(x.shape[0])]
+            ahead_params = surrogate.step_params(x, contexts)
 
-        def threshold_at(u: Tensor, step: int, shifted_rows: Tensor | None = None):
+        def threshold_at(u: Tensor, step: int):
             threshold, context = neuron.fire_context(u, step)
+            thresholds.append(threshold)
             if deferred:
                 contexts.append(context)
-                thresholds.append(threshold)
                 return threshold
-            if shifted_rows is not None:  # the surrogate observes sampled rows of u[t] - theta_t; u: I[t], a stand-in
-                shifted, context["sampled"] = shifted_rows, True
-            else:  # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
-                shifted = u - threshold if observed or half or (not fixed_params and surrogate.reads_membrane) else u
-            params.append(surrogate.params if fixed_params else surrogate.call_params(shifted, **context))
+            # x = u - theta_t where something reads it; a surrogate that reads no membrane gets u itself
+            shifted = u - threshold if observed or half or (not fixed_params and surrogate.reads_membrane) else u
+            params.append(surrogate.params if fixed_params else ahead_params[step] if ahead
+                          else surrogate.call_params(shifted, **context))
             if observed:
-                if any(ctx.needs_input_grad[:3]):
-                    context["register_membrane_grad"] = callbacks.setdefault(step, []).append
-                    context["register_spike_grad"] = spike_callbacks.setdefault(step, []).append
-                surrogate.observe(shifted, params[-1], context)
+                observe(step, shifted, params[-1], context)
             if half:
                 store_half_margin(shifted, margins[step])
-            thresholds.append(threshold)
             return threshold
+
+        def observe(step: int, shifted: Tensor, used: dict, context: dict) -> None:
+            if any(ctx.needs_input_grad[:3]):
+                context["register_membrane_grad"] = callbacks.setdefault(step, []).append
+                context["register_spike_grad"] = spike_callbacks.setdefault(step, []).append
+            surrogate.observe(shifted, used, context)
 
         recording = neuron.record_potentials
         derivative = kernel_derivative(surrogate, k)
@@ -268,20 +275,19 @@ class FusedLIFFunction(torch.autograd.Function):
                         if per_step else None)
             spikes = triton_lif.lif_forward(x, decay, config.threshold, config.reset, config.reset_decayed,
                                             config.decay_input, config.fire_ge, membrane=membrane, rows=rows)
-            if sample is not None:
+            if sample is not None:  # each step's sampled rows observed with its parameters (the context's mem: I[t])
                 shifted_rows = membrane - config.threshold  # all steps at once (theta_t = theta)
-                for step in range(x.shape[0]):
-                    threshold_at(x[step], step, shifted_rows[step])
+                thresholds, params = [config.threshold] * x.shape[0], ahead_params
+                for step, context in enumerate(contexts):
+                    context["sampled"] = True
+                    observe(step, shifted_rows[step], params[step], context)
             elif per_step:
                 for step in range(x.shape[0]):
                     threshold_at(membrane[step], step)
-            elif fixed_params or k is not None:
+            else:  # nothing to observe, the parameters known
                 thresholds = [config.threshold] * x.shape[0]
-                params = ([surrogate.params] * x.shape[0] if k is None
-                          else [{"k": value} for value in k.detach().unbind()])
-            else:  # per-step parameters that read no membrane (MPD-AGL): I[t] stands in for u[t]
-                for step in range(x.shape[0]):
-                    threshold_at(x[step], step)
+                params = ([{"k": value} for value in k.detach().unbind()] if k is not None
+                          else [surrogate.params] * x.shape[0] if fixed_params else ahead_params)
         elif kernels:  # theta_t from the statistics of u[t] (DS-ATGO): a kernel launch per step, threshold_at between
             spikes = triton_lif.lif_forward_by_step(x, decay, config.threshold, config.reset, config.reset_decayed,
                                                     config.decay_input, config.fire_ge, threshold_at)

@@ -254,12 +254,25 @@ class A2SG(Surrogate):
         theta = _threshold(neuron)
         if step is None:
             return self.shape_params(self.w0 * theta)
-        membrane = context.get("mem", x)  # x: the membrane's shape, or [levels, ...] (circulate firing)
-        self._ensure_size(membrane, step)
-        w = self.w_t[step]
-        if self.per_channel:  # channel_dim of the membrane
-            w = w.reshape(-1, *[1] * (membrane.dim() - self.channel_dim % membrane.dim() - 1))
-        return self.shape_params(w.detach() * theta)  # a new tensor: later buffer updates do not reach it
+        # x: the membrane's shape, or [levels, ...] (circulate firing)
+        return self.shape_params(self._absolute_windows(context.get("mem", x), step + 1, theta)[step])
+
+    def step_params(self, x: Tensor, contexts: list[dict], calls: int = 1) -> list[dict]:
+        """Every step's window at once, equal to ``call_params``'s (``Surrogate.step_params``)."""
+        first = contexts[0]
+        if first.get("step") is None:
+            return super().step_params(x, contexts, calls)
+        windows = self._absolute_windows(first.get("mem", x[0]), len(contexts), _threshold(first.get("neuron")))
+        return [self.shape_params(window) for window in windows.unbind()]
+
+    def _absolute_windows(self, membrane: Tensor, steps: int, theta: float) -> Tensor:
+        """w_t * theta of steps 0..steps-1, [steps] or [steps, C, 1, ...] against a step ``membrane`` (its
+        ``channel_dim``); a new tensor: later buffer updates do not reach it."""
+        self._ensure_size(membrane, steps - 1)
+        w = self.w_t[:steps]
+        if self.per_channel:
+            w = w.reshape(steps, -1, *[1] * (membrane.dim() - self.channel_dim % membrane.dim() - 1))
+        return w.detach() * theta
 
     def shape_params(self, w) -> dict:
         """The parameters of ``shape`` for the (absolute) window ``w``."""

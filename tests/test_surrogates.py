@@ -143,6 +143,35 @@ def test_surrogates_that_read_no_membrane_give_the_same_parameters_whatever_it_h
         assert not torch.equal(torch.as_tensor(params[0]["width"]), torch.as_tensor(surrogate.params["width"]))
 
 
+@pytest.mark.parametrize("name,options", [("tgo", {}), ("mpd_agl", {"granularity": "channel"}), ("a2sg", {}),
+                                          ("a2sg", {"granularity": "layer_channel_time"})])
+def test_step_params_equal_the_calls_step_by_step(name, options):
+    """``Surrogate.step_params`` (every step's parameters from one call: the fused paths) is bitwise the per-step
+    ``call_params`` (the reference loop) for the surrogates that read no membrane; A2SG's also sizes its windows."""
+    from repro.models import TDBatchNorm, plif
+
+    surrogate = create_surrogate(name, **options)
+    neuron = plif(decay=0.3, threshold=0.8, surrogate=surrogate)
+    norm = TDBatchNorm(3, dims=1)
+    with torch.no_grad():
+        norm.weight.uniform_(0.3, 1.5)
+    neuron.set_input_norm(norm)
+    x = torch.randn(4, 2, 3, 5)
+    contexts = [dict(mem=x[t], step=t, neuron=neuron, std=torch.tensor(0.4 + 0.3 * t)) for t in range(4)]
+    batched = surrogate.step_params(x, contexts)
+    if name == "a2sg":  # sized for the 4 steps; then distinct windows per step (and channel)
+        assert surrogate.w_t.shape[0] == 4
+        surrogate.w_t.copy_(torch.linspace(0.3, 1.5, surrogate.w_t.numel()).view_as(surrogate.w_t))
+        batched = surrogate.step_params(x, contexts)
+    for t, params in enumerate(batched):
+        expected = surrogate.call_params(x[t], **contexts[t])
+        assert params.keys() == expected.keys()
+        for key, value in params.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(expected[key])) if value is not None \
+                else expected[key] is None
+    assert len({float(torch.as_tensor(next(iter(params.values()))).flatten()[0]) for params in batched}) > 1
+
+
 @pytest.mark.parametrize("shape,unit_dim,size", [((2, 3, 7), None, 5), ((2, 3, 7), 1, 4), ((4, 5, 3), -1, 6),
                                                  ((2, 3, 7), 1, None), ((3, 2), 0, 1)])
 def test_row_sample_layout_names_the_elements_its_rows_take(shape, unit_dim, size):
