@@ -69,7 +69,7 @@ import torch
 from torch import Tensor, nn
 
 from .a2sg_shapes import ASYMMETRY_SHAPES, SHAPE_PARAMETERS, SHAPES
-from .a2sg_search import PendingSearches, WindowSearch
+from .a2sg_search import PendingSearches, WindowChoice, WindowSearch
 from .a2sg_statistics import EPS, GradientObservation, coefficient_of_variation, per_step_weight_grads, world_mean
 from .base import RowSample, Surrogate
 
@@ -449,9 +449,9 @@ class A2SG(Surrogate):
         if self._steps % self.update_every or observation is None:
             return
         if isinstance(observation, WindowSearch):
-            reduced = self._pending.statistics(observation)
-            if reduced is not None:  # None: no gradient reached u; replicas run the same graph, so all skip
-                self.search_step(*reduced)
+            choice = self._pending.choice(observation)
+            if choice is not None:  # None: no gradient reached u; replicas run the same graph, so all skip
+                self.apply_choice(choice)
             return
         stats = observation.statistics(self.tgc_target)
         if stats is None:  # no gradient reached u; replicas run the same graph, so all of them skip
@@ -463,26 +463,19 @@ class A2SG(Surrogate):
                      self._units(packed[2 * units:].reshape(-1, units)))
 
     @torch.no_grad()
-    def search_step(self, sgv: Tensor, tgc: Tensor) -> None:
-        """Log the paper's statistics in force and, with ``adapt="search"``, set every step's window to the
-        best candidate: sgv[K + 1, U] and tgc[T - 1, K + 1, U] over the candidates, the window in force
-        last (``WindowSearch.reduced_statistics``)."""
-        first = self._controller_steps == 0
-        in_force_sgv, in_force_tgc = sgv[-1].nan_to_num(posinf=0.0), tgc[:, -1].nan_to_num(neginf=0.0)
-        self._ema(self.sgv_ema, self._units(in_force_sgv.float()), first)
-        self._ema(self.tgc_ema, self._units(in_force_tgc.mean(0).float()) if len(tgc) else self.tgc_ema, first)
-        if self.tgc_t.shape[0] != len(tgc):
-            self.tgc_t = self.tgc_t.new_zeros(len(tgc), *self.tgc_t.shape[1:])
-        self._ema(self.tgc_t, self._units(in_force_tgc.float()), first)
+    def apply_choice(self, choice: WindowChoice) -> None:
+        """Log the paper's statistics in force and, with ``adapt="search"``, set every step's window to its best
+        candidate, or keep it where no candidate has a gradient (``WindowChoice``: after a training step, the
+        model's searches' choices are made together)."""
+        first, steps = self._controller_steps == 0, len(choice.tgc)
+        self._ema(self.sgv_ema, self._units(choice.sgv), first)
+        self._ema(self.tgc_ema, self._units(choice.tgc_mean) if steps else self.tgc_ema, first)
+        if self.tgc_t.shape[0] != steps:
+            self.tgc_t = self.tgc_t.new_zeros(steps, *self.tgc_t.shape[1:])
+        self._ema(self.tgc_t, self._units(choice.tgc), first)
         if self.adapt == "search":
-            grid = self.candidate_windows.to(sgv.device)
-            best_last, best_earlier = sgv[:-1].min(0), tgc[:, :-1].max(1)
-            picks = grid[torch.cat([best_earlier.indices, best_last.indices[None]])]
-            # a vanished gradient scores -inf (TGC) / +inf (SGV); NaN compares False too
-            found = torch.cat([best_earlier.values > -math.inf, best_last.values[None] < math.inf])
-            in_force = self.w_t[:len(picks)].reshape(picks.shape).to(picks)
-            windows = torch.where(found, picks, in_force)  # no candidate with a gradient: keep the window
-            self._set_windows(self._units(windows).to(self.w_t))
+            in_force = self.w_t[:len(choice.best)].reshape(choice.best.shape).to(choice.best)
+            self._set_windows(self._units(torch.where(choice.found, choice.best, in_force)).to(self.w_t))
         self._controller_steps += 1
         self.num_controller_steps.fill_(self._controller_steps)
 

@@ -19,7 +19,8 @@ window) is never picked.
 """
 from __future__ import annotations
 
-from typing import Callable
+import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -151,12 +152,12 @@ class WindowSearch:
 
 
 class PendingSearches:
-    """The window searches of a model's latest forward, evaluated together by the first ``statistics`` call after
+    """The window searches of a model's latest forward, evaluated together by the first ``choice`` call after
     the backward (A2SG's ``after_optimizer_step``; the model's A2SG surrogates share one, ``A2SG.on_model_built``)."""
 
     def __init__(self):
         self.searches: dict[int, WindowSearch] = {}  # id(owner) -> its latest search
-        self.results: dict[WindowSearch, tuple | None] = {}
+        self.results: dict[WindowSearch, WindowChoice | None] = {}
 
     def add(self, owner: object, search: WindowSearch) -> None:
         self.searches[id(owner)], self.results = search, {}
@@ -165,20 +166,70 @@ class PendingSearches:
         """A copy (pickle, deepcopy) starts with nothing pending: the searches belong to the original's owners."""
         return {"searches": {}, "results": {}}
 
-    def statistics(self, search: WindowSearch) -> tuple[Tensor, Tensor] | None:
-        """``search``'s (SGV, TGC) (``WindowSearch.reduced_statistics``)."""
+    def choice(self, search: WindowSearch) -> WindowChoice | None:
+        """``search``'s ``WindowChoice`` (None: ``live_calls``), every pending search's made at once
+        (``choose_windows``)."""
         if search not in self.results:
             batch = list({id(s): s for s in [*self.searches.values(), search]}.values())
-            self.searches, self.results = {}, dict(zip(batch, reduce_searches(batch)))
+            self.searches, self.results = {}, dict(zip(batch, choose_windows(batch)))
         return self.results.pop(search)
+
+
+class WindowChoice(NamedTuple):
+    """What a search step applies, per unit (the last dim): the paper's statistics of the windows in force, SGV[U]
+    and TGC[T - 1, U] (fp32, 0 where the gradient vanished) and TGC's mean over t; per step [T, U] the best
+    candidate (units of theta: the highest TGC[t] for t < T, the lowest SGV for step T) and whether it has a
+    gradient (a vanished one scores -inf / +inf; NaN statistics count as none)."""
+    sgv: Tensor
+    tgc: Tensor
+    tgc_mean: Tensor
+    best: Tensor
+    found: Tensor
+
+    @classmethod
+    def of(cls, sgv: Tensor, tgc: Tensor, candidates: Tensor) -> "WindowChoice":
+        """From SGV[K + 1, U] and TGC[T - 1, K + 1, U] over the ``candidates`` [K], the window in force last
+        (``reduce_searches``)."""
+        in_force_sgv, in_force_tgc = sgv[-1].nan_to_num(posinf=0.0), tgc[:, -1].nan_to_num(neginf=0.0)
+        best_last, best_earlier = sgv[:-1].min(0), tgc[:, :-1].max(1)
+        best = candidates[torch.cat([best_earlier.indices, best_last.indices[None]])]
+        found = torch.cat([best_earlier.values > -math.inf, best_last.values[None] < math.inf])
+        return cls(in_force_sgv.float(), in_force_tgc.float(), in_force_tgc.mean(0).float(), best, found)
+
+    def split(self, units: list[int]) -> list["WindowChoice"]:
+        """The choices of the searches whose units lie side by side, ``units`` each."""
+        return [WindowChoice(*fields) for fields in zip(*(field.split(units, -1) for field in self))]
 
 
 @torch.no_grad()
 def reduce_searches(searches: list[WindowSearch]) -> list[tuple[Tensor, Tensor] | None]:
-    """Every search's (SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes (None where ``live_calls`` is None):
-    searches of the same kind are evaluated together (``_groups``; each group's rows stacked only for its pass),
-    and all sums are all-reduced at once, packed in the searches' order (the groups depend on the sample lengths,
-    which may differ between processes) on the first search's device."""
+    """Every search's (SGV[K + 1, U], TGC[T - 1, K + 1, U]) summed over processes (None where ``live_calls`` is None;
+    ``_reduced_groups``)."""
+    results: list[tuple[Tensor, Tensor] | None] = [None] * len(searches)
+    for members, sgv, tgc in _reduced_groups(searches):
+        units = [searches[i].rows_shape()[0] for i in members]
+        for i, result in zip(members, zip(sgv.split(units, -1), tgc.split(units, -1))):
+            results[i] = result
+    return results
+
+
+@torch.no_grad()
+def choose_windows(searches: list[WindowSearch]) -> list[WindowChoice | None]:
+    """Every search's ``WindowChoice`` (None where ``live_calls`` is None): a group's at once, over its units side by
+    side (``_reduced_groups``)."""
+    results: list[WindowChoice | None] = [None] * len(searches)
+    for members, sgv, tgc in _reduced_groups(searches):
+        choice = WindowChoice.of(sgv, tgc, searches[members[0]].candidates.to(sgv.device))
+        for i, result in zip(members, choice.split([searches[i].rows_shape()[0] for i in members])):
+            results[i] = result
+    return results
+
+
+def _reduced_groups(searches: list[WindowSearch]) -> list[tuple[list[int], Tensor, Tensor]]:
+    """Per group of searches evaluated together (``_groups``; each group's rows stacked only for its pass): its
+    members (indices), SGV[K + 1, units] and TGC[T - 1, K + 1, units], the members' units side by side, summed over
+    processes: all sums are all-reduced at once, packed in the searches' order (the groups depend on the sample
+    lengths, which may differ between processes) on the first search's device."""
     live = [search.live_calls() for search in searches]
     groups = _groups(searches, live)
     sums = {}  # search index -> its sums of SGV [K + 1, U, 4] and TGC [T - 1, K + 1, U, 3]
@@ -187,22 +238,16 @@ def reduce_searches(searches: list[WindowSearch]) -> list[tuple[Tensor, Tensor] 
         sgv_sums, tgc_sums = _joined_sums([searches[i] for i in members],
                                           [searches[i].stacked(live[i]) for i in members])
         sums.update(zip(members, zip(sgv_sums.split(units, -2), tgc_sums.split(units, -2))))
-    results: list[tuple[Tensor, Tensor] | None] = [None] * len(searches)
     if not sums:
-        return results
+        return []
     order = sorted(sums)
     device = sums[order[0]][0].device
     packed = world_sum(torch.cat([part.flatten().to(device) for i in order for part in sums[i]])).split(
         [part.numel() for i in order for part in sums[i]])
     reduced = {i: (packed[2 * k].view_as(sums[i][0]), packed[2 * k + 1].view_as(sums[i][1]))
                for k, i in enumerate(order)}
-    for members in groups:  # the ratios of a group at once
-        units = [searches[i].rows_shape()[0] for i in members]
-        sgv = sgv_from_sums(torch.cat([reduced[i][0] for i in members], -2), searches[members[0]].sgv_form)
-        tgc = tgc_from_sums(torch.cat([reduced[i][1] for i in members], -2))
-        for i, result in zip(members, zip(sgv.split(units, -1), tgc.split(units, -1))):
-            results[i] = result
-    return results
+    return [(members, sgv_from_sums(torch.cat([reduced[i][0] for i in members], -2), searches[members[0]].sgv_form),
+             tgc_from_sums(torch.cat([reduced[i][1] for i in members], -2))) for members in groups]
 
 
 def _groups(searches: list[WindowSearch], live: list[list[int] | None]) -> list[list[int]]:
