@@ -19,6 +19,7 @@ window) is never picked.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Callable, NamedTuple
 
@@ -232,12 +233,12 @@ def _reduced_groups(searches: list[WindowSearch]) -> list[tuple[list[int], Tenso
     lengths, which may differ between processes) on the first search's device."""
     live = [search.live_calls() for search in searches]
     groups = _groups(searches, live)
-    sums = {}  # search index -> its sums of SGV [K + 1, U, 4] and TGC [T - 1, K + 1, U, 3]
+    sums = {}  # search index -> its sums of SGV [U, K + 1, 4] and TGC [U, T - 1, K + 1, 3], units first (contiguous)
     for members in groups:
         units = [searches[i].rows_shape()[0] for i in members]
         sgv_sums, tgc_sums = _joined_sums([searches[i] for i in members],
                                           [searches[i].stacked(live[i]) for i in members])
-        sums.update(zip(members, zip(sgv_sums.split(units, -2), tgc_sums.split(units, -2))))
+        sums.update(zip(members, zip(*(part.movedim(-2, 0).contiguous().split(units) for part in (sgv_sums, tgc_sums)))))
     if not sums:
         return []
     order = sorted(sums)
@@ -246,8 +247,14 @@ def _reduced_groups(searches: list[WindowSearch]) -> list[tuple[list[int], Tenso
         [part.numel() for i in order for part in sums[i]])
     reduced = {i: (packed[2 * k].view_as(sums[i][0]), packed[2 * k + 1].view_as(sums[i][1]))
                for k, i in enumerate(order)}
-    return [(members, sgv_from_sums(torch.cat([reduced[i][0] for i in members], -2), searches[members[0]].sgv_form),
-             tgc_from_sums(torch.cat([reduced[i][1] for i in members], -2))) for members in groups]
+    return [(members, sgv_from_sums(_joined([reduced[i][0] for i in members], 0).movedim(0, -2),
+                                    searches[members[0]].sgv_form),
+             tgc_from_sums(_joined([reduced[i][1] for i in members], 0).movedim(0, -2))) for members in groups]
+
+
+def _joined(tensors: list[Tensor], dim: int) -> Tensor:
+    """``torch.cat(tensors, dim)``, or the one tensor itself (no copy)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors, dim)
 
 
 def _groups(searches: list[WindowSearch], live: list[list[int] | None]) -> list[list[int]]:
@@ -279,14 +286,23 @@ def _joined_sums(searches: list[WindowSearch], stacked: list) -> tuple[Tensor, T
     width = max(delta.shape[-1] for _, delta in stacked)
 
     def joined(tensors: list[Tensor]) -> Tensor:
-        return torch.cat([F.pad(t, (0, width - t.shape[-1])) for t in tensors], -2)
-    calls = [(joined([c[k][0] for c, _ in stacked]), sigma, torch.cat([c[k][2] for c, _ in stacked], -2),
+        return _joined([t if t.shape[-1] == width else F.pad(t, (0, width - t.shape[-1])) for t in tensors], -2)
+    calls = [(joined([c[k][0] for c, _ in stacked]), sigma, _joined([c[k][2] for c, _ in stacked], -2),
               joined([c[k][3] for c, _ in stacked])) for k, (_, sigma, _, _) in enumerate(stacked[0][0])]
     delta = joined([d for _, d in stacked])
-    counts = torch.cat([d.new_full(d.shape[1:2], d.shape[-1]) for _, d in stacked])
-    thetas = torch.cat([d.new_full(d.shape[1:2], search.theta) for search, (_, d) in zip(searches, stacked)])
+    counts, thetas = _row_constants(tuple((*d.shape[1:], search.theta) for search, (_, d) in zip(searches, stacked)),
+                                    delta.device)
     candidates = searches[0].candidates.to(delta.device)[:, None, None, None, None] * thetas[:, None]  # [K,1,1,U,1]
     return _search_sums(searches[0].shape, searches[0].shape_params, candidates, calls, delta, counts)
+
+
+@functools.lru_cache(maxsize=64)
+def _row_constants(rows: tuple[tuple[int, int, float], ...], device: torch.device) -> tuple[Tensor, Tensor]:
+    """fp32 (counts, thetas) [units] of searches side by side, each (units, sample length, theta): cached, so that a
+    model's searches (the same every step) fill them once (fills: no host data to copy, so no wait)."""
+    return tuple(torch.cat([torch.full((units,), float(row[column]), dtype=torch.float32, device=device)
+                            for units, *row in rows])
+                 for column in (0, 1))
 
 
 def _search_sums(shape: Callable[..., Tensor], shape_params: Callable[[Tensor], dict], candidates: Tensor,
