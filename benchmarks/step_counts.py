@@ -13,8 +13,9 @@ model at its own T (``recipes/NAME.py``), against the ANN with the same layers (
   an in-place operation's reuse are not seen, and both sides are counted alike;
 
 and lists the operations the recipe adds.  Launches do not depend on the width, the batch or the image size
-(A2SG's window search runs in passes within a per-device element budget: the CUDA budget is applied everywhere), so
-a small model shows a GPU's launches; the bytes scale with the layers' sizes, and fixed costs (A2SG's sampled rows,
+(A2SG's window search runs in passes within a per-device element budget: the CUDA budget is applied everywhere), but
+for A2SG's padding of sampled rows shorter than others in their pass (fewer in larger models), so a small model
+shows a GPU's launches; the bytes scale with the layers' sizes, and fixed costs (A2SG's sampled rows,
 small tables) weigh more in a small model.  On a CPU run it with ``TRITON_INTERPRET=1``, so that the neurons take
 the kernel paths a GPU takes:
 
