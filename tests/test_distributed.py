@@ -110,8 +110,10 @@ def _first_step(rank: int, world: int = 2, sync_stats: bool = True) -> dict:
 
 def test_first_step_forward_is_bitwise_equal(tmp_path):
     """2 x 8 vs 1 x 16 on CPU, DS-ATGO with sync_stats and --sync_bn: the first training forward is bitwise
-    equal (logits, every spike, every adaptive threshold); the averaged gradients agree to 1e-4 of each
-    tensor's scale (the batch sums round in another order)."""
+    equal (logits, every spike, every adaptive threshold); the averaged gradients agree to 1e-3 of each
+    tensor's scale (the batch sums round in another order, and BN's backward amplifies it by cancellation: the stem
+    conv's gradient 1.0e-4 apart on an AMD EPYC with torch 2.14.1, 2026-12-06, the others within 1.4e-5; a flipped
+    spike or unsynced statistics move a gradient by about 1%)."""
     one = _first_step(0, world=1)
     two = run_in_gloo_processes(_first_step, tmp_path)
     assert torch.equal(torch.cat([two[0]["outputs"], two[1]["outputs"]], 1), one["outputs"])
@@ -121,7 +123,7 @@ def test_first_step_forward_is_bitwise_equal(tmp_path):
         assert torch.equal(two[1]["thresholds"][name], one["thresholds"][name]), name
         assert torch.equal(two[0]["running"][name], one["running"][name]), name
     for name, grad in one["grads"].items():
-        assert (two[0]["grads"][name] - grad).abs().max() <= 1e-4 * grad.abs().max() + 1e-9, name
+        assert (two[0]["grads"][name] - grad).abs().max() <= 1e-3 * grad.abs().max() + 1e-9, name
 
 
 def _moments(rank: int, world: int = 2) -> dict:
