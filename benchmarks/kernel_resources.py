@@ -1,16 +1,27 @@
-"""Compile the LIF Triton kernels for a GPU architecture without a GPU, and report what the hardware would run.
+"""Compile the spiking-layer Triton kernels for a GPU architecture without a GPU; report what the hardware would run.
 
-For every (kernel, T, dtype, surrogate) asked for: registers per thread, spilled bytes (local memory),
-and in the PTX the count of fused multiply-adds (``fma``; the LIF arithmetic must have none: it follows
-``dynamics.charge`` rounding by rounding), approximate divisions (``div.full``/``div.approx``; the surrogate
-vocabulary uses IEEE ``div.rn``) and global load/store instructions (vectorised: pointers and N are
-compiled as 16-byte aligned / multiples of 16, as a launch on such tensors specialises them).  The sigmoid
-surrogate's FMAs are inside libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).
+Every kernel is compiled from a real call of its launch site (``triton_lif.lif_forward``, ``lif_forward_by_step``,
+``lif_backward``, ``triton_cf.cf_forward``, ``cf_backward``): there a launch goes through Triton's own JIT
+``warmup`` for the target architecture (``compile_offline``), which specialises the arguments (dtypes, 16-byte
+alignment, integer values) as a launch on the device does, compiles, and runs nothing.
 Uses Triton's own ``ptxas``/``cuobjdump`` (shipped in the triton wheel); no CUDA device or driver is needed.
 
-    python benchmarks/kernel_resources.py                        # T = 4, 32; fp32, bf16; atan, sigmoid; sm_90
+For each compiled kernel: registers per thread, spilled bytes (local memory), and in the PTX the count of fused
+multiply-adds (``fma``; the LIF and circulate-firing arithmetic must have none: it follows ``dynamics.charge`` /
+``fused_cf.integrate`` rounding by rounding), approximate divisions (``div.full``/``div.approx``; the surrogate
+vocabulary uses IEEE ``div.rn``) and global load/store instructions.  The sigmoid surrogate's FMAs are inside
+libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).
+
+``--recipes`` compiles what the method recipes launch: a subprocess runs a training step of each recipe's model
+(its neuron, surrogate and loss; width 1/16, 8 x 8 images, B = 2; fp32 and under bf16 autocast) with the kernels in
+the Triton interpreter (``TRITON_INTERPRET=1``) and records every launch (a second step launched nothing new for
+DS-ATGO and A2SG); each distinct launch is then compiled, one row per distinct kernel.  The integers of these small
+layers (neurons per step, rows) specialise as at that size, not at full scale.
+
+    python benchmarks/kernel_resources.py                        # LIF, T = 4, 32; fp32, bf16; atan, sigmoid; sm_90
     python benchmarks/kernel_resources.py --steps 64 --arch 100  # another T / architecture
     python benchmarks/kernel_resources.py --surrogates a2sg --rows  # also A2SG's search steps (sampled rows out)
+    python benchmarks/kernel_resources.py --recipes ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10
 
 Compiling the backward at T = 32 takes about 10 s per variant on one CPU core (the time loop is unrolled).
 Writes JSON (``--output``, default benchmarks/results/kernel_resources.json).
@@ -18,35 +29,92 @@ Writes JSON (``--output``, default benchmarks/results/kernel_resources.json).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import torch
 import triton
+from torch import Tensor
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.runtime import driver
+from triton.runtime.jit import MockTensor
 
-from repro.models import triton_lif
-from repro.models.triton_surrogates import kernel_parameters, kernel_shape
+from repro.models import triton_cf, triton_lif, triton_surrogates
 from repro.surrogates import create_surrogate
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-ROW_SCALARS = {"row_units": "i32", "row_inner": "i32", "row_every": "i32", "row_length": "i32"}
+LAUNCH_SITES = {"forward": (triton_lif, "_forward_kernel"), "backward": (triton_lif, "_backward_kernel"),
+                "cf_forward": (triton_cf, "_cf_forward_kernel"), "cf_backward": (triton_cf, "_cf_backward_kernel")}
+STEP_SHAPE = (2, 4, 64)  # [B, C, N] of the LIF layers compiled by T: 512 neurons per step
+ROWS = (1, 512, 2, 256)  # (units, inner, every, length) of a search step's sample: every second neuron
 
 
-def compile_kernel(kernel, pointers: dict[str, str], scalars: dict[str, str], constants: dict, arch: int,
-                   num_warps: int = 4):
-    signature = {**pointers, **scalars, **{name: "constexpr" for name in constants}}
-    # as a launch specialises them: pointers 16-byte aligned, N a multiple of 16 (enables vector loads)
-    aligned = {(index,): [["tt.divisibility", 16]] for index, name in enumerate(signature)
-               if name in pointers or name == "N"}
-    source = ASTSource(fn=kernel, signature=signature, constexprs=constants, attrs=aligned)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={"enable_fp_fusion": False, "num_warps": num_warps})
+class OfflineTarget:
+    """The active Triton driver while compiling offline: a target architecture, no device."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_device(self):
+        return ("offline", self.target.arch)  # a key of its own in the kernels' per-device caches
+
+    def get_current_stream(self, device=None):
+        return 0
+
+    def get_current_target(self):
+        return self.target
+
+
+class Launches:
+    """Stands for one kernel at its launch site: ``kernel[grid](*args, **kwargs)`` goes to
+    ``on_launch(site, kernel, grid, args, kwargs)``."""
+
+    def __init__(self, site: str, kernel, on_launch: Callable):
+        self.site, self.kernel, self.on_launch = site, kernel, on_launch
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.on_launch(self.site, self.kernel, grid, args, kwargs)
+
+
+@contextlib.contextmanager
+def launches_to(on_launch: Callable):
+    """Within the block, every kernel launch of ``LAUNCH_SITES`` calls ``on_launch`` instead."""
+    kernels = {site: getattr(module, name) for site, (module, name) in LAUNCH_SITES.items()}
+    for site, (module, name) in LAUNCH_SITES.items():
+        setattr(module, name, Launches(site, kernels[site], on_launch))
+    try:
+        yield
+    finally:
+        for site, (module, name) in LAUNCH_SITES.items():
+            setattr(module, name, kernels[site])
+
+
+def compile_offline(kernel, args, kwargs: dict, arch: int):
+    """``kernel`` compiled for ``arch`` by its JIT's ``warmup`` with the launch's arguments (nothing runs)."""
+    previous = driver._active  # None where no driver was made yet (reset_active would make one: it needs a GPU)
+    driver.set_active(OfflineTarget(arch))
+    try:
+        return kernel.warmup(*args, grid=(1,), **kwargs)
+    finally:
+        driver._active = previous
+
+
+def compiled_by(call: Callable, arch: int):
+    """The kernel that ``call``'s last launch compiles for ``arch`` (the launches compile instead of running, and the
+    launch sites' outputs stay unwritten)."""
+    compiled = []
+    with launches_to(lambda site, kernel, grid, args, kwargs: compiled.append(
+            compile_offline(kernel, args, kwargs, arch))):
+        call()
+    return compiled[-1]
 
 
 def resources(compiled) -> dict:
@@ -64,36 +132,174 @@ def resources(compiled) -> dict:
             "loads": ptx.count("ld.global"), "stores": ptx.count("st.global")}
 
 
-def forward_kernel(steps: int, dtype: str, reset: str, arch: int, per_step: str | None = None, rows: bool = False):
-    """The forward kernel over T steps, or (``per_step`` "layer" / "channel") one step of
-    ``lif_forward_by_step`` (T = 1, membrane in and out in fp32, theta_{t-1} one value or one per channel);
-    ``rows``: also writing the sampled rows of u (A2SG's search steps)."""
-    pointers = {"x_ptr": f"*{dtype}", "lam_ptr": "*fp32", "out_ptr": f"*{dtype}", "mem_ptr": "*fp32",
-                "thr_ptr": "*fp32", "fired_ptr": f"*{dtype}"}
-    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32", **ROW_SCALARS}
-    constants = dict(T=1 if per_step else steps, RESET=reset, DECAYED=True, DECAY_INPUT=False, FIRE_GE=True,
-                     SPIKES=not per_step, KEEP=bool(per_step) or rows, ROWS=rows, RESUME=bool(per_step),
-                     THRESHOLD_CHANNELS=per_step == "channel",
-                     BLOCK=triton_lif.forward_block(TORCH_DTYPES[dtype]))
-    return compile_kernel(triton_lif._forward_kernel, pointers, scalars, constants, arch)
+# ----------------------------------------------------------------------------- the LIF kernels by T, dtype, surrogate
+def call_forward(steps: int, dtype: str, reset: str, per_step: str | None = None, rows: bool = False) -> None:
+    """``lif_forward`` over T steps, or (``per_step`` "layer" / "channel") ``lif_forward_by_step`` with theta_t one
+    value or one per channel (DS-ATGO; T = 1 per launch, compiled at its resumed step); ``rows``: also writing the
+    sampled rows of u (A2SG's search steps)."""
+    x, decay = torch.zeros(steps, *STEP_SHAPE, dtype=TORCH_DTYPES[dtype]), torch.tensor(0.5)
+    switches = (1.0, reset, True, False, True)  # theta, reset, decayed reset, decay_input, fire on >=
+    if per_step:
+        theta = 1.0 if per_step == "layer" else torch.ones(STEP_SHAPE[1], 1)  # [C, 1]: per channel
+        triton_lif.lif_forward_by_step(x[:2], decay, *switches, lambda u, step: theta)
+        return
+    membrane = torch.empty(triton_lif.kept_shape(x, ROWS)) if rows else None
+    triton_lif.lif_forward(x, decay, *switches, membrane=membrane, rows=ROWS if rows else None)
 
 
-def backward_kernel(steps: int, dtype: str, reset: str, surrogate: str, arch: int, chunk: int, rows: bool = False):
-    """The backward kernel of a fixed-threshold LIF with ``surrogate`` at its default parameters (one value per
-    step); ``rows``: also writing the sampled rows of dL/ds and dL/du (A2SG's search steps)."""
+def call_backward(steps: int, dtype: str, reset: str, surrogate: str, chunk: int, rows: bool = False) -> None:
+    """``lif_backward`` of a fixed-threshold LIF with ``surrogate`` at its default parameters (one row per step),
+    learnable decay; ``rows``: also writing the sampled rows of dL/ds and dL/du (A2SG's search steps)."""
+    x = torch.zeros(steps, *STEP_SHAPE, dtype=TORCH_DTYPES[dtype])
     module = create_surrogate(surrogate)
-    shape = module.shape
-    names, switches = kernel_parameters(shape, [module.call_params(torch.zeros(()))])
-    pointers = {"x_ptr": f"*{dtype}", "g_ptr": f"*{dtype}", "lam_ptr": "*fp32", "thr_ptr": "*fp32",
-                "param_ptr": "*fp32", "gx_ptr": f"*{dtype}", "partial_ptr": "*fp32", "k_partial_ptr": "*fp32",
-                "gs_ptr": "*fp32", "gu_ptr": "*fp32"}
-    scalars = {"N": "i32", "inner": "i32", "channels": "i32", "theta": "fp32", **ROW_SCALARS}
-    constants = dict(T=steps, CHUNK=chunk, RESET=reset, DECAYED=True, DETACH=False, DECAY_INPUT=False, FIRE_GE=True,
-                     STEP_THRESHOLDS=False, THRESHOLD_CHANNELS=False, SHAPE=kernel_shape(shape),
-                     N_PARAMS=len(names), PARAM_CHANNELS=False, SWITCHES=switches, LEARNED_K=False, WANT_DECAY=True,
-                     STORE_SPIKE_GRADS=rows, STORE_MEMBRANE_GRADS=rows, ROWS=rows,
-                     BLOCK=triton_lif.backward_block(steps))
-    return compile_kernel(triton_lif._backward_kernel, pointers, scalars, constants, arch)
+    shape, table, switches = triton_surrogates.kernel_inputs(
+        module.shape, [module.call_params(torch.zeros(()))] * steps, x[0].shape, x.device)
+    outputs = {name: torch.empty(triton_lif.kept_shape(x, ROWS)) for name in ("spike_grads", "membrane_grads")
+               } if rows else {}
+    triton_lif.lif_backward(x, torch.zeros_like(x), torch.tensor(0.5), 1.0, None, shape, table, reset, True, False,
+                            False, True, True, switches=switches, chunk=chunk, rows=ROWS if rows else None, **outputs)
+
+
+class Variant(NamedTuple):
+    """A kernel to compile: what the table calls it, and how to compile it."""
+
+    kernel: str
+    steps: int
+    dtype: str
+    surrogate: str
+    compile: Callable  # () -> the CompiledKernel
+    used_by: tuple[str, ...] = ()  # the recipes (and dtypes) that launch it
+
+
+def lif_variants(args) -> list[Variant]:
+    """Each LIF variant asked for, compiled from a call of its launch site."""
+    def variant(kernel, steps, dtype, surrogate, call):
+        return Variant(kernel, steps, dtype, surrogate, lambda: compiled_by(call, args.arch))
+    variants = []
+    for steps in args.steps:
+        for dtype in args.dtypes:
+            variants.append(variant("forward", steps, dtype, "-",
+                                    lambda s=steps, d=dtype: call_forward(s, d, args.reset)))
+            if steps == args.steps[0]:  # lif_forward_by_step (DS-ATGO): T = 1 per launch, whatever T
+                variants += [variant(f"forward_step_{scope}", 1, dtype, "-",
+                                     lambda d=dtype, scope=scope: call_forward(2, d, args.reset, per_step=scope))
+                             for scope in ("layer", "channel")]
+            variants += [variant("backward", steps, dtype, name,
+                                 lambda s=steps, d=dtype, name=name: call_backward(s, d, args.reset, name, args.chunk))
+                         for name in args.surrogates]
+            if args.rows:
+                variants.append(variant("forward_rows", steps, dtype, "-",
+                                        lambda s=steps, d=dtype: call_forward(s, d, args.reset, rows=True)))
+                variants += [variant("backward_rows", steps, dtype, name, lambda s=steps, d=dtype, name=name:
+                                     call_backward(s, d, args.reset, name, args.chunk, rows=True))
+                             for name in args.surrogates]
+    return variants
+
+
+# ----------------------------------------------------------------------------- the kernels the recipes launch
+DERIVATIVE_NAMES: dict[int, str] = {}  # id of a compiled derivative -> triton_lif.shape_name of its torch function
+
+
+def describe(value):
+    """A launch argument as JSON: a tensor by its dtype and its address modulo 16 (what the JIT specialises on),
+    a compiled surrogate derivative by the name of the torch function it was compiled from."""
+    if isinstance(value, Tensor):
+        return {"tensor": str(value.dtype).removeprefix("torch."), "offset": value.data_ptr() % 16}
+    if isinstance(value, tuple):
+        return {"tuple": [describe(item) for item in value]}
+    if id(value) in DERIVATIVE_NAMES:
+        return {"shape": DERIVATIVE_NAMES[id(value)]}
+    return value
+
+
+def rebuild(value):
+    """The launch argument ``describe`` wrote, for the JIT: a tensor as a ``MockTensor`` at that offset."""
+    if not isinstance(value, dict):
+        return value
+    if "tensor" in value:
+        mock = MockTensor(getattr(torch, value["tensor"]))
+        mock.data_ptr = lambda offset=value["offset"]: offset
+        return mock
+    if "tuple" in value:
+        return tuple(rebuild(item) for item in value["tuple"])
+    return triton_surrogates.kernel_shape(triton_lif.shape_of(value["shape"]))
+
+
+def record_recipe_launches(recipes: list[str], dtypes: list[str]) -> list[dict]:
+    """The distinct kernel launches of a training step of each recipe's model, each with the recipes and dtypes
+    that made it (run with the kernels in the Triton interpreter: the launches run)."""
+    from train_step import build, recipe_config
+
+    from repro.losses import create_loss
+    compile_derivative = triton_surrogates.kernel_shape
+
+    def naming(shape):
+        compiled = compile_derivative(shape)
+        if compiled is not None:
+            DERIVATIVE_NAMES[id(compiled)] = triton_lif.shape_name(shape)
+        return compiled
+
+    launches: dict[str, dict] = {}
+    made_by = ""
+
+    def record(site, kernel, grid, args, kwargs):
+        launch = {"site": site, "args": [describe(arg) for arg in args],
+                  "kwargs": {name: describe(value) for name, value in kwargs.items()}}
+        users = launches.setdefault(json.dumps(launch, sort_keys=True), {**launch, "recipes": []})["recipes"]
+        if made_by not in users:
+            users.append(made_by)
+        kernel[grid](*args, **kwargs)
+
+    triton_surrogates.kernel_shape = naming  # its callers look it up in the module
+    try:
+        for recipe in recipes:
+            config = recipe_config(recipe)
+            for dtype in dtypes:
+                made_by = f"{recipe} {dtype}"
+                torch.manual_seed(0)
+                model = build(f"recipe:{recipe}", None, argparse.Namespace(width=0.0625))
+                loss_fn = create_loss(config.loss, **config.loss_options)
+                if hasattr(loss_fn, "bind"):
+                    loss_fn.bind(model)
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+                images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
+                with launches_to(record):
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                        loss = loss_fn(model(images), targets)
+                    loss.backward()
+                    optimizer.step()
+                    for module in model.modules():
+                        if hasattr(module, "after_optimizer_step"):
+                            module.after_optimizer_step(0)
+    finally:
+        triton_surrogates.kernel_shape = compile_derivative
+    return list(launches.values())
+
+
+def recipe_variants(args) -> list[Variant]:
+    """Each distinct launch of the recipes' training steps, recorded in a subprocess with the kernels in the Triton
+    interpreter."""
+    with tempfile.TemporaryDirectory() as folder:
+        recorded = Path(folder) / "launches.json"
+        subprocess.run([sys.executable, __file__, "--record", str(recorded), "--recipes", *args.recipes,
+                        "--dtypes", *args.dtypes], check=True, env={**os.environ, "TRITON_INTERPRET": "1"})
+        launches = json.loads(recorded.read_text())
+    dtype_names = {str(dtype).removeprefix("torch."): name for name, dtype in TORCH_DTYPES.items()}
+    variants = []
+    for launch in launches:
+        module, name = LAUNCH_SITES[launch["site"]]
+        constants = launch["kwargs"]
+        shape = constants.get("SHAPE")
+        kernel = (launch["site"] + ("_step" if constants.get("SPIKES") is False else "")  # lif_forward_by_step's
+                  + ("_rows" if constants.get("ROWS") else ""))
+        variants.append(Variant(
+            kernel, constants["T"],
+            dtype_names[launch["args"][0]["tensor"]], shape["shape"].split(":")[1] if shape else "-",
+            lambda kernel=getattr(module, name), launch=launch: compile_offline(
+                kernel, [rebuild(arg) for arg in launch["args"]],
+                {key: rebuild(value) for key, value in launch["kwargs"].items()}, args.arch),
+            tuple(launch["recipes"])))
+    return variants
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -106,32 +312,36 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--chunk", type=int, default=triton_lif.CHUNK, help="steps replayed into registers at once")
     parser.add_argument("--rows", action="store_true",
                         help="also the kernels of a window-search step (A2SG): sampled rows of u, dL/ds, dL/du out")
+    parser.add_argument("--recipes", nargs="+", default=None,
+                        help="compile the launches of these recipes' training steps instead of the LIF variants")
+    parser.add_argument("--record", default=None, help=argparse.SUPPRESS)  # the recording subprocess's output
     parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "kernel_resources.json"))
     args = parser.parse_args(argv)
-    rows = []
-    for steps in args.steps:
-        for dtype in args.dtypes:
-            variants = [("forward", "-", lambda: forward_kernel(steps, dtype, args.reset, args.arch))]
-            if steps == args.steps[0]:  # lif_forward_by_step (DS-ATGO): T = 1 per launch, whatever T
-                variants += [(f"forward_step_{scope}", "-", lambda scope=scope: forward_kernel(
-                    1, dtype, args.reset, args.arch, per_step=scope)) for scope in ("layer", "channel")]
-            variants += [("backward", name, lambda name=name: backward_kernel(steps, dtype, args.reset, name, args.arch,
-                                                                        args.chunk))
-                         for name in args.surrogates]
-            if args.rows:
-                variants += [("forward_rows", "-", lambda: forward_kernel(steps, dtype, args.reset, args.arch,
-                                                                          rows=True))]
-                variants += [("backward_rows", name, lambda name=name: backward_kernel(
-                    steps, dtype, args.reset, name, args.arch, args.chunk, rows=True)) for name in args.surrogates]
-            for kernel, surrogate, build in variants:
-                start = time.perf_counter()
-                compiled = build()
-                row = {"kernel": kernel, "T": 1 if kernel.startswith("forward_step") else steps, "dtype": dtype,
-                       "surrogate": surrogate, "arch": args.arch, "compile_s": time.perf_counter() - start,
-                       **resources(compiled)}
-                rows.append(row)
-                print("  ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
-                                for key, value in row.items()), flush=True)
+    if args.record:
+        Path(args.record).write_text(json.dumps(record_recipe_launches(args.recipes, args.dtypes)))
+        return []
+    rows, alike = [], {}
+    for variant in recipe_variants(args) if args.recipes else lif_variants(args):
+        start = time.perf_counter()
+        with tempfile.TemporaryDirectory() as cache, triton.knobs.cache.scope():
+            triton.knobs.cache.dir = cache  # a compilation, not a read of Triton's cache on disk
+            compiled = variant.compile()
+        row = {"kernel": variant.kernel, "T": variant.steps, "dtype": variant.dtype, "surrogate": variant.surrogate,
+               "arch": args.arch, "compile_s": time.perf_counter() - start, **resources(compiled)}
+        if not variant.used_by:
+            rows.append(row)
+            continue
+        key = json.dumps({name: value for name, value in row.items() if name != "compile_s"})
+        if key not in alike:  # kernels alike but for the sizes they specialise on (layers of other sizes): one row
+            alike[key] = ({**row, "kernels": 0, "used_by": []}, set())
+            rows.append(alike[key][0])
+        first, hashes = alike[key]
+        first["kernels"] += compiled.hash not in hashes
+        hashes.add(compiled.hash)
+        first["used_by"] += [user for user in variant.used_by if user not in first["used_by"]]
+    for row in rows:
+        print("  ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
+                        for key, value in row.items()), flush=True)
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=2))

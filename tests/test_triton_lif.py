@@ -816,6 +816,30 @@ def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp
         assert row["fma"] == 0 and row["approx_div"] == 0 and row["spill_bytes"] == 0, row
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(INTERPRETED, reason="compiles the real kernels (the interpreter only runs them)")
+def test_every_kernel_the_method_recipes_launch_compiles_for_sm90(tmp_path):
+    """Each distinct kernel launch of a training step of the four method recipes (recorded in the interpreter, fp32
+    and bf16 autocast) compiles for an H100/H200 through Triton's JIT (no GPU needed): no register spills, IEEE
+    division, and no FMA but inside libdevice's expf (the sigmoid TLSG of circulate firing)."""
+    if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
+        pytest.skip("this triton wheel ships no NVIDIA tools")
+    recipes = {"ds_atgo_cifar10": {"forward_step", "backward"}, "mpd_agl_cifar10": {"forward", "backward"},
+               "a2sg_cifar100": {"forward_rows", "backward_rows"}, "cf_cifar10": {"cf_forward", "cf_backward"}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+        main = runpy.run_path(str(Path(__file__).resolve().parents[1] / "benchmarks" / "kernel_resources.py"))["main"]
+        rows = main(["--recipes", *recipes, "--output", str(tmp_path / "k.json")])
+    for recipe, kernels in recipes.items():
+        for dtype in ("fp32", "bf16"):
+            launched = {row["kernel"] for row in rows if f"{recipe} {dtype}" in row["used_by"]}
+            assert launched == kernels, (recipe, dtype, launched)
+            assert {row["dtype"] for row in rows if f"{recipe} {dtype}" in row["used_by"]} == {dtype}
+    for row in rows:
+        assert row["spill_bytes"] == 0 and row["approx_div"] == 0, row
+        assert row["fma"] == 0 or row["surrogate"].startswith("Sigmoid"), row
+
+
 @kernels_run_here
 def test_kernel_operators_pass_opcheck():
     """``repro::lif_spikes`` / ``repro::lif_grads`` (what torch.compile traces): schema, fake (meta) outputs,
