@@ -817,7 +817,8 @@ def test_kernels_compile_for_sm90_without_fma_approximate_division_or_spills(tmp
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(INTERPRETED, reason="compiles the real kernels (the interpreter only runs them)")
+@pytest.mark.skipif(INTERPRETED or torch.cuda.is_available(),
+                    reason="compiles the real kernels (the interpreter only runs them; a GPU's tests launch them)")
 def test_every_kernel_the_method_recipes_launch_compiles_for_sm90(tmp_path):
     """Each distinct kernel launch of a training step of the four method recipes (recorded in the interpreter, fp32
     and bf16 autocast) compiles for an H100/H200 through Triton's JIT (no GPU needed): no register spills, IEEE
