@@ -164,20 +164,28 @@ if triton is not None:
     @triton.jit
     def _surrogate(SHAPE: tl.constexpr, x, param_ptr, t, channel, channels, N_PARAMS: tl.constexpr,
                    PARAM_CHANNELS: tl.constexpr, SWITCHES: tl.constexpr):
-        """h = SHAPE(x, *params[t], *SWITCHES) (params[t, channel] with per-channel parameters)."""
+        """h = SHAPE(x, *params[t], *SWITCHES) (params[t, channel] with per-channel parameters).  The switches go in
+        one by one: Triton 3.6 does not unpack a constexpr tuple (``*SWITCHES``; 3.8 does)."""
         if PARAM_CHANNELS:
             row = param_ptr + (t * channels + channel) * N_PARAMS
         else:
             row = param_ptr + t * N_PARAMS
         if N_PARAMS == 0:
-            h = SHAPE(x, *SWITCHES)
+            params = ()
         elif N_PARAMS == 1:
-            h = SHAPE(x, tl.load(row), *SWITCHES)
+            params = (tl.load(row),)
         elif N_PARAMS == 2:
-            h = SHAPE(x, tl.load(row), tl.load(row + 1), *SWITCHES)
+            params = (tl.load(row), tl.load(row + 1))
         else:
             tl.static_assert(N_PARAMS == 3, "surrogate shapes with more than 3 parameters are not supported")
-            h = SHAPE(x, tl.load(row), tl.load(row + 1), tl.load(row + 2), *SWITCHES)
+            params = (tl.load(row), tl.load(row + 1), tl.load(row + 2))
+        if len(SWITCHES) == 0:
+            h = SHAPE(x, *params)
+        elif len(SWITCHES) == 1:
+            h = SHAPE(x, *params, SWITCHES[0])
+        else:
+            tl.static_assert(len(SWITCHES) == 2, "surrogate shapes with more than 2 switches are not supported")
+            h = SHAPE(x, *params, SWITCHES[0], SWITCHES[1])
         return h
 
     @triton.jit
