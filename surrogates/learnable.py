@@ -256,12 +256,15 @@ class RectTLSG(TimestepLearnableSurrogate):
 
     @staticmethod
     def primitive(x: Tensor, k: Tensor) -> Tensor:
-        return torch.clamp(x * (k / 4) + 0.5, 0.0, 1.0)
+        """clamp(x k/4 + 1/2, 0, 1) with no gradient at the bounds whatever the torch version (torch 2.11's ``clamp``
+        passes it there, 2.14's does not; measured)."""
+        v = x * (k / 4) + 0.5
+        return torch.where((v > 0.0) & (v < 1.0), v, v.detach().clamp(0.0, 1.0))
 
     @staticmethod
     def proxy_derivatives(x: Tensor, k) -> tuple[Tensor, Tensor]:
-        """(k/4, x/4) where 0 < x k/4 + 1/2 < 1, else 0: the open window, as autograd of ``torch.clamp`` (no
-        gradient at its bounds) differentiates ``primitive`` (tested against it)."""
+        """(k/4, x/4) where 0 < x k/4 + 1/2 < 1, else 0: the open window, as autograd differentiates ``primitive``
+        (tested against it)."""
         v = x * (k * 0.25) + 0.5
         inside = indicator(v > 0.0) * indicator(v < 1.0)
         return inside * (k * 0.25), inside * (x * 0.25)
