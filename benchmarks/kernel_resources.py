@@ -15,8 +15,9 @@ libdevice's ``expf`` (the CUDA math library's exp, as torch's on CUDA).
 ``--recipes`` compiles what the method recipes launch: a subprocess runs a training step of each recipe's model
 (its neuron, surrogate and loss; width 1/16, 8 x 8 images, B = 2; fp32 and under bf16 autocast) with the kernels in
 the Triton interpreter (``TRITON_INTERPRET=1``) and records every launch (a second step launched nothing new for
-DS-ATGO and A2SG); each distinct launch is then compiled, one row per distinct kernel.  The integers of these small
-layers (neurons per step, rows) specialise as at that size, not at full scale.
+DS-ATGO and A2SG); each distinct launch is then compiled.  Launches that differ only in their integer and float
+arguments (the layers' sizes) and compile to the same resources share a row; ``kernels`` counts the distinct compiled
+kernels in it.  The integers of these small layers specialise as at that size, not at full scale.
 
     python benchmarks/kernel_resources.py                        # LIF, T = 4, 32; fp32, bf16; atan, sigmoid; sm_90
     python benchmarks/kernel_resources.py --steps 64 --arch 100  # another T / architecture
@@ -108,13 +109,12 @@ def compile_offline(kernel, args, kwargs: dict, arch: int):
 
 
 def compiled_by(call: Callable, arch: int):
-    """The kernel that ``call``'s last launch compiles for ``arch`` (the launches compile instead of running, and the
-    launch sites' outputs stay unwritten)."""
-    compiled = []
-    with launches_to(lambda site, kernel, grid, args, kwargs: compiled.append(
-            compile_offline(kernel, args, kwargs, arch))):
+    """The kernel of ``call``'s last launch, compiled for ``arch`` (no launch runs: the launch sites' outputs stay
+    unwritten)."""
+    launches = []
+    with launches_to(lambda site, kernel, grid, args, kwargs: launches.append((kernel, args, kwargs))):
         call()
-    return compiled[-1]
+    return compile_offline(*launches[-1], arch)
 
 
 def resources(compiled) -> dict:
@@ -141,7 +141,7 @@ def call_forward(steps: int, dtype: str, reset: str, per_step: str | None = None
     switches = (1.0, reset, True, False, True)  # theta, reset, decayed reset, decay_input, fire on >=
     if per_step:
         theta = 1.0 if per_step == "layer" else torch.ones(STEP_SHAPE[1], 1)  # [C, 1]: per channel
-        triton_lif.lif_forward_by_step(x[:2], decay, *switches, lambda u, step: theta)
+        triton_lif.lif_forward_by_step(x, decay, *switches, lambda u, step: theta)
         return
     membrane = torch.empty(triton_lif.kept_shape(x, ROWS)) if rows else None
     triton_lif.lif_forward(x, decay, *switches, membrane=membrane, rows=ROWS if rows else None)
@@ -154,10 +154,10 @@ def call_backward(steps: int, dtype: str, reset: str, surrogate: str, chunk: int
     module = create_surrogate(surrogate)
     shape, table, switches = triton_surrogates.kernel_inputs(
         module.shape, [module.call_params(torch.zeros(()))] * steps, x[0].shape, x.device)
-    outputs = {name: torch.empty(triton_lif.kept_shape(x, ROWS)) for name in ("spike_grads", "membrane_grads")
-               } if rows else {}
+    outputs = {name: torch.empty(triton_lif.kept_shape(x, ROWS)) for name in ("spike_grads", "membrane_grads")}
     triton_lif.lif_backward(x, torch.zeros_like(x), torch.tensor(0.5), 1.0, None, shape, table, reset, True, False,
-                            False, True, True, switches=switches, chunk=chunk, rows=ROWS if rows else None, **outputs)
+                            False, True, True, switches=switches, chunk=chunk, rows=ROWS if rows else None,
+                            **(outputs if rows else {}))
 
 
 class Variant(NamedTuple):
@@ -169,6 +169,7 @@ class Variant(NamedTuple):
     surrogate: str
     compile: Callable  # () -> the CompiledKernel
     used_by: tuple[str, ...] = ()  # the recipes (and dtypes) that launch it
+    alike: str = ""  # the launch but for its integer and float arguments (the layers' sizes)
 
 
 def lif_variants(args) -> list[Variant]:
@@ -264,7 +265,7 @@ def record_recipe_launches(recipes: list[str], dtypes: list[str]) -> list[dict]:
                 optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
                 images, targets = torch.randn(2, 3, 8, 8), torch.tensor([1, 7])
                 with launches_to(record):
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    with torch.autocast("cpu", dtype=TORCH_DTYPES[dtype], enabled=dtype != "fp32"):
                         loss = loss_fn(model(images), targets)
                     loss.backward()
                     optimizer.step()
@@ -288,18 +289,23 @@ def recipe_variants(args) -> list[Variant]:
     variants = []
     for launch in launches:
         module, name = LAUNCH_SITES[launch["site"]]
-        constants = launch["kwargs"]
+        constants, tensors = launch["kwargs"], [arg for arg in launch["args"] if isinstance(arg, dict)]
         shape = constants.get("SHAPE")
-        kernel = (launch["site"] + ("_step" if constants.get("SPIKES") is False else "")  # lif_forward_by_step's
-                  + ("_rows" if constants.get("ROWS") else ""))
+        kernel = launch["site"] + "".join(suffix for suffix, switch in (
+            ("_step", constants.get("SPIKES") is False), ("_resumed", constants.get("RESUME")),
+            ("_channel", constants.get("THRESHOLD_CHANNELS")), ("_rows", constants.get("ROWS"))) if switch)
         variants.append(Variant(
-            kernel, constants["T"],
-            dtype_names[launch["args"][0]["tensor"]], shape["shape"].split(":")[1] if shape else "-",
-            lambda kernel=getattr(module, name), launch=launch: compile_offline(
-                kernel, [rebuild(arg) for arg in launch["args"]],
+            kernel, constants["T"], dtype_names[tensors[0]["tensor"]], shape["shape"].split(":")[1] if shape else "-",
+            lambda jit=getattr(module, name), launch=launch: compile_offline(
+                jit, [rebuild(arg) for arg in launch["args"]],
                 {key: rebuild(value) for key, value in launch["kwargs"].items()}, args.arch),
-            tuple(launch["recipes"])))
+            tuple(launch["recipes"]), json.dumps([launch["site"], tensors, constants], sort_keys=True)))
     return variants
+
+
+def format_row(row: dict) -> str:
+    return "  ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
+                     for key, value in row.items())
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -315,7 +321,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--recipes", nargs="+", default=None,
                         help="compile the launches of these recipes' training steps instead of the LIF variants")
     parser.add_argument("--record", default=None, help=argparse.SUPPRESS)  # the recording subprocess's output
-    parser.add_argument("--output", default=str(Path(__file__).parent / "results" / "kernel_resources.json"))
+    parser.add_argument("--output", default=None, help="default: benchmarks/results/kernel_resources.json, or "
+                        "kernel_resources_recipes.json with --recipes")
     args = parser.parse_args(argv)
     if args.record:
         Path(args.record).write_text(json.dumps(record_recipe_launches(args.recipes, args.dtypes)))
@@ -324,25 +331,27 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for variant in recipe_variants(args) if args.recipes else lif_variants(args):
         start = time.perf_counter()
         with tempfile.TemporaryDirectory() as cache, triton.knobs.cache.scope():
-            triton.knobs.cache.dir = cache  # a compilation, not a read of Triton's cache on disk
+            triton.knobs.cache.dir = cache  # not Triton's cache on disk (the JIT's own in memory still serves repeats)
             compiled = variant.compile()
+        usage = resources(compiled)
         row = {"kernel": variant.kernel, "T": variant.steps, "dtype": variant.dtype, "surrogate": variant.surrogate,
-               "arch": args.arch, "compile_s": time.perf_counter() - start, **resources(compiled)}
-        if not variant.used_by:
+               "arch": args.arch, "compile_s": time.perf_counter() - start, **usage}
+        if variant.used_by:  # one row for the launches alike but for the layers' sizes, where resources agree too
+            key = (variant.alike, json.dumps(usage))
+            if key not in alike:
+                alike[key] = ({**row, "kernels": 0, "used_by": []}, set())
+                rows.append(alike[key][0])
+            row, hashes = alike[key]
+            hashes.add(compiled.hash)
+            row["kernels"] = len(hashes)
+            row["used_by"] += [user for user in variant.used_by if user not in row["used_by"]]
+        else:
+            print(format_row(row), flush=True)
             rows.append(row)
-            continue
-        key = json.dumps({name: value for name, value in row.items() if name != "compile_s"})
-        if key not in alike:  # kernels alike but for the sizes they specialise on (layers of other sizes): one row
-            alike[key] = ({**row, "kernels": 0, "used_by": []}, set())
-            rows.append(alike[key][0])
-        first, hashes = alike[key]
-        first["kernels"] += compiled.hash not in hashes
-        hashes.add(compiled.hash)
-        first["used_by"] += [user for user in variant.used_by if user not in first["used_by"]]
-    for row in rows:
-        print("  ".join(f"{key}={value:.1f}" if isinstance(value, float) else f"{key}={value}"
-                        for key, value in row.items()), flush=True)
-    output = Path(args.output)
+    for row in rows if args.recipes else []:
+        print(format_row(row), flush=True)
+    output = Path(args.output or Path(__file__).parent / "results" /
+                  ("kernel_resources_recipes.json" if args.recipes else "kernel_resources.json"))
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps({"triton": triton.__version__, "rows": rows}, indent=2))
     print(f"wrote {output}")

@@ -825,7 +825,8 @@ def test_every_kernel_the_method_recipes_launch_compiles_for_sm90(tmp_path):
     division, and no FMA but inside libdevice's expf (the sigmoid TLSG of circulate firing)."""
     if not (Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump").exists():
         pytest.skip("this triton wheel ships no NVIDIA tools")
-    recipes = {"ds_atgo_cifar10": {"forward_step", "backward"}, "mpd_agl_cifar10": {"forward", "backward"},
+    recipes = {"ds_atgo_cifar10": {"forward_step", "forward_step_resumed", "backward"},
+               "mpd_agl_cifar10": {"forward", "backward"},
                "a2sg_cifar100": {"forward_rows", "backward_rows"}, "cf_cifar10": {"cf_forward", "cf_backward"}}
     with pytest.MonkeyPatch.context() as patch:
         patch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -838,7 +839,7 @@ def test_every_kernel_the_method_recipes_launch_compiles_for_sm90(tmp_path):
             assert {row["dtype"] for row in rows if f"{recipe} {dtype}" in row["used_by"]} == {dtype}
     for row in rows:
         assert row["spill_bytes"] == 0 and row["approx_div"] == 0, row
-        assert row["fma"] == 0 or row["surrogate"].startswith("Sigmoid"), row
+        assert row["fma"] == 0 or "sigmoid" in row["surrogate"].lower(), row
 
 
 @kernels_run_here
