@@ -30,7 +30,6 @@ Writes JSON (``--output``, default benchmarks/results/kernel_resources.json).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -48,12 +47,12 @@ from triton.backends.compiler import GPUTarget
 from triton.runtime import driver
 from triton.runtime.jit import MockTensor
 
-from repro.models import triton_cf, triton_lif, triton_surrogates
+from launch_sites import LAUNCH_SITES, launches_to
+
+from repro.models import triton_lif, triton_surrogates
 from repro.surrogates import create_surrogate
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-LAUNCH_SITES = {"forward": (triton_lif, "_forward_kernel"), "backward": (triton_lif, "_backward_kernel"),
-                "cf_forward": (triton_cf, "_cf_forward_kernel"), "cf_backward": (triton_cf, "_cf_backward_kernel")}
 STEP_SHAPE = (2, 4, 64)  # [B, C, N] of the LIF layers compiled by T: 512 neurons per step
 ROWS = (1, 512, 2, 256)  # (units, inner, every, length) of a search step's sample: every second neuron
 
@@ -72,30 +71,6 @@ class OfflineTarget:
 
     def get_current_target(self):
         return self.target
-
-
-class Launches:
-    """Stands for one kernel at its launch site: ``kernel[grid](*args, **kwargs)`` goes to
-    ``on_launch(site, kernel, grid, args, kwargs)``."""
-
-    def __init__(self, site: str, kernel, on_launch: Callable):
-        self.site, self.kernel, self.on_launch = site, kernel, on_launch
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.on_launch(self.site, self.kernel, grid, args, kwargs)
-
-
-@contextlib.contextmanager
-def launches_to(on_launch: Callable):
-    """Within the block, every kernel launch of ``LAUNCH_SITES`` calls ``on_launch`` instead."""
-    kernels = {site: getattr(module, name) for site, (module, name) in LAUNCH_SITES.items()}
-    for site, (module, name) in LAUNCH_SITES.items():
-        setattr(module, name, Launches(site, kernels[site], on_launch))
-    try:
-        yield
-    finally:
-        for site, (module, name) in LAUNCH_SITES.items():
-            setattr(module, name, kernels[site])
 
 
 def compile_offline(kernel, args, kwargs: dict, arch: int):

@@ -36,15 +36,14 @@ import torch.nn.functional as F
 from torch.utils._pytree import tree_leaves
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from launch_sites import LAUNCH_SITES, launches_to
 from neuron import machine_info, print_table, write_results
 from train_step import build, recipe_config
-from repro.models import triton_cf, triton_lif
+from repro.models import triton_lif
 from repro.surrogates import a2sg_search
 
 RECIPES = ("ds_atgo_cifar10", "mpd_agl_cifar10", "a2sg_cifar100", "cf_cifar10")
 ALLOCATIONS = ("aten.empty", "aten.empty_like", "aten.new_empty", "aten.empty_strided", "aten.new_empty_strided")
-KERNELS = ((triton_lif, ("_forward_kernel", "_backward_kernel")),
-           (triton_cf, ("_cf_forward_kernel", "_cf_backward_kernel")))
 
 
 def tensor_bytes(values) -> int:
@@ -75,34 +74,18 @@ class StepCounts(TorchDispatchMode):
     @contextlib.contextmanager
     def kernels(self):
         """Within the block, every launch of the spiking-layer kernels is counted (``triton.<kernel name>``)."""
-        counts = self
-
-        class Counted:
-            def __init__(self, name, kernel):
-                self.name, self.kernel = name, kernel
-
-            def __getitem__(self, grid):
-                launch = self.kernel[grid]
-
-                def run(*args, **kwargs):
-                    name = f"triton.{self.name}"
-                    distinct = {t.data_ptr(): t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)}
-                    counts.launches[name] += 1
-                    counts.bytes[name] += tensor_bytes(distinct.values())
-                    counts.inside_kernel = True
-                    try:
-                        return launch(*args, **kwargs)
-                    finally:
-                        counts.inside_kernel = False
-                return run
-        originals = [(module, name, getattr(module, name)) for module, names in KERNELS for name in names]
-        try:
-            for module, name, kernel in originals:
-                setattr(module, name, Counted(name, kernel))
+        def count(site, kernel, grid, args, kwargs):
+            name = f"triton.{LAUNCH_SITES[site][1]}"
+            distinct = {t.data_ptr(): t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)}
+            self.launches[name] += 1
+            self.bytes[name] += tensor_bytes(distinct.values())
+            self.inside_kernel = True
+            try:
+                return kernel[grid](*args, **kwargs)
+            finally:
+                self.inside_kernel = False
+        with launches_to(count):
             yield self
-        finally:
-            for module, name, kernel in originals:
-                setattr(module, name, kernel)
 
 
 def count_step(variant: str, steps: int, args, device: torch.device) -> tuple[StepCounts, int]:
