@@ -16,6 +16,7 @@ import torch
 from ..registry import Registry
 from .cifar import CIFAR10, CIFAR100
 from .cifar10_dvs import CIFAR10DVS
+from .digits import IMAGE_SIZE as DIGITS_SIZE
 from .digits import Digits
 from .files import CorruptFileError, DatasetNotFoundError
 from .folders import ImageNet, TinyImageNet
@@ -37,9 +38,10 @@ del _name, _dataset
 
 
 @DATASETS.register("digits")
-def _digits(split: str = "train", root: str | None = None, download: bool = False, augment: bool | None = None):
+def _digits(split: str = "train", root: str | None = None, download: bool = False, augment: bool | None = None,
+            size: int = DIGITS_SIZE):
     """Embedded; ``root`` and ``download`` are accepted for a uniform call and unused."""
-    return Digits(split, augment=augment)
+    return Digits(split, augment=augment, size=size)
 
 
 _digits.modality = Digits.modality

@@ -2,8 +2,9 @@
 (1797 images, 10 classes) so default runs and tests need no download.
 
 Fixed stratified split (80/20, ``random_state=0``): 1437 train / 360 test.  Pixels (0..16) are
-scaled to [0, 1], upsampled bilinearly to 32x32 and repeated to 3 channels so CIFAR-shaped
-models run unchanged, then normalised with the training split's mean and std.
+scaled to [0, 1], upsampled bilinearly to 32x32 (``size``) and repeated to 3 channels so CIFAR-shaped
+models run unchanged, then normalised with the training split's mean and std.  A smaller ``size`` (e.g. 16)
+trains about 4x faster per step, for quick checks.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def _digits_tensors() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.T
 
 
 class Digits(Dataset):
-    """Images [3, 32, 32] float32 (normalised), integer labels 0..9.
+    """Images [3, size, size] float32 (normalised), integer labels 0..9.
 
     Args:
         split: ``train`` or ``test``.
         augment: random translation by up to ``max_shift`` pixels (train only by default).
+        size: side of the upsampled images, at least the digits' own 8 (default 32, CIFAR's).
     """
 
     num_classes = NUM_CLASSES
@@ -40,13 +42,16 @@ class Digits(Dataset):
     modality = "static"
     in_memory = True
 
-    def __init__(self, split: str = "train", augment: bool | None = None, max_shift: int = 2):
+    def __init__(self, split: str = "train", augment: bool | None = None, max_shift: int = 2,
+                 size: int = IMAGE_SIZE):
         if split not in ("train", "test"):
             raise ValueError(f"digits has splits 'train' and 'test', got {split!r}")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 8:
+            raise ValueError(f"digits size must be an integer >= 8 (the digits are 8x8), got {size!r}")
         x_train, x_test, y_train, y_test = _digits_tensors()
         images, self.targets = (x_train, y_train) if split == "train" else (x_test, y_test)
-        images = F.interpolate(images[:, None] / 16.0, size=IMAGE_SIZE, mode="bilinear", align_corners=False)
-        train = F.interpolate(x_train[:, None] / 16.0, size=IMAGE_SIZE, mode="bilinear", align_corners=False)
+        images = F.interpolate(images[:, None] / 16.0, size=size, mode="bilinear", align_corners=False)
+        train = F.interpolate(x_train[:, None] / 16.0, size=size, mode="bilinear", align_corners=False)
         self.images = ((images - train.mean()) / train.std()).expand(-1, 3, -1, -1).contiguous()
         self.augment = split == "train" if augment is None else augment
         self.max_shift = max_shift

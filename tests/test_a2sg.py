@@ -443,8 +443,9 @@ def test_two_processes_average_statistics_and_keep_the_same_windows(tmp_path):
 
 @pytest.mark.slow
 def test_engine_trains_quickstart_with_a2sg(tmp_path):
-    config = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits", batch_size=32,
-                    eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4, seed=7, surrogate="a2sg_reconstructed",
+    config = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits",
+                    dataset_options={"size": 16}, batch_size=32, eval_batch_size=120, epochs=3, lr=0.05,
+                    weight_decay=5e-4, seed=7, surrogate="a2sg_reconstructed",
                     output_dir=str(tmp_path))  # test_engine's TINY with the A2SG defaults
     summary = train(config)
     state = load_checkpoint(tmp_path / "checkpoint.pt")["model"]

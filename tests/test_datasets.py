@@ -516,6 +516,19 @@ def test_segmentation_class_names_and_palettes_follow_the_loaders_label_ids(tmp_
 
 
 # --------------------------------------------------------------------------------- embedded stand-ins
+def test_digits_at_any_size_are_normalised_grey_images_with_the_same_labels():
+    test, small = create_dataset("digits", "test"), create_dataset("digits", "test", size=16)
+    assert (len(test), test.modality, test.in_channels, test.num_classes) == (360, "static", 3, 10)
+    assert test[0][0].shape == (3, 32, 32) and small[0][0].shape == (3, 16, 16)
+    assert torch.equal(small.targets, test.targets)
+    for size in (32, 16, 8):
+        images = create_dataset("digits", "train", size=size).images
+        assert images.shape == (1437, 3, size, size)
+        assert torch.equal(images[:, 1], images[:, 0]) and torch.equal(images[:, 2], images[:, 0])
+        torch.testing.assert_close((images.mean().item(), images.std().item()), (0.0, 1.0), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="digits size must be an integer >= 8"):
+        create_dataset("digits", "train", size=4)
+
 
 def test_nd_digits_frames_splits_and_event_streams():
     train, test = create_dataset("nd_digits", "train"), create_dataset("nd_digits", "test")

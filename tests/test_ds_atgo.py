@@ -289,7 +289,7 @@ def test_sync_stats_all_reduce_matches_global_batch(tmp_path):
 
 
 TINY = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits",
-              dataset_options={"augment": False}, batch_size=16, eval_batch_size=120, epochs=3,
+              dataset_options={"augment": False, "size": 16}, batch_size=16, eval_batch_size=120, epochs=3,
               limit_train_batches=40, lr=0.05, weight_decay=1e-4, seed=7, neuron="adaptive_threshold",
               surrogate="tgo", loss="ls_ce")
 

@@ -235,7 +235,7 @@ def test_fallback_width_one_without_bn_or_context():
 
 
 TINY = Config(model="resnet19", model_options={"width": 0.25, "bn_scale": 0.5}, num_steps=2, dataset="digits",
-              dataset_options={"augment": False}, batch_size=16, eval_batch_size=120, epochs=3,
+              dataset_options={"augment": False, "size": 16}, batch_size=16, eval_batch_size=120, epochs=3,
               limit_train_batches=40, lr=0.05, weight_decay=1e-4, seed=7, neuron="plif", neuron_options=MPD_NEURON,
               surrogate="mpd_agl", loss="ce")
 
