@@ -84,10 +84,10 @@ def test_cli_overrides_every_kind_of_field():
                                "--dataset.augment", "false", "--model.block=spiking", "--betas", "(0.8, 0.9)",
                                "--loss.label_smoothing", "0.1", "--resume", "false"])
     assert config.lr == 0.2 and config.neuron == "plif" and config.download is True and config.resume is False
-    assert config.surrogate_options == {"width": 0.5} and config.dataset_options == {"augment": False}
+    assert config.surrogate_options == {"width": 0.5} and config.dataset_options == {"size": 16, "augment": False}
     assert config.model_options == {"width": 0.25, "block": "spiking"} and config.betas == (0.8, 0.9)
     assert config.loss_options == {"label_smoothing": 0.1}
-    assert TINY.model_options == {"width": 0.25}  # the recipe's defaults are not mutated
+    assert TINY.model_options == {"width": 0.25} and TINY.dataset_options == {"size": 16}  # recipe's, not mutated
     with pytest.raises(ConfigError, match="unrecognised argument '--no_such_field'"):
         parse_args(TINY, ["--no_such_field", "1"])
     recipe = dataclasses.replace(TINY, surrogate="atan", surrogate_options={"alpha": 2.0})
@@ -101,8 +101,8 @@ def test_cli_overrides_every_kind_of_field():
     ({"mixed_precision": "fp8"}, "mixed_precision"), ({"loss": "hinge"}, "unknown loss 'hinge'"),
     ({"dataset": "mnist3d"}, "unknown dataset 'mnist3d'"), ({"surrogate": "relu"}, "unknown surrogate 'relu'"),
     ({"model": "vggsnn", "model_options": {}}, "model 'vggsnn' does not fit dataset 'digits'.*Choose a model"),
-    ({"dataset": "sentiment_embedded"}, r"does not fit dataset 'sentiment_embedded' \(text samples.*Choose a model made "
-                                        r"for text data \(spikformer_text"),
+    ({"dataset": "sentiment_embedded", "dataset_options": {}},
+     r"does not fit dataset 'sentiment_embedded' \(text samples.*Choose a model made for text data \(spikformer_text"),
     ({"nonfinite": "ignore"}, "nonfinite must be"), ({"model_options": {"width": 0.25, "depth": 3}},
                                                      r"--model.depth: model 'resnet19' has no option 'depth'; "
                                                      r"valid options: \['block', 'bn_scale', 'width'\]"),
