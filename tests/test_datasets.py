@@ -516,6 +516,7 @@ def test_segmentation_class_names_and_palettes_follow_the_loaders_label_ids(tmp_
 
 
 # --------------------------------------------------------------------------------- embedded stand-ins
+
 def test_digits_at_any_size_are_normalised_grey_images_with_the_same_labels():
     test, small = create_dataset("digits", "test"), create_dataset("digits", "test", size=16)
     assert (len(test), test.modality, test.in_channels, test.num_classes) == (360, "static", 3, 10)

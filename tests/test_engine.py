@@ -12,8 +12,8 @@ from repro.config import Config, ConfigError, parse_args
 from repro.engine import lr_factor, train
 
 TINY = Config(model="resnet19", model_options={"width": 0.25}, num_steps=2, dataset="digits",
-              dataset_options={"size": 16}, batch_size=32,
-              eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4, seed=7)
+              dataset_options={"size": 16}, batch_size=32, eval_batch_size=120, epochs=3, lr=0.05, weight_decay=5e-4,
+              seed=7)
 
 
 @pytest.mark.slow
