@@ -21,8 +21,13 @@ trap '[ -n "${OUT:-}" ] && find benchmarks/results -name "*.json" -newer "$START
 RECIPES="ds_atgo_cifar10 mpd_agl_cifar10 a2sg_cifar100 cf_cifar10"
 case "${1:-}" in
   tests)
-    python -P -m pytest -q -p no:cacheprovider tests/test_triton_lif.py tests/test_triton_cf.py tests/test_fused.py \
-      tests/test_fused_cf.py ;;
+    # the four files launch about 1650 distinct kernel specialisations (counted in the interpreter, 2026-12-07), each
+    # compiled on first launch (0.1-2.4 s on a CPU: benchmarks/results/kernel_resources*.json), so about 10 minutes
+    # in one process: with pytest-xdist installed (wheelhouse.sh pytest-xdist execnet) they run in WORKERS processes
+    PARALLEL=()
+    if python -P -c "import xdist" 2>/dev/null; then PARALLEL=(-n "${WORKERS:-12}"); fi
+    python -P -m pytest -q -p no:cacheprovider ${PARALLEL[@]+"${PARALLEL[@]}"} tests/test_triton_lif.py \
+      tests/test_triton_cf.py tests/test_fused.py tests/test_fused_cf.py ;;
   layer)
     python benchmarks/neuron.py --device cuda --batch 128 --steps 4 32 --dtypes fp32 bf16 --repeats 5 \
       --output benchmarks/results/neuron_cuda.json ;;
