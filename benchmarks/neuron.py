@@ -243,15 +243,19 @@ def print_table(title: str, rows: list[dict], columns: list[tuple[str, str, str]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def write_results(results: dict, info: dict, output: str) -> dict:
-    """Record the load average at the end, print it with the start's, and write ``results`` as JSON."""
-    if hasattr(os, "getloadavg"):
+def write_results(results: dict, info: dict, output: str, complete: bool = True) -> dict:
+    """Write ``results`` as JSON, with ``complete`` in it; a complete run also records the load average at the end
+    and prints it with the start's.  Writing after each table (``complete=False``) keeps the finished tables of a
+    run that is stopped (a device command's time limit)."""
+    if complete and hasattr(os, "getloadavg"):
         info["load_average_end"] = os.getloadavg()
-    print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
+        print(f"\nload average start {info.get('load_average_start')}, end {info.get('load_average_end')}")
+    results["complete"] = complete
     path = Path(output)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2))
-    print(f"wrote {path}")
+    if complete:
+        print(f"wrote {path}")
     return results
 
 
@@ -345,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
                     fp32_medians[row["layer"]] = row["median_ms"]
                 row["x_fp32"] = row["median_ms"] / fp32_medians[row["layer"]] if row["layer"] in fp32_medians else None
             results["tables"].append(rows)
+            write_results(results, info, args.output, complete=False)
             print_table(f"T={steps}, {dtype} input {rows[0]['shape']} on {device}, fwd+bwd, {args.repeats} interleaved "
                         f"runs ({info['torch_threads']} threads)", rows, columns)
     return write_results(results, info, args.output)

@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> dict:
     for steps, batch, config_variants in configs:
         rows = benchmark_config(steps, batch, config_variants, args, device)
         results["rows"].extend(rows)
+        write_results(results, info, args.output, complete=False)
         model = "recipe models" if args.recipes else f"ResNet-19 (neuron {args.neuron})"
         print_table(f"{model}, width {args.width}, training step, T={steps}, B={batch}, "
                     f"{device}, autocast {args.autocast}, {args.repeats} interleaved runs "

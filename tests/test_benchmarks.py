@@ -44,7 +44,27 @@ def test_neuron_benchmark_saved_bytes_and_firing_rates(tmp_path):
     rates = {rows[layer]["firing_rate"] for layer in ("ours_fused", "ours_fused_fp16", "ours_loop", "snntorch_leaky")}
     assert len(rates) == 1 and 0 < rates.pop() < 1
     assert rows["ours_fused_cf"]["firing_rate"] == rows["ours_loop_cf"]["firing_rate"]
-    assert (tmp_path / "neuron.json").exists()
+    written = json.loads((tmp_path / "neuron.json").read_text())
+    assert written["complete"] is True and written["tables"] == json.loads(json.dumps(results["tables"]))
+
+
+def test_results_written_after_each_table_say_they_are_incomplete(tmp_path, monkeypatch):
+    """A run stopped between tables (a device command's time limit) leaves the finished ones, marked incomplete;
+    the last write completes the file and records the load average at the end."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from neuron import write_results
+
+    output, info = tmp_path / "partial.json", {"load_average_start": None}
+    results = {"machine": info, "tables": [[{"layer": "ann_relu", "median_ms": 1.0}]]}
+    write_results(results, info, str(output), complete=False)
+    partial = json.loads(output.read_text())
+    assert partial["complete"] is False and partial["tables"] == results["tables"]
+    assert "load_average_end" not in partial["machine"]
+    results["tables"].append([{"layer": "ours_fused", "median_ms": 2.0}])
+    write_results(results, info, str(output))
+    final = json.loads(output.read_text())
+    assert final["complete"] is True and len(final["tables"]) == 2
+    assert "load_average_end" in final["machine"] or not hasattr(os, "getloadavg")
 
 
 def test_train_step_benchmark_runs_every_variant(tmp_path):
