@@ -44,9 +44,9 @@ case "${1:-}" in
   kernels)
     STEPS="${2:-4 32}"
     limited python benchmarks/neuron.py --device cuda --batch 128 --steps $STEPS --dtypes fp32 bf16 --repeats 5 \
-      --no_spikingjelly --only ours_fused ours_fused_a2sg ours_fused_a2sg_k10 ours_torch_a2sg ours_fused_tlsg ours_torch_tlsg \
-      ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg ours_fused_cf_rec ours_torch_cf_rec \
-      ours_fused_ds_atgo ours_torch_ds_atgo \
+      --no_spikingjelly --only ours_fused ours_fused_a2sg ours_fused_a2sg_k10 ours_torch_a2sg ours_fused_tlsg \
+      ours_torch_tlsg ours_fused_cf ours_torch_cf ours_fused_cf_tlsg ours_torch_cf_tlsg ours_fused_cf_rec \
+      ours_torch_cf_rec ours_fused_ds_atgo ours_torch_ds_atgo \
       --output "benchmarks/results/neuron_cuda_kernels_T${STEPS// /_}.json" ;;
   methods)
     limited python benchmarks/train_step.py --device cuda --batch 128 --batches --autocast bf16 --repeats 5 --warmup 2 \
