@@ -16,8 +16,7 @@ import torch
 from ..registry import Registry
 from .cifar import CIFAR10, CIFAR100
 from .cifar10_dvs import CIFAR10DVS
-from .digits import IMAGE_SIZE as DIGITS_SIZE
-from .digits import Digits
+from .digits import IMAGE_SIZE as DIGITS_SIZE, Digits
 from .files import CorruptFileError, DatasetNotFoundError
 from .folders import ImageNet, TinyImageNet
 from .nd_digits import NDDigits

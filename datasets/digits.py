@@ -3,8 +3,9 @@
 
 Fixed stratified split (80/20, ``random_state=0``): 1437 train / 360 test.  Pixels (0..16) are
 scaled to [0, 1], upsampled bilinearly to 32x32 (``size``) and repeated to 3 channels so CIFAR-shaped
-models run unchanged, then normalised with the training split's mean and std.  A smaller ``size`` (e.g. 16)
-trains about 4x faster per step, for quick checks.
+models run unchanged, then normalised with the training split's mean and std.  A smaller ``size`` trains faster
+for quick checks: at 16, a ResNet-19 x0.25 training step (T = 2, B = 32, 2 CPU cores) took 0.22 s against 1.11 s
+at 32 (measured 2026-12-07).
 """
 from __future__ import annotations
 
